@@ -1,0 +1,17 @@
+# Contract and code checks. `make check` is what .ci/run runs besides the tests.
+BUF := go run github.com/bufbuild/buf/cmd/buf@v1.75.0
+
+.PHONY: generate lint check test
+generate:
+	$(BUF) format -w
+	rm -rf gen
+	$(BUF) generate
+
+lint:
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
+	go vet ./...
+
+test:
+	go test -race ./...
