@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/natsserver"
+)
+
+// devSystem is everything `throughcare dev` runs in one process.
+type devSystem struct {
+	log      *zap.Logger
+	nats     *server.Server
+	conn     *nats.Conn
+	agencies []*agencyServer
+}
+
+func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
+	log, err := cfg.Log.logger()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	log.Info("starting throughcare dev", zap.String("data_dir", cfg.DataDir), zap.Int("nats_port", cfg.NATSPort),
+		zap.String("prison_addr", cfg.PrisonAddr), zap.String("probation_addr", cfg.ProbationAddr), zap.String("socialwork_addr", cfg.SocialWorkAddr))
+
+	sys, err := startDev(ctx, log, cfg)
+	if err != nil {
+		return err
+	}
+	printDevBanner(stdout, cfg, sys)
+	<-ctx.Done()
+	log.Info("shutting down")
+	return sys.Stop()
+}
+
+// startDev starts the embedded NATS, then the three agency services on it.
+func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, error) {
+	ns, err := natsserver.Start(natsserver.Config{
+		Host:       "127.0.0.1",
+		Port:       cfg.NATSPort,
+		StoreDir:   filepath.Join(cfg.DataDir, "nats"),
+		SyncAlways: true, // a laptop or single server has no replicas: every write is fsynced
+		ServerName: "throughcare-dev",
+	}, log.Named("nats"))
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	sys := &devSystem{log: log, nats: ns}
+	sys.conn, err = nats.Connect(ns.ClientURL(), nats.Name("throughcare-dev"), nats.MaxReconnects(-1))
+	if err != nil {
+		sys.stopNATS()
+		return nil, fmt.Errorf("connect to embedded nats: %w", err)
+	}
+	js, err := jetstream.New(sys.conn)
+	if err != nil {
+		sys.stopNATS()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	for _, a := range []struct {
+		agency throughcarev1.Agency
+		addr   string
+	}{
+		{throughcarev1.Agency_AGENCY_PRISON, cfg.PrisonAddr},
+		{throughcarev1.Agency_AGENCY_PROBATION, cfg.ProbationAddr},
+		{throughcarev1.Agency_AGENCY_SOCIAL_WORK, cfg.SocialWorkAddr},
+	} {
+		srv, err := startAgency(ctx, log, js, a.agency, a.addr, 1)
+		if err != nil {
+			return nil, errors.Join(err, sys.Stop())
+		}
+		sys.agencies = append(sys.agencies, srv)
+	}
+	return sys, nil
+}
+
+// Stop shuts down in order: gRPC first (calls in flight finish), then the NATS connection
+// (drained, so nothing acknowledged is dropped), then the embedded server.
+func (s *devSystem) Stop() error {
+	err := stopAll(s.agencies)
+	s.stopNATS()
+	return err
+}
+
+func (s *devSystem) stopNATS() {
+	if s.conn != nil {
+		drain(s.conn)
+	}
+	s.nats.Shutdown()
+	s.nats.WaitForShutdown()
+}
+
+func printDevBanner(w io.Writer, cfg devConfig, sys *devSystem) {
+	fmt.Fprintf(w, `
+throughcare dev is running (data in %s)
+  prison       %s
+  probation    %s
+  social work  %s
+  nats         %s
+
+Try:
+  grpcurl -plaintext %s list
+  grpcurl -plaintext -d '{"page_size": 10}' %s throughcare.v1.PrisonService/ListReleaseCases
+
+Ctrl-C stops; the data stays for the next start.
+`, cfg.DataDir, sys.agencies[0].Addr(), sys.agencies[1].Addr(), sys.agencies[2].Addr(), sys.nats.ClientURL(),
+		sys.agencies[0].Addr(), sys.agencies[0].Addr())
+}

@@ -1,0 +1,64 @@
+// Command throughcare is the one binary of throughcare. `dev` runs the whole system in one
+// process with an embedded NATS; `serve` runs one agency's service against an external NATS,
+// which is how it runs on Kubernetes.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Getenv)
+	stop()
+	if err != nil {
+		if !errors.Is(err, errUsage) {
+			fmt.Fprintln(os.Stderr, "throughcare:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: throughcare <command> [flags]
+
+commands:
+  dev     run the whole system in one process: embedded NATS and the three agency services
+  serve   run one agency's service against an external NATS (--service, --nats-url)
+
+Run 'throughcare <command> -h' for the flags of a command. Every flag can also be set with
+an environment variable: --data-dir is THROUGHCARE_DATA_DIR.
+`
+
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stdout io.Writer, getenv func(string) string) error {
+	if len(args) == 0 {
+		fmt.Fprint(stdout, usage)
+		return errUsage
+	}
+	switch args[0] {
+	case "dev":
+		cfg, err := parseDevConfig(args[1:], getenv, stdout)
+		if err != nil {
+			return err
+		}
+		return runDev(ctx, cfg, stdout)
+	case "serve":
+		cfg, err := parseServeConfig(args[1:], getenv, stdout)
+		if err != nil {
+			return err
+		}
+		return runServe(ctx, cfg)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprintf(stdout, "unknown command %q\n\n%s", args[0], usage)
+	return errUsage
+}

@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// runServe runs one agency's service against an external NATS: the Kubernetes shape.
+func runServe(ctx context.Context, cfg serveConfig) error {
+	log, err := cfg.Log.logger()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	log.Info("starting throughcare serve", zap.String("service", cfg.Service), zap.String("nats_url", redactURLs(cfg.NATSURL)),
+		zap.String("addr", cfg.Addr), zap.Int("replicas", cfg.Replicas))
+
+	nc, err := nats.Connect(cfg.NATSURL,
+		nats.Name("throughcare-"+cfg.Service),
+		nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", zap.Error(err)) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", zap.String("url", redactURLs(c.ConnectedUrl()))) }),
+	)
+	if err != nil {
+		return fmt.Errorf("connect to nats: %w", err)
+	}
+	defer drain(nc)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	srv, err := startAgency(ctx, log, js, cfg.Agency, cfg.Addr, cfg.Replicas)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	return srv.Stop()
+}
+
+// drain lets pending messages finish, then closes the connection.
+func drain(nc *nats.Conn) {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return
+	}
+	<-closed
+}

@@ -1,0 +1,97 @@
+// Package natstest runs a real embedded NATS server with JetStream for tests.
+package natstest
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/throughcare/throughcare/pkg/natsserver"
+)
+
+// Server is an embedded server that lives as long as the test. Its methods
+// are meant for the test goroutine; Restart is not safe concurrently with them.
+type Server struct {
+	cfg natsserver.Config
+	srv *server.Server
+}
+
+// Start starts a server on a random localhost port with its store in
+// t.TempDir(). It is shut down when the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s := &Server{cfg: natsserver.Config{
+		Host:     "127.0.0.1",
+		Port:     -1,
+		StoreDir: t.TempDir(),
+		// Tests do not survive power loss; fsync per write only slows them.
+		SyncAlways: false,
+	}}
+	s.start(t)
+	// Restart must come back on the same port so reconnecting clients find it.
+	s.cfg.Port = s.srv.Addr().(*net.TCPAddr).Port
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// URL is the client URL; it stays the same across Restart.
+func (s *Server) URL() string {
+	return s.srv.ClientURL()
+}
+
+// Connect returns a connection that is closed when the test ends. It
+// reconnects forever and quickly so it survives Restart; opts override that.
+func (s *Server) Connect(t testing.TB, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	opts = append([]nats.Option{
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(20 * time.Millisecond),
+	}, opts...)
+	nc, err := nats.Connect(s.URL(), opts...)
+	if err != nil {
+		t.Fatalf("connect to %s: %v", s.URL(), err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// JetStream returns a JetStream context on a new connection from Connect.
+func (s *Server) JetStream(t testing.TB) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(s.Connect(t))
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return js
+}
+
+// Restart stops the server (if running) and starts a new one on the same
+// port and store directory, returning once it accepts clients.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	s.start(t)
+}
+
+// Stop shuts the server down and waits until its store is released. It is
+// safe to call more than once.
+func (s *Server) Stop() {
+	s.srv.Shutdown()
+	s.srv.WaitForShutdown()
+}
+
+func (s *Server) start(t testing.TB) {
+	t.Helper()
+	// Server goroutines may log after the test ends, which a test logger turns into a panic.
+	log := zap.NewNop()
+	srv, err := natsserver.Start(s.cfg, log)
+	if err != nil {
+		t.Fatalf("start nats server: %v", err)
+	}
+	s.srv = srv
+}

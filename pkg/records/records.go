@@ -1,0 +1,279 @@
+// Package records stores protobuf records in one JetStream Key-Value bucket.
+// It is the project's only database: each agency service keeps its records
+// (release cases, handovers) here.
+//
+// KV fits because every key carries a revision, and an update that names the
+// expected revision is a server-side compare-and-set: that gives optimistic
+// concurrency without locks. File storage keeps the records across restarts.
+package records
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+)
+
+// Errors callers map with errors.Is, e.g. to gRPC NotFound, AlreadyExists,
+// Aborted and InvalidArgument.
+var (
+	ErrNotFound         = errors.New("record not found")
+	ErrExists           = errors.New("record already exists")
+	ErrRevisionMismatch = errors.New("record revision mismatch")
+	ErrInvalidKey       = errors.New("invalid record key")
+)
+
+const maxKeyLen = 128
+
+// Store holds records of one proto message type in one bucket. It is safe for
+// concurrent use.
+type Store[T proto.Message] struct {
+	kv     jetstream.KeyValue
+	newMsg func() T
+}
+
+type options struct {
+	replicas int
+}
+
+// Option configures Open.
+type Option interface {
+	apply(*options)
+}
+
+type replicasOption int
+
+func (n replicasOption) apply(o *options) { o.replicas = int(n) }
+
+// WithReplicas sets how many servers keep a copy of the bucket (default 1).
+func WithReplicas(n int) Option {
+	return replicasOption(n)
+}
+
+// Open creates the bucket, or updates its configuration, and returns a store
+// for it. newMsg returns an empty message to decode into, e.g.
+// func() *pb.ReleaseCase { return new(pb.ReleaseCase) }.
+func Open[T proto.Message](ctx context.Context, js jetstream.JetStream, bucket string, newMsg func() T, opts ...Option) (*Store[T], error) {
+	o := options{replicas: 1}
+	for _, opt := range opts {
+		opt.apply(&o)
+	}
+	if !validName(bucket) {
+		return nil, fmt.Errorf("open bucket %q: name must be letters, digits, '_' or '-'", bucket)
+	}
+	if o.replicas < 1 {
+		return nil, fmt.Errorf("open bucket %s: replicas %d < 1", bucket, o.replicas)
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: fmt.Sprintf("%s records", newMsg().ProtoReflect().Descriptor().FullName()),
+		// Only the current value is read; revisions still count up per write.
+		History:  1,
+		Storage:  jetstream.FileStorage,
+		Replicas: o.replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", bucket, err)
+	}
+	return &Store[T]{kv: kv, newMsg: newMsg}, nil
+}
+
+// Create stores msg under a new key and returns its revision, or ErrExists.
+func (s *Store[T]) Create(ctx context.Context, key string, msg T) (uint64, error) {
+	if err := validateKey(key); err != nil {
+		return 0, err
+	}
+	data, err := marshal(msg)
+	if err != nil {
+		return 0, fmt.Errorf("create %s: %w", key, err)
+	}
+	rev, err := s.kv.Create(ctx, key, data)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, fmt.Errorf("create %s: %w", key, ErrExists)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("create %s: %w", key, err)
+	}
+	return rev, nil
+}
+
+// Get returns the record and its revision, or ErrNotFound.
+func (s *Store[T]) Get(ctx context.Context, key string) (T, uint64, error) {
+	var zero T
+	if err := validateKey(key); err != nil {
+		return zero, 0, err
+	}
+	entry, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return zero, 0, fmt.Errorf("get %s: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return zero, 0, fmt.Errorf("get %s: %w", key, err)
+	}
+	msg, err := s.unmarshal(entry.Value())
+	if err != nil {
+		return zero, 0, fmt.Errorf("get %s: %w", key, err)
+	}
+	return msg, entry.Revision(), nil
+}
+
+// Update replaces the record only if its stored revision is still
+// expectedRevision, and returns the new revision. The server checks the
+// revision as part of the write, so concurrent updates from the same revision
+// cannot both succeed: the losers get ErrRevisionMismatch. A missing key
+// gives ErrNotFound.
+func (s *Store[T]) Update(ctx context.Context, key string, msg T, expectedRevision uint64) (uint64, error) {
+	if err := validateKey(key); err != nil {
+		return 0, err
+	}
+	// Revision 0 would make the KV create a missing key; Update never creates.
+	if expectedRevision == 0 {
+		return 0, s.conflict(ctx, key)
+	}
+	data, err := marshal(msg)
+	if err != nil {
+		return 0, fmt.Errorf("update %s: %w", key, err)
+	}
+	rev, err := s.kv.Update(ctx, key, data, expectedRevision)
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return 0, s.conflict(ctx, key)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("update %s: %w", key, err)
+	}
+	return rev, nil
+}
+
+// conflict explains a rejected update: the key is missing or has moved on.
+// The read only picks the error; the write was already refused atomically.
+func (s *Store[T]) conflict(ctx context.Context, key string) error {
+	_, err := s.kv.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return fmt.Errorf("update %s: %w", key, ErrNotFound)
+	case err != nil:
+		return fmt.Errorf("update %s: %w; read back: %w", key, ErrRevisionMismatch, err)
+	default:
+		return fmt.Errorf("update %s: %w", key, ErrRevisionMismatch)
+	}
+}
+
+// List calls fn for each record in ascending key order (byte-wise), starting
+// strictly after afterKey ("" starts at the first key), until fn returns
+// more == false or an error, which List returns.
+//
+// It reads the bucket in one pass with a watcher that delivers the latest
+// value of every key and skips deleted ones, rather than listing keys and
+// getting each: that is one stream read instead of a round trip per key, and
+// every value comes from the same pass, so a key removed midway cannot turn
+// into a not-found. The stream is in revision order, so records are held in
+// memory and sorted; that is fine for thousands of records.
+func (s *Store[T]) List(ctx context.Context, afterKey string, fn func(key string, msg T, rev uint64) (more bool, err error)) error {
+	entries, err := s.latest(ctx)
+	if err != nil {
+		return fmt.Errorf("list: %w", err)
+	}
+	slices.SortFunc(entries, func(a, b jetstream.KeyValueEntry) int {
+		return cmp.Compare(a.Key(), b.Key())
+	})
+	start := sort.Search(len(entries), func(i int) bool { return entries[i].Key() > afterKey })
+	for _, entry := range entries[start:] {
+		msg, err := s.unmarshal(entry.Value())
+		if err != nil {
+			return fmt.Errorf("list %s: %w", entry.Key(), err)
+		}
+		more, err := fn(entry.Key(), msg, entry.Revision())
+		if err != nil {
+			return err
+		}
+		if !more {
+			return nil
+		}
+	}
+	return nil
+}
+
+// latest returns the current entry of every key, one per key.
+func (s *Store[T]) latest(ctx context.Context) ([]jetstream.KeyValueEntry, error) {
+	watcher, err := s.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("watch: %w", err)
+	}
+	defer func() {
+		_ = watcher.Stop()
+		// The watcher's delivery goroutine blocks on a full channel; draining
+		// lets it finish, and the channel closes once the subscription is gone.
+		go func() {
+			for range watcher.Updates() {
+			}
+		}()
+	}()
+
+	// A write during the pass can deliver a key twice; the later one wins.
+	byKey := make(map[string]jetstream.KeyValueEntry)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case entry, ok := <-watcher.Updates():
+			if !ok {
+				return nil, errors.New("watcher closed")
+			}
+			// nil marks the end of the current values.
+			if entry == nil {
+				return slices.Collect(maps.Values(byKey)), nil
+			}
+			byKey[entry.Key()] = entry
+		}
+	}
+}
+
+func (s *Store[T]) unmarshal(data []byte) (T, error) {
+	msg := s.newMsg()
+	if err := proto.Unmarshal(data, msg); err != nil {
+		var zero T
+		return zero, fmt.Errorf("decode: %w", err)
+	}
+	return msg, nil
+}
+
+func marshal(msg proto.Message) ([]byte, error) {
+	// Deterministic so an unchanged record encodes to the same bytes.
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	return data, nil
+}
+
+// ValidKey reports whether key can name a record: 1-128 letters, digits, '_' or '-'.
+func ValidKey(key string) bool { return len(key) <= maxKeyLen && validName(key) }
+
+func validateKey(key string) error {
+	if !ValidKey(key) {
+		return fmt.Errorf("%w %q: want 1-%d of A-Z a-z 0-9 _ -", ErrInvalidKey, key, maxKeyLen)
+	}
+	return nil
+}
+
+// validName reports whether name is non-empty and only letters, digits, '_'
+// or '-'. That excludes '.', '*', '>' and spaces: subject syntax in NATS.
+func validName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for _, c := range []byte(name) {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,126 @@
+// Package prison is the prison service: it opens release cases, keeps them up to date and
+// refers them to probation and social work.
+package prison
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/cases"
+	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/ids"
+)
+
+// Server implements throughcare.v1.PrisonService.
+type Server struct {
+	throughcarev1.UnimplementedPrisonServiceServer
+	log   *zap.Logger
+	cases *cases.Store
+	now   func() time.Time
+}
+
+var _ throughcarev1.PrisonServiceServer = (*Server)(nil)
+
+// New returns the prison service over its case store.
+func New(log *zap.Logger, store *cases.Store) *Server {
+	return &Server{log: log, cases: store, now: time.Now}
+}
+
+// OpenReleaseCase stores a new case. Validation already refused server-owned fields.
+func (s *Server) OpenReleaseCase(ctx context.Context, req *throughcarev1.OpenReleaseCaseRequest) (*throughcarev1.OpenReleaseCaseResponse, error) {
+	rc := proto.CloneOf(req.GetReleaseCase())
+	now := timestamppb.New(s.now())
+	rc.CaseId = ids.New(ids.Case)
+	rc.State = throughcarev1.CaseState_CASE_STATE_OPEN
+	rc.Owner = throughcarev1.Agency_AGENCY_PRISON
+	rc.CreateTime = now
+	rc.UpdateTime = now
+	rc, err := s.cases.Create(ctx, rc)
+	if err != nil {
+		return nil, fmt.Errorf("open: %w", err)
+	}
+	s.log.Info("release case opened", zap.String("case_id", rc.GetCaseId()), zap.String("actor", req.GetActor()), zap.Uint64("revision", rc.GetRevision()))
+	return &throughcarev1.OpenReleaseCaseResponse{ReleaseCase: rc}, nil
+}
+
+func (s *Server) GetReleaseCase(ctx context.Context, req *throughcarev1.GetReleaseCaseRequest) (*throughcarev1.GetReleaseCaseResponse, error) {
+	rc, err := s.cases.Get(ctx, req.GetCaseId())
+	if err != nil {
+		return nil, err
+	}
+	return &throughcarev1.GetReleaseCaseResponse{ReleaseCase: rc}, nil
+}
+
+func (s *Server) ListReleaseCases(ctx context.Context, req *throughcarev1.ListReleaseCasesRequest) (*throughcarev1.ListReleaseCasesResponse, error) {
+	filter := cases.Filter{State: req.GetState(), ExpectedFrom: req.GetExpectedReleaseFrom(), ExpectedTo: req.GetExpectedReleaseTo()}
+	page, next, err := s.cases.List(ctx, filter, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	return &throughcarev1.ListReleaseCasesResponse{ReleaseCases: page, NextPageToken: next}, nil
+}
+
+// UpdateReleaseCase replaces the masked fields if the case is still at the revision the
+// caller read; a concurrent writer makes it fail with a conflict and change nothing.
+func (s *Server) UpdateReleaseCase(ctx context.Context, req *throughcarev1.UpdateReleaseCaseRequest) (*throughcarev1.UpdateReleaseCaseResponse, error) {
+	rc, err := s.editable(ctx, req.GetCaseId(), req.GetExpectedRevision())
+	if err != nil {
+		return nil, err
+	}
+	src := req.GetReleaseCase().ProtoReflect()
+	dst := rc.ProtoReflect()
+	for _, path := range req.GetUpdateMask().GetPaths() {
+		// Validation admits only top-level, client-owned fields.
+		fd := dst.Descriptor().Fields().ByName(protoreflect.Name(path))
+		if src.Has(fd) {
+			dst.Set(fd, src.Get(fd))
+		} else {
+			dst.Clear(fd)
+		}
+	}
+	rc.UpdateTime = timestamppb.New(s.now())
+	rc, err = s.cases.Update(ctx, rc, req.GetExpectedRevision())
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("release case updated", zap.String("case_id", rc.GetCaseId()), zap.String("actor", req.GetActor()), zap.Strings("fields", req.GetUpdateMask().GetPaths()), zap.Uint64("revision", rc.GetRevision()))
+	return &throughcarev1.UpdateReleaseCaseResponse{ReleaseCase: rc}, nil
+}
+
+func (s *Server) CloseReleaseCase(ctx context.Context, req *throughcarev1.CloseReleaseCaseRequest) (*throughcarev1.CloseReleaseCaseResponse, error) {
+	rc, err := s.editable(ctx, req.GetCaseId(), req.GetExpectedRevision())
+	if err != nil {
+		return nil, err
+	}
+	rc.State = throughcarev1.CaseState_CASE_STATE_CLOSED
+	rc.UpdateTime = timestamppb.New(s.now())
+	rc, err = s.cases.Update(ctx, rc, req.GetExpectedRevision())
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("release case closed", zap.String("case_id", rc.GetCaseId()), zap.String("actor", req.GetActor()), zap.Uint64("revision", rc.GetRevision()))
+	return &throughcarev1.CloseReleaseCaseResponse{ReleaseCase: rc}, nil
+}
+
+// editable loads a case for a write at expectedRevision: a stale revision is a conflict,
+// a closed case takes no more writes.
+func (s *Server) editable(ctx context.Context, caseID string, expectedRevision uint64) (*throughcarev1.ReleaseCase, error) {
+	rc, err := s.cases.Get(ctx, caseID)
+	if err != nil {
+		return nil, err
+	}
+	if rc.GetRevision() != expectedRevision {
+		return nil, fmt.Errorf("release case %s is at revision %d, not %d: %w", caseID, rc.GetRevision(), expectedRevision, fault.ErrConflict)
+	}
+	if rc.GetState() == throughcarev1.CaseState_CASE_STATE_CLOSED {
+		return nil, fmt.Errorf("release case %s is closed: %w", caseID, fault.ErrFailedPrecondition)
+	}
+	return rc, nil
+}
