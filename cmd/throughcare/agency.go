@@ -14,6 +14,7 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/cases"
 	"github.com/throughcare/throughcare/pkg/grpcserver"
+	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/records"
 	"github.com/throughcare/throughcare/services/prison"
 	"github.com/throughcare/throughcare/services/probation"
@@ -22,10 +23,13 @@ import (
 
 // agencyServer is one agency's service: its stores in JetStream and its gRPC server.
 type agencyServer struct {
-	agency   throughcarev1.Agency
-	server   *grpcserver.Server
-	listener net.Listener
-	done     chan error
+	agency    throughcarev1.Agency
+	server    *grpcserver.Server
+	listener  net.Listener
+	served    chan error
+	stopWork  context.CancelFunc
+	workDone  chan error
+	handovers *handover.Service
 }
 
 // agencyName is the agency as it appears in bucket names, logs and flags.
@@ -33,11 +37,17 @@ func agencyName(a throughcarev1.Agency) string {
 	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(a.String(), "AGENCY_")), "_", "")
 }
 
-// startAgency opens the agency's stores, registers its services and starts serving on addr.
-func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, agency throughcarev1.Agency, addr string, replicas int) (*agencyServer, error) {
+// startAgency opens the agency's stores and streams, registers its services, starts
+// processing events and serves gRPC on addr.
+func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, hcfg handover.Config, addr string) (*agencyServer, error) {
+	agency := hcfg.Agency
 	name := agencyName(agency)
 	log = log.With(zap.String("agency", name))
-	store, err := cases.Open(ctx, js, name+"_cases", records.WithReplicas(replicas))
+	store, err := cases.Open(ctx, js, name+"_cases", records.WithReplicas(hcfg.Limits.Replicas))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	handovers, err := handover.Open(ctx, log, js, store, hcfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -47,26 +57,27 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, a
 	}
 	switch agency {
 	case throughcarev1.Agency_AGENCY_PRISON:
-		throughcarev1.RegisterPrisonServiceServer(srv.Server, prison.New(log, store))
+		throughcarev1.RegisterPrisonServiceServer(srv.Server, prison.New(log, store, handovers))
 	case throughcarev1.Agency_AGENCY_PROBATION:
-		throughcarev1.RegisterProbationServiceServer(srv.Server, probation.New(log, store))
+		throughcarev1.RegisterProbationServiceServer(srv.Server, probation.New(log, store, handovers))
 	case throughcarev1.Agency_AGENCY_SOCIAL_WORK:
-		throughcarev1.RegisterSocialWorkServiceServer(srv.Server, socialwork.New(log, store))
+		throughcarev1.RegisterSocialWorkServiceServer(srv.Server, socialwork.New(log, store, handovers))
 	default:
 		return nil, fmt.Errorf("no service for agency %s", agency)
 	}
-	// Handovers and the audit ledger come with their own issues; until then every RPC of
-	// these services answers Unimplemented.
-	throughcarev1.RegisterHandoverServiceServer(srv.Server, throughcarev1.UnimplementedHandoverServiceServer{})
+	throughcarev1.RegisterHandoverServiceServer(srv.Server, handovers)
+	// The audit ledger comes with its own issue; until then its RPCs answer Unimplemented.
 	throughcarev1.RegisterAuditServiceServer(srv.Server, throughcarev1.UnimplementedAuditServiceServer{})
 
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s: listen: %w", name, err)
 	}
-	a := &agencyServer{agency: agency, server: srv, listener: lis, done: make(chan error, 1)}
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	a := &agencyServer{agency: agency, server: srv, listener: lis, served: make(chan error, 1), stopWork: stopWork, workDone: make(chan error, 1), handovers: handovers}
+	go func() { a.workDone <- handovers.Run(workCtx) }()
 	srv.SetServing()
-	go func() { a.done <- srv.Serve(lis) }()
+	go func() { a.served <- srv.Serve(lis) }()
 	log.Info("serving gRPC", zap.String("addr", lis.Addr().String()))
 	return a, nil
 }
@@ -74,13 +85,16 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, a
 // Addr is where the agency's gRPC server listens.
 func (a *agencyServer) Addr() string { return a.listener.Addr().String() }
 
-// Stop stops accepting calls, lets those in flight finish and waits for the server.
+// Stop stops accepting calls, lets those in flight finish, then stops event processing
+// (the message in hand is finished and acknowledged) and waits for both.
 func (a *agencyServer) Stop() error {
 	a.server.Stop()
-	if err := <-a.done; err != nil && !errors.Is(err, net.ErrClosed) {
-		return fmt.Errorf("%s: serve: %w", agencyName(a.agency), err)
+	served := <-a.served
+	if errors.Is(served, net.ErrClosed) {
+		served = nil
 	}
-	return nil
+	a.stopWork()
+	return errors.Join(served, <-a.workDone)
 }
 
 // stopAll stops the servers in parallel: each waits for its calls in flight.

@@ -74,7 +74,7 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		{throughcarev1.Agency_AGENCY_PROBATION, cfg.ProbationAddr},
 		{throughcarev1.Agency_AGENCY_SOCIAL_WORK, cfg.SocialWorkAddr},
 	} {
-		srv, err := startAgency(ctx, log, js, a.agency, a.addr, 1)
+		srv, err := startAgency(ctx, log, js, cfg.Deadlines.handoverConfig(a.agency, 1), a.addr)
 		if err != nil {
 			return nil, errors.Join(err, sys.Stop())
 		}

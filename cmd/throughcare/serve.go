@@ -33,7 +33,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	srv, err := startAgency(ctx, log, js, cfg.Agency, cfg.Addr, cfg.Replicas)
+	srv, err := startAgency(ctx, log, js, cfg.Deadlines.handoverConfig(cfg.Agency, cfg.Replicas), cfg.Addr)
 	if err != nil {
 		return err
 	}

@@ -5,10 +5,8 @@ package cases
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -94,7 +92,7 @@ func (f Filter) matches(rc *throughcarev1.ReleaseCase) bool {
 // List returns up to pageSize matching cases in id order (which is creation order) after
 // the position pageToken names, and the token of the next page, empty on the last one.
 func (s *Store) List(ctx context.Context, f Filter, pageSize int32, pageToken string) ([]*throughcarev1.ReleaseCase, string, error) {
-	after, err := DecodePageToken(pageToken)
+	after, err := records.DecodePageToken(pageToken)
 	if err != nil {
 		return nil, "", err
 	}
@@ -109,7 +107,7 @@ func (s *Store) List(ctx context.Context, f Filter, pageSize int32, pageToken st
 		}
 		if len(page) == int(pageSize) {
 			// One more match exists: the page is full and is not the last.
-			next = EncodePageToken(page[len(page)-1].GetCaseId())
+			next = records.EncodePageToken(page[len(page)-1].GetCaseId())
 			return false, nil
 		}
 		rc.Revision = rev
@@ -133,26 +131,6 @@ func CompareDates(a, b *throughcarev1.Date) int {
 		}
 	}
 	return 0
-}
-
-const pageTokenPrefix = "after:"
-
-// EncodePageToken makes an opaque token that resumes a listing after key.
-func EncodePageToken(key string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + key))
-}
-
-// DecodePageToken returns the key a token resumes after; "" for the first page.
-func DecodePageToken(token string) (string, error) {
-	if token == "" {
-		return "", nil
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(token)
-	key, ok := strings.CutPrefix(string(raw), pageTokenPrefix)
-	if err != nil || !ok || !records.ValidKey(key) {
-		return "", fault.InvalidField("page_token", "is not a token from a previous response")
-	}
-	return key, nil
 }
 
 // domainError names the case and turns storage errors into faults; other errors stay

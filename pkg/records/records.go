@@ -40,6 +40,7 @@ type Store[T proto.Message] struct {
 
 type options struct {
 	replicas int
+	history  uint8
 }
 
 // Option configures Open.
@@ -56,16 +57,29 @@ func WithReplicas(n int) Option {
 	return replicasOption(n)
 }
 
+type historyOption uint8
+
+func (n historyOption) apply(o *options) { o.history = uint8(n) }
+
+// WithHistory keeps the last n revisions of every key (default 1, at most 64), so Watch
+// can replay every change after a revision, not only the latest value.
+func WithHistory(n uint8) Option {
+	return historyOption(n)
+}
+
 // Open creates the bucket, or updates its configuration, and returns a store
 // for it. newMsg returns an empty message to decode into, e.g.
 // func() *pb.ReleaseCase { return new(pb.ReleaseCase) }.
 func Open[T proto.Message](ctx context.Context, js jetstream.JetStream, bucket string, newMsg func() T, opts ...Option) (*Store[T], error) {
-	o := options{replicas: 1}
+	o := options{replicas: 1, history: 1}
 	for _, opt := range opts {
 		opt.apply(&o)
 	}
 	if !validName(bucket) {
 		return nil, fmt.Errorf("open bucket %q: name must be letters, digits, '_' or '-'", bucket)
+	}
+	if o.history < 1 || o.history > 64 {
+		return nil, fmt.Errorf("open bucket %s: history %d: want 1 to 64", bucket, o.history)
 	}
 	if o.replicas < 1 {
 		return nil, fmt.Errorf("open bucket %s: replicas %d < 1", bucket, o.replicas)
@@ -73,10 +87,9 @@ func Open[T proto.Message](ctx context.Context, js jetstream.JetStream, bucket s
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      bucket,
 		Description: fmt.Sprintf("%s records", newMsg().ProtoReflect().Descriptor().FullName()),
-		// Only the current value is read; revisions still count up per write.
-		History:  1,
-		Storage:  jetstream.FileStorage,
-		Replicas: o.replicas,
+		History:     o.history,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.replicas,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bucket, err)
@@ -198,6 +211,57 @@ func (s *Store[T]) List(ctx context.Context, afterKey string, fn func(key string
 	}
 	return nil
 }
+
+// Watch calls fn for every revision after afterRevision that the bucket still holds, in
+// revision order, then for every new one, until ctx ends or fn returns an error. Deletes
+// are skipped.
+func (s *Store[T]) Watch(ctx context.Context, afterRevision uint64, fn func(key string, msg T, rev uint64) error) error {
+	opts := []jetstream.WatchOpt{jetstream.IncludeHistory(), jetstream.IgnoreDeletes()}
+	if afterRevision > 0 {
+		opts = append(opts, jetstream.ResumeFromRevision(afterRevision+1))
+	}
+	watcher, err := s.kv.WatchAll(ctx, opts...)
+	if err != nil {
+		return fmt.Errorf("watch: %w", err)
+	}
+	defer func() {
+		_ = watcher.Stop()
+		go func() {
+			for range watcher.Updates() {
+			}
+		}()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case entry, ok := <-watcher.Updates():
+			if !ok {
+				return errors.New("watch: watcher closed")
+			}
+			if entry == nil {
+				continue // the end of the stored revisions; live ones follow
+			}
+			msg, err := s.unmarshal(entry.Value())
+			if err != nil {
+				return fmt.Errorf("watch %s: %w", entry.Key(), err)
+			}
+			if err := fn(entry.Key(), msg, entry.Revision()); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// ChangeStream names the stream that holds the bucket's writes and the subject prefix of
+// its keys, for a durable consumer that must see every write (an outbox relay).
+func (s *Store[T]) ChangeStream() (stream, keyPrefix string) {
+	bucket := s.kv.Bucket()
+	return "KV_" + bucket, "$KV." + bucket + "."
+}
+
+// Decode reads a record from a raw message of the change stream.
+func (s *Store[T]) Decode(data []byte) (T, error) { return s.unmarshal(data) }
 
 // latest returns the current entry of every key, one per key.
 func (s *Store[T]) latest(ctx context.Context) ([]jetstream.KeyValueEntry, error) {

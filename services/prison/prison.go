@@ -18,19 +18,26 @@ import (
 	"github.com/throughcare/throughcare/pkg/ids"
 )
 
+// Handovers is the prison's side of the handover protocol (package handover).
+type Handovers interface {
+	Refer(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []throughcarev1.DataCategory, error)
+	NotifyRelease(ctx context.Context, actor, caseID string, release *throughcarev1.Release) (int, error)
+}
+
 // Server implements throughcare.v1.PrisonService.
 type Server struct {
 	throughcarev1.UnimplementedPrisonServiceServer
-	log   *zap.Logger
-	cases *cases.Store
-	now   func() time.Time
+	log       *zap.Logger
+	cases     *cases.Store
+	handovers Handovers
+	now       func() time.Time
 }
 
 var _ throughcarev1.PrisonServiceServer = (*Server)(nil)
 
-// New returns the prison service over its case store.
-func New(log *zap.Logger, store *cases.Store) *Server {
-	return &Server{log: log, cases: store, now: time.Now}
+// New returns the prison service over its case store and its side of the handovers.
+func New(log *zap.Logger, store *cases.Store, handovers Handovers) *Server {
+	return &Server{log: log, cases: store, handovers: handovers, now: time.Now}
 }
 
 // OpenReleaseCase stores a new case. Validation already refused server-owned fields.
@@ -123,4 +130,48 @@ func (s *Server) editable(ctx context.Context, caseID string, expectedRevision u
 		return nil, fmt.Errorf("release case %s is closed: %w", caseID, fault.ErrFailedPrecondition)
 	}
 	return rc, nil
+}
+
+// ReferCase refers an open case to probation or social work.
+func (s *Server) ReferCase(ctx context.Context, req *throughcarev1.ReferCaseRequest) (*throughcarev1.ReferCaseResponse, error) {
+	h, withheld, err := s.handovers.Refer(ctx, req.GetActor(), req.GetCaseId(), req.GetRecipient(), req.GetPurpose())
+	if err != nil {
+		return nil, err
+	}
+	return &throughcarev1.ReferCaseResponse{Handover: h, WithheldCategories: withheld}, nil
+}
+
+// RecordRelease records the actual release and tells every agency that accepted the case.
+// Recording the same release again only repeats the notices, which change nothing, so a
+// caller may retry after an error.
+func (s *Server) RecordRelease(ctx context.Context, req *throughcarev1.RecordReleaseRequest) (*throughcarev1.RecordReleaseResponse, error) {
+	rc, err := s.cases.Get(ctx, req.GetCaseId())
+	if err != nil {
+		return nil, err
+	}
+	release := req.GetRelease()
+	switch {
+	case rc.GetState() == throughcarev1.CaseState_CASE_STATE_OPEN:
+		if rc.ReleasePlan == nil {
+			rc.ReleasePlan = new(throughcarev1.ReleasePlan)
+		}
+		rc.ReleasePlan.ActualReleaseDate = release.GetActualReleaseDate()
+		rc.ReleasePlan.ReleaseAddress = release.GetReleaseAddress()
+		rc.State = throughcarev1.CaseState_CASE_STATE_RELEASED
+		rc.UpdateTime = timestamppb.New(s.now())
+		if rc, err = s.cases.Update(ctx, rc, rc.GetRevision()); err != nil {
+			return nil, err
+		}
+	case rc.GetState() == throughcarev1.CaseState_CASE_STATE_RELEASED && proto.Equal(rc.GetReleasePlan().GetActualReleaseDate(), release.GetActualReleaseDate()) &&
+		proto.Equal(rc.GetReleasePlan().GetReleaseAddress(), release.GetReleaseAddress()):
+		// The same release again: send the notices again.
+	default:
+		return nil, fmt.Errorf("release case %s is %s; a release can be recorded once, on an open case: %w", rc.GetCaseId(), rc.GetState(), fault.ErrFailedPrecondition)
+	}
+	told, err := s.handovers.NotifyRelease(ctx, req.GetActor(), rc.GetCaseId(), release)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("release recorded", zap.String("case_id", rc.GetCaseId()), zap.String("actor", req.GetActor()), zap.Int("agencies_told", told))
+	return &throughcarev1.RecordReleaseResponse{ReleaseCase: rc}, nil
 }

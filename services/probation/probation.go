@@ -4,25 +4,36 @@ package probation
 
 import (
 	"context"
+	"errors"
+	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/cases"
+	"github.com/throughcare/throughcare/pkg/fault"
 )
+
+// PlanSharer sends a plan back along an accepted handover (package handover).
+type PlanSharer interface {
+	SharePlan(ctx context.Context, actor, caseID string, plan *throughcarev1.PlanShared) error
+}
 
 // Server implements throughcare.v1.ProbationService.
 type Server struct {
 	throughcarev1.UnimplementedProbationServiceServer
-	log   *zap.Logger
-	cases *cases.Store
+	log       *zap.Logger
+	cases     *cases.Store
+	handovers PlanSharer
+	now       func() time.Time
 }
 
 var _ throughcarev1.ProbationServiceServer = (*Server)(nil)
 
-// New returns the probation service over its store of received cases.
-func New(log *zap.Logger, store *cases.Store) *Server {
-	return &Server{log: log, cases: store}
+// New returns the probation service over its store of received cases and its side of the handovers.
+func New(log *zap.Logger, store *cases.Store, handovers PlanSharer) *Server {
+	return &Server{log: log, cases: store, handovers: handovers, now: time.Now}
 }
 
 func (s *Server) GetSupervisionCase(ctx context.Context, req *throughcarev1.GetSupervisionCaseRequest) (*throughcarev1.GetSupervisionCaseResponse, error) {
@@ -39,4 +50,34 @@ func (s *Server) ListSupervisionCases(ctx context.Context, req *throughcarev1.Li
 		return nil, err
 	}
 	return &throughcarev1.ListSupervisionCasesResponse{ReleaseCases: page, NextPageToken: next}, nil
+}
+
+// RecordSupervisionPlan shares the supervision plan back along the accepted handover of the case, then
+// keeps it on this agency's copy. Recording it again replaces it and shares it again.
+func (s *Server) RecordSupervisionPlan(ctx context.Context, req *throughcarev1.RecordSupervisionPlanRequest) (*throughcarev1.RecordSupervisionPlanResponse, error) {
+	rc, err := s.cases.Get(ctx, req.GetCaseId())
+	if err != nil {
+		return nil, err
+	}
+	// Sharing first: a case with no accepted handover is refused before anything changes.
+	if err := s.handovers.SharePlan(ctx, req.GetActor(), rc.GetCaseId(), &throughcarev1.PlanShared{SupervisionPlan: req.GetSupervisionPlan()}); err != nil {
+		return nil, err
+	}
+	for {
+		rc.SupervisionPlan = req.GetSupervisionPlan()
+		rc.UpdateTime = timestamppb.New(s.now())
+		updated, err := s.cases.Update(ctx, rc, rc.GetRevision())
+		if errors.Is(err, fault.ErrConflict) {
+			// An incoming event changed the case meanwhile: apply the plan to the new one.
+			if rc, err = s.cases.Get(ctx, req.GetCaseId()); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		s.log.Info("supervision plan recorded", zap.String("case_id", rc.GetCaseId()), zap.String("actor", req.GetActor()))
+		return &throughcarev1.RecordSupervisionPlanResponse{ReleaseCase: updated}, nil
+	}
 }

@@ -4,25 +4,36 @@ package socialwork
 
 import (
 	"context"
+	"errors"
+	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/cases"
+	"github.com/throughcare/throughcare/pkg/fault"
 )
+
+// PlanSharer sends a plan back along an accepted handover (package handover).
+type PlanSharer interface {
+	SharePlan(ctx context.Context, actor, caseID string, plan *throughcarev1.PlanShared) error
+}
 
 // Server implements throughcare.v1.SocialWorkService.
 type Server struct {
 	throughcarev1.UnimplementedSocialWorkServiceServer
-	log   *zap.Logger
-	cases *cases.Store
+	log       *zap.Logger
+	cases     *cases.Store
+	handovers PlanSharer
+	now       func() time.Time
 }
 
 var _ throughcarev1.SocialWorkServiceServer = (*Server)(nil)
 
-// New returns the social-work service over its store of received cases.
-func New(log *zap.Logger, store *cases.Store) *Server {
-	return &Server{log: log, cases: store}
+// New returns the social-work service over its store of received cases and its side of the handovers.
+func New(log *zap.Logger, store *cases.Store, handovers PlanSharer) *Server {
+	return &Server{log: log, cases: store, handovers: handovers, now: time.Now}
 }
 
 func (s *Server) GetAssistanceCase(ctx context.Context, req *throughcarev1.GetAssistanceCaseRequest) (*throughcarev1.GetAssistanceCaseResponse, error) {
@@ -39,4 +50,34 @@ func (s *Server) ListAssistanceCases(ctx context.Context, req *throughcarev1.Lis
 		return nil, err
 	}
 	return &throughcarev1.ListAssistanceCasesResponse{ReleaseCases: page, NextPageToken: next}, nil
+}
+
+// RecordAssistancePlan shares the assistance plan back along the accepted handover of the case, then
+// keeps it on this agency's copy. Recording it again replaces it and shares it again.
+func (s *Server) RecordAssistancePlan(ctx context.Context, req *throughcarev1.RecordAssistancePlanRequest) (*throughcarev1.RecordAssistancePlanResponse, error) {
+	rc, err := s.cases.Get(ctx, req.GetCaseId())
+	if err != nil {
+		return nil, err
+	}
+	// Sharing first: a case with no accepted handover is refused before anything changes.
+	if err := s.handovers.SharePlan(ctx, req.GetActor(), rc.GetCaseId(), &throughcarev1.PlanShared{AssistancePlan: req.GetAssistancePlan()}); err != nil {
+		return nil, err
+	}
+	for {
+		rc.AssistancePlan = req.GetAssistancePlan()
+		rc.UpdateTime = timestamppb.New(s.now())
+		updated, err := s.cases.Update(ctx, rc, rc.GetRevision())
+		if errors.Is(err, fault.ErrConflict) {
+			// An incoming event changed the case meanwhile: apply the plan to the new one.
+			if rc, err = s.cases.Get(ctx, req.GetCaseId()); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		s.log.Info("assistance plan recorded", zap.String("case_id", rc.GetCaseId()), zap.String("actor", req.GetActor()))
+		return &throughcarev1.RecordAssistancePlanResponse{ReleaseCase: updated}, nil
+	}
 }

@@ -431,7 +431,12 @@ type Receipt struct {
 	// The case worker id at the agency that took the step.
 	Actor string `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
 	// The event that carried the receipt.
-	EventId       string `protobuf:"bytes,4,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	EventId string `protobuf:"bytes,4,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// Position in the handover's life at the recipient, from 1: the sender orders receipts
+	// by it, so one that arrives late or twice changes nothing.
+	Sequence uint64 `protobuf:"varint,5,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// The state the handover moved to at the recipient with this receipt.
+	State         HandoverState `protobuf:"varint,6,opt,name=state,proto3,enum=throughcare.v1.HandoverState" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -492,6 +497,20 @@ func (x *Receipt) GetEventId() string {
 		return x.EventId
 	}
 	return ""
+}
+
+func (x *Receipt) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *Receipt) GetState() HandoverState {
+	if x != nil {
+		return x.State
+	}
+	return HandoverState_HANDOVER_STATE_UNSPECIFIED
 }
 
 // InformationRequest is a question from the recipient and the sender's answer.
@@ -652,12 +671,14 @@ const file_throughcare_v1_handover_proto_rawDesc = "" +
 	"\fdecline_note\x18\x10 \x01(\tB\x04\xc8\xf3\x18\x04R\vdeclineNote\x12[\n" +
 	"\x14information_requests\x18\x11 \x03(\v2\".throughcare.v1.InformationRequestB\x04\xd0\xf3\x18\x01R\x13informationRequests\x12S\n" +
 	"\x13withheld_categories\x18\x12 \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x04\xd0\xf3\x18\x01R\x12withheldCategories\x12 \n" +
-	"\brevision\x18\x13 \x01(\x04B\x04\xd0\xf3\x18\x01R\brevision\"\xb3\x01\n" +
+	"\brevision\x18\x13 \x01(\x04B\x04\xd0\xf3\x18\x01R\brevision\"\x90\x02\n" +
 	"\aReceipt\x125\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1b.throughcare.v1.ReceiptTypeB\x04\xd0\xf3\x18\x01R\x04type\x124\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\x04time\x12\x1a\n" +
 	"\x05actor\x18\x03 \x01(\tB\x04\xd0\xf3\x18\x01R\x05actor\x12\x1f\n" +
-	"\bevent_id\x18\x04 \x01(\tB\x04\xd0\xf3\x18\x01R\aeventId\"\xf9\x01\n" +
+	"\bevent_id\x18\x04 \x01(\tB\x04\xd0\xf3\x18\x01R\aeventId\x12 \n" +
+	"\bsequence\x18\x05 \x01(\x04B\x04\xd0\xf3\x18\x01R\bsequence\x129\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x1d.throughcare.v1.HandoverStateB\x04\xd0\xf3\x18\x01R\x05state\"\xf9\x01\n" +
 	"\x12InformationRequest\x12#\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tB\x04\xd0\xf3\x18\x01R\trequestId\x12 \n" +
@@ -741,15 +762,16 @@ var file_throughcare_v1_handover_proto_depIdxs = []int32{
 	10, // 11: throughcare.v1.Handover.withheld_categories:type_name -> throughcare.v1.DataCategory
 	1,  // 12: throughcare.v1.Receipt.type:type_name -> throughcare.v1.ReceiptType
 	9,  // 13: throughcare.v1.Receipt.time:type_name -> google.protobuf.Timestamp
-	9,  // 14: throughcare.v1.InformationRequest.ask_time:type_name -> google.protobuf.Timestamp
-	9,  // 15: throughcare.v1.InformationRequest.answer_time:type_name -> google.protobuf.Timestamp
-	11, // 16: throughcare.v1.Release.actual_release_date:type_name -> throughcare.v1.Date
-	12, // 17: throughcare.v1.Release.release_address:type_name -> throughcare.v1.Address
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	0,  // 14: throughcare.v1.Receipt.state:type_name -> throughcare.v1.HandoverState
+	9,  // 15: throughcare.v1.InformationRequest.ask_time:type_name -> google.protobuf.Timestamp
+	9,  // 16: throughcare.v1.InformationRequest.answer_time:type_name -> google.protobuf.Timestamp
+	11, // 17: throughcare.v1.Release.actual_release_date:type_name -> throughcare.v1.Date
+	12, // 18: throughcare.v1.Release.release_address:type_name -> throughcare.v1.Address
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_handover_proto_init() }

@@ -1,0 +1,216 @@
+package eventbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/records"
+)
+
+// ErrPermanent marks a failure that no retry can mend: the message is dead-lettered at once.
+var ErrPermanent = errors.New("cannot be processed")
+
+// Permanent wraps err so the consumer dead-letters the message instead of retrying it.
+func Permanent(err error) error { return fmt.Errorf("%w: %w", ErrPermanent, err) }
+
+// Handler processes one message. It must be idempotent: a message may arrive twice. Its
+// errors become dead-letter reasons, so they name ids, never personal data.
+type Handler func(ctx context.Context, msg jetstream.Msg) error
+
+// ConsumerConfig is a durable consumer with explicit acks and bounded retries.
+type ConsumerConfig struct {
+	Stream  string
+	Durable string
+	// FilterSubject narrows the stream, when set.
+	FilterSubject string
+	// MaxDeliver bounds deliveries; the last failed one is dead-lettered. 0 retries for
+	// ever, for work that must never be given up (the outbox relay).
+	MaxDeliver int
+	// BackOff is the wait before each retry; the last entry repeats.
+	BackOff []time.Duration
+	// AckWait is how long a delivered message may stay unacknowledged before the server
+	// delivers it again, e.g. after a crash.
+	AckWait time.Duration
+	// CheckInterval is how often the consumer's existence is checked, so a deleted one
+	// is recreated.
+	CheckInterval time.Duration
+}
+
+// DefaultConsumerConfig retries for about a minute before giving up on a message.
+func DefaultConsumerConfig(stream, durable string) ConsumerConfig {
+	return ConsumerConfig{
+		Stream:        stream,
+		Durable:       durable,
+		MaxDeliver:    6,
+		BackOff:       []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second},
+		AckWait:       30 * time.Second,
+		CheckInterval: 5 * time.Second,
+	}
+}
+
+func (c ConsumerConfig) backoff(delivery uint64) time.Duration {
+	if len(c.BackOff) == 0 {
+		return time.Second
+	}
+	i := min(int(delivery)-1, len(c.BackOff)-1)
+	return c.BackOff[max(i, 0)]
+}
+
+// DeadLetters keeps the messages an agency could never process: metadata only, never the
+// payload. The messages themselves stay in their stream for inspection.
+type DeadLetters struct {
+	store *records.Store[*throughcarev1.DeadLetter]
+}
+
+// OpenDeadLetters opens the agency's dead-letter bucket.
+func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, bucket string, opts ...records.Option) (*DeadLetters, error) {
+	s, err := records.Open(ctx, js, bucket, func() *throughcarev1.DeadLetter { return new(throughcarev1.DeadLetter) }, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &DeadLetters{store: s}, nil
+}
+
+// List returns up to limit dead letters after the key afterKey, oldest first, and the key
+// of the last one returned when more follow.
+func (d *DeadLetters) List(ctx context.Context, afterKey string, limit int) ([]*throughcarev1.DeadLetter, string, error) {
+	var page []*throughcarev1.DeadLetter
+	var last, next string
+	err := d.store.List(ctx, afterKey, func(key string, dl *throughcarev1.DeadLetter, _ uint64) (bool, error) {
+		if len(page) == limit {
+			next = last
+			return false, nil
+		}
+		page, last = append(page, dl), key
+		return true, nil
+	})
+	return page, next, err
+}
+
+func (d *DeadLetters) add(ctx context.Context, stream string, dl *throughcarev1.DeadLetter) error {
+	_, err := d.store.Create(ctx, fmt.Sprintf("%s-%020d", stream, dl.GetSequence()), dl)
+	if errors.Is(err, records.ErrExists) {
+		return nil // recorded by an earlier delivery that was not acknowledged
+	}
+	return err
+}
+
+// Consume runs handle over a durable consumer until ctx ends, then drains it. It recreates
+// the consumer when it is deleted and survives reconnects. A message whose handler fails
+// permanently, or fails on its last delivery, is recorded in dead and terminated, so it
+// never blocks the messages behind it.
+func Consume(ctx context.Context, log *zap.Logger, js jetstream.JetStream, cfg ConsumerConfig, dead *DeadLetters, handle Handler) error {
+	log = log.With(zap.String("stream", cfg.Stream), zap.String("consumer", cfg.Durable))
+	for {
+		err := consumeOnce(ctx, log, js, cfg, dead, handle)
+		if ctx.Err() != nil {
+			return nil
+		}
+		log.Warn("consumer stopped; recreating it", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// consumeOnce runs one consumer until ctx ends (nil) or the consumer is lost (an error).
+func consumeOnce(ctx context.Context, log *zap.Logger, js jetstream.JetStream, cfg ConsumerConfig, dead *DeadLetters, handle Handler) error {
+	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Stream, jetstream.ConsumerConfig{
+		Durable:       cfg.Durable,
+		FilterSubject: cfg.FilterSubject,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.AckWait,
+		// The server redelivers for ever; process gives up after cfg.MaxDeliver itself,
+		// so no message is dropped without being dead-lettered.
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxAckPending: 1024,
+	})
+	if err != nil {
+		return fmt.Errorf("create consumer: %w", err)
+	}
+	lost := make(chan error, 1)
+	cc, err := cons.Consume(func(msg jetstream.Msg) { process(ctx, log, cfg, dead, handle, msg) },
+		jetstream.PullMaxMessages(64),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, jetstream.ErrConsumerDeleted) {
+				select {
+				case lost <- err:
+				default:
+				}
+			}
+		}))
+	if err != nil {
+		return fmt.Errorf("consume: %w", err)
+	}
+	defer func() {
+		cc.Drain()
+		<-cc.Closed()
+	}()
+	check := time.NewTicker(cfg.CheckInterval)
+	defer check.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-lost:
+			return err
+		case <-cc.Closed():
+			return errors.New("consume ended")
+		case <-check.C:
+			if _, err := cons.Info(ctx); errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return err
+			}
+		}
+	}
+}
+
+func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *DeadLetters, handle Handler, msg jetstream.Msg) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		log.Error("message without metadata", zap.Error(err))
+		_ = msg.Term()
+		return
+	}
+	// A message in hand is finished even when shutdown has begun.
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.AckWait)
+	defer cancel()
+	err = handle(hctx, msg)
+	if err == nil {
+		if err := msg.Ack(); err != nil {
+			log.Warn("ack failed; the message will be delivered again", zap.Uint64("sequence", meta.Sequence.Stream), zap.Error(err))
+		}
+		return
+	}
+	permanent := errors.Is(err, ErrPermanent) || errors.Is(err, ErrUndecodable)
+	if !permanent && (cfg.MaxDeliver <= 0 || int(meta.NumDelivered) < cfg.MaxDeliver) {
+		delay := cfg.backoff(meta.NumDelivered)
+		log.Warn("handler failed; retrying", zap.Uint64("sequence", meta.Sequence.Stream), zap.Uint64("delivery", meta.NumDelivered), zap.Duration("delay", delay), zap.Error(err))
+		_ = msg.NakWithDelay(delay)
+		return
+	}
+	dl := &throughcarev1.DeadLetter{
+		Sequence:   meta.Sequence.Stream,
+		Subject:    msg.Subject(),
+		EventId:    msg.Headers().Get(headerID),
+		Reason:     err.Error(),
+		Deliveries: meta.NumDelivered,
+		Time:       timestamppb.Now(),
+	}
+	if err := dead.add(hctx, cfg.Stream, dl); err != nil {
+		log.Error("recording dead letter failed; retrying the message", zap.Uint64("sequence", meta.Sequence.Stream), zap.Error(err))
+		_ = msg.NakWithDelay(cfg.backoff(meta.NumDelivered))
+		return
+	}
+	log.Error("message dead-lettered", zap.Uint64("sequence", meta.Sequence.Stream), zap.String("subject", msg.Subject()), zap.String("event_id", dl.GetEventId()), zap.String("reason", dl.GetReason()))
+	_ = msg.TermWithReason("dead-lettered")
+}

@@ -1,0 +1,195 @@
+// Package eventbus carries events between agencies on NATS JetStream.
+//
+// Each agency publishes into its own outbox stream and reads its own inbox stream. An inbox
+// sources from the other agencies' outboxes, filtered to the events addressed to it: the
+// same shape works in one account and across per-agency accounts, where sourcing through
+// exports is the locked-down way. Subjects are built from enum values only, never from
+// client strings:
+//
+//	tc.<source>.out.<recipient>.<event type>     e.g. tc.prison.out.probation.handover_referred
+//
+// Events are protobuf in binary mode with CloudEvents attributes as NATS headers; the event
+// id is also the Nats-Msg-Id, so a re-published event is stored once.
+package eventbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+)
+
+// Agencies are every party of the protocol, in a fixed order.
+var Agencies = []throughcarev1.Agency{
+	throughcarev1.Agency_AGENCY_PRISON,
+	throughcarev1.Agency_AGENCY_PROBATION,
+	throughcarev1.Agency_AGENCY_SOCIAL_WORK,
+}
+
+// Token is the agency as a subject token, stream-name part and log value.
+func Token(a throughcarev1.Agency) string {
+	switch a {
+	case throughcarev1.Agency_AGENCY_PRISON:
+		return "prison"
+	case throughcarev1.Agency_AGENCY_PROBATION:
+		return "probation"
+	case throughcarev1.Agency_AGENCY_SOCIAL_WORK:
+		return "socialwork"
+	}
+	return ""
+}
+
+// OutboxStream and InboxStream name an agency's streams.
+func OutboxStream(a throughcarev1.Agency) string { return "OUTBOX_" + strings.ToUpper(Token(a)) }
+func InboxStream(a throughcarev1.Agency) string  { return "INBOX_" + strings.ToUpper(Token(a)) }
+
+// outboxFilter is every event source sends to recipient.
+func outboxFilter(source, recipient throughcarev1.Agency) string {
+	return "tc." + Token(source) + ".out." + Token(recipient) + ".>"
+}
+
+func typeToken(t throughcarev1.EventType) string {
+	return strings.ToLower(strings.TrimPrefix(t.String(), "EVENT_TYPE_"))
+}
+
+// Subject is where ev is published. It refuses an event whose routing fields are unset.
+func Subject(ev *throughcarev1.Event) (string, error) {
+	src, dst := Token(ev.GetSource()), Token(ev.GetRecipient())
+	if src == "" || dst == "" || src == dst {
+		return "", fmt.Errorf("event %s: source %s and recipient %s must be two different agencies", ev.GetEventId(), ev.GetSource(), ev.GetRecipient())
+	}
+	if _, known := throughcarev1.EventType_name[int32(ev.GetType())]; !known || ev.GetType() == throughcarev1.EventType_EVENT_TYPE_UNSPECIFIED {
+		return "", fmt.Errorf("event %s: type %v is not a known event type", ev.GetEventId(), ev.GetType())
+	}
+	return "tc." + src + ".out." + dst + "." + typeToken(ev.GetType()), nil
+}
+
+// Limits bound the streams. Discard-new means a full stream refuses new events, so a
+// publisher is told, rather than silently dropping old events nobody has read.
+type Limits struct {
+	MaxBytes int64
+	MaxAge   time.Duration
+	Replicas int
+}
+
+// DefaultLimits suit one server; a cluster sets Replicas to 3.
+var DefaultLimits = Limits{MaxBytes: 1 << 30, MaxAge: 365 * 24 * time.Hour, Replicas: 1}
+
+// Setup creates or updates the agency's outbox and inbox. The inbox sources the other
+// agencies' outboxes even before they exist: sourcing waits for them.
+func Setup(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits) error {
+	outbox := jetstream.StreamConfig{
+		Name:        OutboxStream(agency),
+		Description: "events " + Token(agency) + " sends to other agencies",
+		Subjects:    []string{"tc." + Token(agency) + ".out.>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxBytes:    limits.MaxBytes,
+		MaxAge:      limits.MaxAge,
+		Replicas:    limits.Replicas,
+		Duplicates:  10 * time.Minute,
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, outbox); err != nil {
+		return fmt.Errorf("create stream %s: %w", outbox.Name, err)
+	}
+	inbox := jetstream.StreamConfig{
+		Name:        InboxStream(agency),
+		Description: "events other agencies send to " + Token(agency),
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxBytes:    limits.MaxBytes,
+		MaxAge:      limits.MaxAge,
+		Replicas:    limits.Replicas,
+	}
+	for _, other := range Agencies {
+		if other != agency {
+			inbox.Sources = append(inbox.Sources, &jetstream.StreamSource{Name: OutboxStream(other), FilterSubject: outboxFilter(other, agency)})
+		}
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, inbox); err != nil {
+		return fmt.Errorf("create stream %s: %w", inbox.Name, err)
+	}
+	return nil
+}
+
+// CloudEvents attributes in binary mode, as NATS headers.
+const (
+	headerSpecVersion = "ce-specversion"
+	headerID          = "ce-id"
+	headerSource      = "ce-source"
+	headerType        = "ce-type"
+	headerTime        = "ce-time"
+	headerSubject     = "ce-subject"
+	headerContentType = "content-type"
+	contentType       = "application/protobuf; messageType=throughcare.v1.Event"
+)
+
+// Encode turns ev into a NATS message for its subject.
+func Encode(ev *throughcarev1.Event) (*nats.Msg, error) {
+	subject, err := Subject(ev)
+	if err != nil {
+		return nil, err
+	}
+	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode event %s: %w", ev.GetEventId(), err)
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = body
+	msg.Header.Set(jetstream.MsgIDHeader, ev.GetEventId())
+	msg.Header.Set(headerSpecVersion, "1.0")
+	msg.Header.Set(headerID, ev.GetEventId())
+	msg.Header.Set(headerSource, "throughcare/"+Token(ev.GetSource()))
+	msg.Header.Set(headerType, "throughcare.v1."+typeToken(ev.GetType()))
+	msg.Header.Set(headerTime, ev.GetOccurredAt().AsTime().UTC().Format(time.RFC3339Nano))
+	msg.Header.Set(headerSubject, ev.GetCaseId())
+	msg.Header.Set(headerContentType, contentType)
+	return msg, nil
+}
+
+// ErrUndecodable marks a message that can never be processed as an event.
+var ErrUndecodable = errors.New("undecodable event")
+
+// Decode reads an event from a message, checking that the headers and the subject agree
+// with the body: a mismatch is a forged or corrupted message.
+func Decode(subject string, header nats.Header, data []byte) (*throughcarev1.Event, error) {
+	ev := new(throughcarev1.Event)
+	if err := proto.Unmarshal(data, ev); err != nil {
+		return nil, fmt.Errorf("%w: body is not a throughcare.v1.Event", ErrUndecodable)
+	}
+	if ev.GetEventId() == "" || ev.GetEventId() != header.Get(headerID) {
+		return nil, fmt.Errorf("%w: ce-id header does not match the event id", ErrUndecodable)
+	}
+	want, err := Subject(ev)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUndecodable, err)
+	}
+	if subject != want {
+		return nil, fmt.Errorf("%w: event %s arrived on the wrong subject", ErrUndecodable, ev.GetEventId())
+	}
+	if ev.GetCaseId() == "" || ev.GetOccurredAt() == nil || ev.GetPayload() == nil {
+		return nil, fmt.Errorf("%w: event %s lacks case_id, occurred_at or payload", ErrUndecodable, ev.GetEventId())
+	}
+	return ev, nil
+}
+
+// Publish stores ev in the source agency's outbox and waits for JetStream to confirm.
+func Publish(ctx context.Context, js jetstream.JetStream, ev *throughcarev1.Event) error {
+	msg, err := Encode(ev)
+	if err != nil {
+		return err
+	}
+	if _, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(OutboxStream(ev.GetSource()))); err != nil {
+		return fmt.Errorf("publish event %s: %w", ev.GetEventId(), err)
+	}
+	return nil
+}

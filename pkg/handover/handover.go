@@ -1,0 +1,205 @@
+// Package handover is the handover protocol between agencies, the same for every agency's
+// service: referrals out, receipts back, questions and answers, deadlines, release and plans.
+//
+// Every change to a handover is one compare-and-set write of its record in the agency's
+// Key-Value bucket, and the events that change must send travel inside that record (an
+// outbox). A relay follows the bucket's change stream, publishes the outbox to JetStream
+// and clears it. So an event is never sent for a change that was not stored, nor a change
+// stored without its event being sent, whenever the process dies. Receivers are idempotent:
+// a duplicate changes nothing.
+package handover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/cases"
+	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/records"
+)
+
+// Config is one agency's handover settings.
+type Config struct {
+	Agency throughcarev1.Agency
+	// AcknowledgeWithin is how long after delivery an acknowledgement is due.
+	AcknowledgeWithin time.Duration
+	// AcceptBeforeRelease is how long before the expected release acceptance is due.
+	AcceptBeforeRelease time.Duration
+	// DeadlineScanInterval is how often deadlines are checked.
+	DeadlineScanInterval time.Duration
+	// Inbox tunes the consumer of incoming events (retries, ack wait); its stream and
+	// durable name are set by Open.
+	Inbox eventbus.ConsumerConfig
+	// Limits bound the agency's streams.
+	Limits eventbus.Limits
+}
+
+// DefaultConfig is the shipped configuration for agency.
+func DefaultConfig(agency throughcarev1.Agency) Config {
+	return Config{
+		Agency:               agency,
+		AcknowledgeWithin:    48 * time.Hour,
+		AcceptBeforeRelease:  14 * 24 * time.Hour,
+		DeadlineScanInterval: time.Minute,
+		Inbox:                eventbus.DefaultConsumerConfig("", ""),
+		Limits:               eventbus.DefaultLimits,
+	}
+}
+
+// Service runs one agency's side of every handover and serves HandoverService.
+type Service struct {
+	throughcarev1.UnimplementedHandoverServiceServer
+	cfg       Config
+	log       *zap.Logger
+	js        jetstream.JetStream
+	handovers *records.Store[*storev1.HandoverRecord]
+	cases     *cases.Store
+	dead      *eventbus.DeadLetters
+	now       func() time.Time
+}
+
+var _ throughcarev1.HandoverServiceServer = (*Service)(nil)
+
+// historyKept is how many revisions of a handover the bucket keeps, so WatchHandovers can
+// replay each change after a cursor. A handover changes a dozen times in its life.
+const historyKept = 64
+
+// Open creates the agency's streams and buckets. Call Run to start processing events.
+func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStore *cases.Store, cfg Config) (*Service, error) {
+	name := eventbus.Token(cfg.Agency)
+	if name == "" {
+		return nil, fmt.Errorf("handover: unknown agency %v", cfg.Agency)
+	}
+	if err := eventbus.Setup(ctx, js, cfg.Agency, cfg.Limits); err != nil {
+		return nil, err
+	}
+	replicas := records.WithReplicas(cfg.Limits.Replicas)
+	handovers, err := records.Open(ctx, js, name+"_handovers", func() *storev1.HandoverRecord { return new(storev1.HandoverRecord) }, replicas, records.WithHistory(historyKept))
+	if err != nil {
+		return nil, err
+	}
+	dead, err := eventbus.OpenDeadLetters(ctx, js, name+"_deadletters", replicas)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Inbox.Stream = eventbus.InboxStream(cfg.Agency)
+	cfg.Inbox.Durable = name + "-inbox"
+	return &Service{
+		cfg:       cfg,
+		log:       log.With(zap.String("agency", name)),
+		js:        js,
+		handovers: handovers,
+		cases:     caseStore,
+		dead:      dead,
+		now:       time.Now,
+	}, nil
+}
+
+// Run processes incoming events, relays the outbox and checks deadlines until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	relay := s.cfg.Inbox
+	stream, prefix := s.handovers.ChangeStream()
+	relay.Stream, relay.Durable, relay.FilterSubject = stream, eventbus.Token(s.cfg.Agency)+"-outbox-relay", prefix+">"
+	relay.MaxDeliver = 0 // an outbox is never given up on
+
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	wg.Go(func() { errs[0] = eventbus.Consume(ctx, s.log, s.js, s.cfg.Inbox, s.dead, s.handleIncoming) })
+	wg.Go(func() { errs[1] = eventbus.Consume(ctx, s.log, s.js, relay, s.dead, s.relayOutbox) })
+	wg.Go(func() { errs[2] = s.watchDeadlines(ctx) })
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// errUnchanged tells mutate that the record already holds the change: nothing to write.
+var errUnchanged = errors.New("unchanged")
+
+// maxConflictRetries bounds retries of a compare-and-set that lost to a concurrent write.
+const maxConflictRetries = 20
+
+// mutate applies a business change to the current record and writes it back if no one
+// wrote in between, retrying with the new current record otherwise. change sees a copy;
+// returning errUnchanged writes nothing. The handover's revision counts business changes.
+func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec *storev1.HandoverRecord) error) (*storev1.HandoverRecord, error) {
+	return s.write(ctx, handoverID, false, change)
+}
+
+// mutateOutbox is the relay's write: it changes only the outbox, and watchers skip it.
+func (s *Service) mutateOutbox(ctx context.Context, handoverID string, change func(rec *storev1.HandoverRecord) error) (*storev1.HandoverRecord, error) {
+	return s.write(ctx, handoverID, true, change)
+}
+
+func (s *Service) write(ctx context.Context, handoverID string, outboxOnly bool, change func(rec *storev1.HandoverRecord) error) (*storev1.HandoverRecord, error) {
+	for range maxConflictRetries {
+		rec, rev, err := s.handovers.Get(ctx, handoverID)
+		if err != nil {
+			return nil, handoverError(handoverID, err)
+		}
+		if err := change(rec); errors.Is(err, errUnchanged) {
+			return rec, nil
+		} else if err != nil {
+			return nil, err
+		}
+		rec.OutboxOnly = outboxOnly
+		if !outboxOnly {
+			rec.Handover.Revision++
+			rec.Handover.UpdateTime = timestampNow(s.now)
+		}
+		_, err = s.handovers.Update(ctx, handoverID, rec, rev)
+		if errors.Is(err, records.ErrRevisionMismatch) {
+			continue
+		}
+		if err != nil {
+			return nil, handoverError(handoverID, err)
+		}
+		return rec, nil
+	}
+	return nil, fmt.Errorf("handover %s: %w: too many concurrent writes", handoverID, fault.ErrConflict)
+}
+
+// get loads a handover record.
+func (s *Service) get(ctx context.Context, handoverID string) (*storev1.HandoverRecord, error) {
+	rec, _, err := s.handovers.Get(ctx, handoverID)
+	if err != nil {
+		return nil, handoverError(handoverID, err)
+	}
+	return rec, nil
+}
+
+// each calls fn for every handover record in id order.
+func (s *Service) each(ctx context.Context, fn func(rec *storev1.HandoverRecord) error) error {
+	return s.handovers.List(ctx, "", func(_ string, rec *storev1.HandoverRecord, _ uint64) (bool, error) {
+		return true, fn(rec)
+	})
+}
+
+func handoverError(handoverID string, err error) error {
+	switch {
+	case errors.Is(err, records.ErrNotFound):
+		return fmt.Errorf("handover %s: %w", handoverID, fault.ErrNotFound)
+	case errors.Is(err, records.ErrExists):
+		return fmt.Errorf("handover %s: %w", handoverID, fault.ErrAlreadyExists)
+	case errors.Is(err, records.ErrInvalidKey):
+		return fault.InvalidField("handover_id", "is not a handover id")
+	}
+	return fmt.Errorf("handover %s: %w", handoverID, err)
+}
+
+// incoming reports whether this agency is the handover's recipient.
+func (s *Service) incoming(h *throughcarev1.Handover) bool { return h.GetRecipient() == s.cfg.Agency }
+
+func (s *Service) direction(h *throughcarev1.Handover) throughcarev1.Direction {
+	if s.incoming(h) {
+		return throughcarev1.Direction_DIRECTION_INCOMING
+	}
+	return throughcarev1.Direction_DIRECTION_OUTGOING
+}

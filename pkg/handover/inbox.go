@@ -1,0 +1,252 @@
+package handover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/ids"
+	"github.com/throughcare/throughcare/pkg/records"
+)
+
+// handleIncoming processes one event from another agency. Every branch is idempotent.
+func (s *Service) handleIncoming(ctx context.Context, msg jetstream.Msg) error {
+	ev, err := eventbus.Decode(msg.Subject(), msg.Headers(), msg.Data())
+	if err != nil {
+		return err
+	}
+	if ev.GetRecipient() != s.cfg.Agency {
+		return eventbus.Permanent(fmt.Errorf("event %s is addressed to %s", ev.GetEventId(), ev.GetRecipient()))
+	}
+	if !ids.Valid(ev.GetHandoverId()) || !ids.Valid(ev.GetCaseId()) {
+		return eventbus.Permanent(fmt.Errorf("event %s has a malformed handover or case id", ev.GetEventId()))
+	}
+	switch p := ev.GetPayload().(type) {
+	case *throughcarev1.Event_HandoverReferred:
+		return s.receiveReferral(ctx, ev, p.HandoverReferred)
+	case *throughcarev1.Event_ReceiptIssued:
+		return s.receiveReceipt(ctx, ev, p.ReceiptIssued)
+	case *throughcarev1.Event_InformationProvided:
+		return s.receiveAnswer(ctx, ev, p.InformationProvided)
+	case *throughcarev1.Event_ReleaseRecorded:
+		return s.receiveRelease(ctx, ev, p.ReleaseRecorded)
+	case *throughcarev1.Event_PlanShared:
+		return s.receivePlan(ctx, ev, p.PlanShared)
+	}
+	return eventbus.Permanent(fmt.Errorf("event %s has no payload this service knows", ev.GetEventId()))
+}
+
+// receiveReferral stores the shared case and the handover, and answers with a delivered
+// receipt in the same write.
+func (s *Service) receiveReferral(ctx context.Context, ev *throughcarev1.Event, referred *throughcarev1.HandoverReferred) error {
+	h, rc := referred.GetHandover(), referred.GetReleaseCase()
+	if h.GetHandoverId() != ev.GetHandoverId() || h.GetCaseId() != ev.GetCaseId() || rc.GetCaseId() != ev.GetCaseId() ||
+		h.GetSender() != ev.GetSource() || h.GetRecipient() != s.cfg.Agency {
+		return eventbus.Permanent(fmt.Errorf("event %s: handover and case do not match the envelope", ev.GetEventId()))
+	}
+	if _, _, err := s.handovers.Get(ctx, h.GetHandoverId()); err == nil {
+		return nil // delivered before: the receipt went out with that write
+	}
+	if err := s.storeSharedCase(ctx, rc); err != nil {
+		return err
+	}
+	h = proto.CloneOf(h)
+	h.UpdateTime = timestampNow(s.now)
+	h.AcknowledgeDueTime = timestamppb.New(s.now().Add(s.cfg.AcknowledgeWithin))
+	rec := &storev1.HandoverRecord{Handover: h}
+	s.issueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_DELIVERED, throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED, "", nil)
+	if _, err := s.handovers.Create(ctx, h.GetHandoverId(), rec); errors.Is(err, records.ErrExists) {
+		return nil // another replica delivered it meanwhile
+	} else if err != nil {
+		return handoverError(h.GetHandoverId(), err)
+	}
+	s.log.Info("handover delivered", zap.String("handover_id", h.GetHandoverId()), zap.String("case_id", h.GetCaseId()), zap.String("sender", h.GetSender().String()))
+	return nil
+}
+
+// storeSharedCase keeps the newest copy of a case a sender shared, and what this agency
+// added to its own copy (its plans).
+func (s *Service) storeSharedCase(ctx context.Context, shared *throughcarev1.ReleaseCase) error {
+	shared = proto.CloneOf(shared)
+	for range maxConflictRetries {
+		have, err := s.cases.Get(ctx, shared.GetCaseId())
+		if errors.Is(err, fault.ErrNotFound) {
+			if _, err := s.cases.Create(ctx, shared); errors.Is(err, fault.ErrAlreadyExists) {
+				continue
+			} else {
+				return err
+			}
+		}
+		if err != nil {
+			return err
+		}
+		shared.SupervisionPlan, shared.AssistancePlan = have.GetSupervisionPlan(), have.GetAssistancePlan()
+		if _, err := s.cases.Update(ctx, shared, have.GetRevision()); errors.Is(err, fault.ErrConflict) {
+			continue
+		} else {
+			return err
+		}
+	}
+	return fmt.Errorf("release case %s: %w: too many concurrent writes", shared.GetCaseId(), fault.ErrConflict)
+}
+
+// updateCase applies change to this agency's copy of a case, retrying on conflict.
+func (s *Service) updateCase(ctx context.Context, caseID string, change func(rc *throughcarev1.ReleaseCase)) error {
+	for range maxConflictRetries {
+		rc, err := s.cases.Get(ctx, caseID)
+		if err != nil {
+			return err
+		}
+		before := proto.CloneOf(rc)
+		change(rc)
+		if proto.Equal(before, rc) {
+			return nil
+		}
+		rc.UpdateTime = timestampNow(s.now)
+		if _, err := s.cases.Update(ctx, rc, before.GetRevision()); errors.Is(err, fault.ErrConflict) {
+			continue
+		} else {
+			return err
+		}
+	}
+	return fmt.Errorf("release case %s: %w: too many concurrent writes", caseID, fault.ErrConflict)
+}
+
+// receiveReceipt moves the sender's view of an outgoing handover.
+func (s *Service) receiveReceipt(ctx context.Context, ev *throughcarev1.Event, issued *throughcarev1.ReceiptIssued) error {
+	if issued.GetReceipt().GetSequence() == 0 {
+		return eventbus.Permanent(fmt.Errorf("event %s: receipt without a sequence", ev.GetEventId()))
+	}
+	_, err := s.mutate(ctx, ev.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+		h := rec.GetHandover()
+		if s.incoming(h) || h.GetRecipient() != ev.GetSource() {
+			return eventbus.Permanent(fmt.Errorf("event %s: a receipt from %s for a handover it did not receive", ev.GetEventId(), ev.GetSource()))
+		}
+		if !s.applyReceipt(h, issued) {
+			return errUnchanged
+		}
+		return nil
+	})
+	if err == nil {
+		s.log.Info("receipt received", zap.String("handover_id", ev.GetHandoverId()), zap.String("receipt", issued.GetReceipt().GetType().String()))
+	}
+	return err
+}
+
+// receiveAnswer records the sender's answer on an incoming handover and confirms it.
+func (s *Service) receiveAnswer(ctx context.Context, ev *throughcarev1.Event, answer *throughcarev1.InformationProvided) error {
+	_, err := s.mutate(ctx, ev.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+		h := rec.GetHandover()
+		if !s.incoming(h) || h.GetSender() != ev.GetSource() {
+			return eventbus.Permanent(fmt.Errorf("event %s: an answer from %s for a handover it did not send", ev.GetEventId(), ev.GetSource()))
+		}
+		req := findRequest(h, answer.GetRequestId())
+		if req == nil {
+			return eventbus.Permanent(fmt.Errorf("event %s: no question %s on handover %s", ev.GetEventId(), answer.GetRequestId(), h.GetHandoverId()))
+		}
+		if req.GetAnswerTime() != nil {
+			return errUnchanged
+		}
+		req.Answer, req.AnswerTime = answer.GetAnswer(), timestampNow(s.now)
+		state := h.GetState()
+		if state == throughcarev1.HandoverState_HANDOVER_STATE_INFORMATION_REQUESTED && openRequests(h) == 0 {
+			state = throughcarev1.HandoverState_HANDOVER_STATE_ACKNOWLEDGED
+		}
+		s.issueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_INFORMATION_PROVIDED, state, ev.GetActor(), nil)
+		return nil
+	})
+	return err
+}
+
+// receiveRelease records the actual release on this agency's copy of the case.
+func (s *Service) receiveRelease(ctx context.Context, ev *throughcarev1.Event, released *throughcarev1.ReleaseRecorded) error {
+	if err := s.checkAccepted(ctx, ev, true); err != nil {
+		return err
+	}
+	return s.updateCase(ctx, ev.GetCaseId(), func(rc *throughcarev1.ReleaseCase) {
+		if rc.ReleasePlan == nil {
+			rc.ReleasePlan = new(throughcarev1.ReleasePlan)
+		}
+		rc.ReleasePlan.ActualReleaseDate = released.GetRelease().GetActualReleaseDate()
+		rc.ReleasePlan.ReleaseAddress = released.GetRelease().GetReleaseAddress()
+		rc.State = throughcarev1.CaseState_CASE_STATE_RELEASED
+	})
+}
+
+// receivePlan records a supervision or assistance plan on this agency's case.
+func (s *Service) receivePlan(ctx context.Context, ev *throughcarev1.Event, plan *throughcarev1.PlanShared) error {
+	if err := s.checkAccepted(ctx, ev, false); err != nil {
+		return err
+	}
+	return s.updateCase(ctx, ev.GetCaseId(), func(rc *throughcarev1.ReleaseCase) {
+		if p := plan.GetSupervisionPlan(); p != nil {
+			rc.SupervisionPlan = p
+		}
+		if p := plan.GetAssistancePlan(); p != nil {
+			rc.AssistancePlan = p
+		}
+	})
+}
+
+// checkAccepted refuses an event about a case unless it travels along an accepted
+// handover between the two agencies, in the right direction.
+func (s *Service) checkAccepted(ctx context.Context, ev *throughcarev1.Event, incoming bool) error {
+	rec, err := s.get(ctx, ev.GetHandoverId())
+	if errors.Is(err, fault.ErrNotFound) {
+		return eventbus.Permanent(fmt.Errorf("event %s: unknown handover %s", ev.GetEventId(), ev.GetHandoverId()))
+	}
+	if err != nil {
+		return err
+	}
+	h := rec.GetHandover()
+	peer := h.GetRecipient()
+	if incoming {
+		peer = h.GetSender()
+	}
+	if s.incoming(h) != incoming || peer != ev.GetSource() || h.GetCaseId() != ev.GetCaseId() || h.GetState() != throughcarev1.HandoverState_HANDOVER_STATE_ACCEPTED {
+		return eventbus.Permanent(fmt.Errorf("event %s: handover %s does not carry it (%s, %s)", ev.GetEventId(), h.GetHandoverId(), s.direction(h), h.GetState()))
+	}
+	return nil
+}
+
+// relayOutbox publishes the events a write put in a handover's outbox, then clears them.
+// A crash between the two publishes them again under the same ids, which JetStream's
+// duplicate window and the receivers' idempotence absorb.
+func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
+	if op := msg.Headers().Get("KV-Operation"); op != "" || len(msg.Data()) == 0 {
+		return nil // a delete or purge marker
+	}
+	rec, err := s.handovers.Decode(msg.Data())
+	if err != nil {
+		return eventbus.Permanent(err)
+	}
+	if len(rec.GetOutbox()) == 0 {
+		return nil
+	}
+	published := make([]string, 0, len(rec.GetOutbox()))
+	for _, ev := range rec.GetOutbox() {
+		if err := eventbus.Publish(ctx, s.js, ev); err != nil {
+			return err
+		}
+		published = append(published, ev.GetEventId())
+	}
+	_, err = s.mutateOutbox(ctx, rec.GetHandover().GetHandoverId(), func(cur *storev1.HandoverRecord) error {
+		before := len(cur.GetOutbox())
+		cur.Outbox = slices.DeleteFunc(cur.Outbox, func(ev *throughcarev1.Event) bool { return slices.Contains(published, ev.GetEventId()) })
+		if len(cur.GetOutbox()) == before {
+			return errUnchanged // cleared by an earlier delivery of the same revision
+		}
+		return nil
+	})
+	return err
+}

@@ -1,0 +1,134 @@
+package handover
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/ids"
+)
+
+// Refer creates a handover of a case this agency holds to recipient for purpose, and sends
+// the case with it. It returns the handover and the categories held back from the
+// recipient.
+func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []throughcarev1.DataCategory, error) {
+	if recipient == s.cfg.Agency {
+		return nil, nil, fault.InvalidField("recipient", "must be another agency")
+	}
+	rc, err := s.cases.Get(ctx, caseID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if rc.GetState() != throughcarev1.CaseState_CASE_STATE_OPEN {
+		return nil, nil, fmt.Errorf("release case %s is %s; only an open case can be referred: %w", caseID, rc.GetState(), fault.ErrFailedPrecondition)
+	}
+	now := timestampNow(s.now)
+	h := &throughcarev1.Handover{
+		HandoverId:    ids.New(ids.Handover),
+		CaseId:        caseID,
+		Sender:        s.cfg.Agency,
+		Recipient:     recipient,
+		Purpose:       purpose,
+		State:         throughcarev1.HandoverState_HANDOVER_STATE_REFERRED,
+		CreateTime:    now,
+		UpdateTime:    now,
+		AcceptDueTime: s.acceptDue(rc),
+		Revision:      1,
+	}
+	// The copy the recipient gets: its revision is ours, not theirs.
+	shared := proto.CloneOf(rc)
+	shared.Revision = 0
+	ev := s.newEvent(h, recipient, actor, throughcarev1.EventType_EVENT_TYPE_HANDOVER_REFERRED)
+	ev.Payload = &throughcarev1.Event_HandoverReferred{HandoverReferred: &throughcarev1.HandoverReferred{Handover: proto.CloneOf(h), ReleaseCase: shared}}
+	rec := &storev1.HandoverRecord{Handover: h, Outbox: []*throughcarev1.Event{ev}}
+	if _, err := s.handovers.Create(ctx, h.GetHandoverId(), rec); err != nil {
+		return nil, nil, handoverError(h.GetHandoverId(), err)
+	}
+	s.log.Info("handover referred", zap.String("handover_id", h.GetHandoverId()), zap.String("case_id", caseID),
+		zap.String("recipient", recipient.String()), zap.String("purpose", purpose.String()), zap.String("actor", actor))
+	return h, nil, nil
+}
+
+// acceptDue is when acceptance is due: a set time before the expected release.
+func (s *Service) acceptDue(rc *throughcarev1.ReleaseCase) *timestamppb.Timestamp {
+	d := rc.GetReleasePlan().GetExpectedReleaseDate()
+	if d == nil {
+		return nil
+	}
+	release := time.Date(int(d.GetYear()), time.Month(d.GetMonth()), int(d.GetDay()), 0, 0, 0, 0, time.UTC)
+	return timestamppb.New(release.Add(-s.cfg.AcceptBeforeRelease))
+}
+
+// NotifyRelease tells every agency that accepted a handover of the case that the person
+// has left prison. Calling it again sends the same event ids, which change nothing.
+func (s *Service) NotifyRelease(ctx context.Context, actor, caseID string, release *throughcarev1.Release) (int, error) {
+	accepted, err := s.find(ctx, func(h *throughcarev1.Handover) bool {
+		return h.GetCaseId() == caseID && !s.incoming(h) && h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_ACCEPTED
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, h := range accepted {
+		_, err := s.mutate(ctx, h.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+			ev := s.newEvent(rec.GetHandover(), rec.GetHandover().GetRecipient(), actor, throughcarev1.EventType_EVENT_TYPE_RELEASE_RECORDED)
+			ev.EventId = stableEventID(rec.GetHandover().GetHandoverId(), "release")
+			ev.Payload = &throughcarev1.Event_ReleaseRecorded{ReleaseRecorded: &throughcarev1.ReleaseRecorded{Release: proto.CloneOf(release)}}
+			rec.Outbox = append(rec.Outbox, ev)
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	s.log.Info("release notified", zap.String("case_id", caseID), zap.Int("agencies", len(accepted)), zap.String("actor", actor))
+	return len(accepted), nil
+}
+
+// SharePlan sends this agency's plan for a case back to the agency that referred it. The
+// handover must have been accepted.
+func (s *Service) SharePlan(ctx context.Context, actor, caseID string, plan *throughcarev1.PlanShared) error {
+	accepted, err := s.find(ctx, func(h *throughcarev1.Handover) bool {
+		return h.GetCaseId() == caseID && s.incoming(h) && h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_ACCEPTED
+	})
+	if err != nil {
+		return err
+	}
+	if len(accepted) == 0 {
+		return fmt.Errorf("release case %s has no accepted handover to share a plan along: %w", caseID, fault.ErrFailedPrecondition)
+	}
+	for _, h := range accepted {
+		_, err := s.mutate(ctx, h.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+			ev := s.newEvent(rec.GetHandover(), rec.GetHandover().GetSender(), actor, throughcarev1.EventType_EVENT_TYPE_PLAN_SHARED)
+			ev.Payload = &throughcarev1.Event_PlanShared{PlanShared: proto.CloneOf(plan)}
+			rec.Outbox = append(rec.Outbox, ev)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	s.log.Info("plan shared", zap.String("case_id", caseID), zap.Int("handovers", len(accepted)), zap.String("actor", actor))
+	return nil
+}
+
+// find returns the handovers that match.
+func (s *Service) find(ctx context.Context, match func(*throughcarev1.Handover) bool) ([]*throughcarev1.Handover, error) {
+	var found []*throughcarev1.Handover
+	err := s.each(ctx, func(rec *storev1.HandoverRecord) error {
+		if match(rec.GetHandover()) {
+			found = append(found, rec.GetHandover())
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list handovers: %w", err)
+	}
+	return found, nil
+}

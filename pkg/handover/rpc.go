@@ -1,0 +1,270 @@
+package handover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/cases"
+	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/ids"
+	"github.com/throughcare/throughcare/pkg/records"
+)
+
+func (s *Service) ListHandovers(ctx context.Context, req *throughcarev1.ListHandoversRequest) (*throughcarev1.ListHandoversResponse, error) {
+	after, err := records.DecodePageToken(req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = cases.DefaultPageSize
+	}
+	var page []*throughcarev1.Handover
+	var next string
+	err = s.handovers.List(ctx, after, func(key string, rec *storev1.HandoverRecord, _ uint64) (bool, error) {
+		h := rec.GetHandover()
+		if !matches(req, s.direction(h), h) {
+			return true, nil
+		}
+		if len(page) == size {
+			next = records.EncodePageToken(page[len(page)-1].GetHandoverId())
+			return false, nil
+		}
+		page = append(page, h)
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list handovers: %w", err)
+	}
+	for i, h := range page {
+		if page[i], err = s.retrieved(ctx, h); err != nil {
+			return nil, err
+		}
+	}
+	return &throughcarev1.ListHandoversResponse{Handovers: page, NextPageToken: next}, nil
+}
+
+func matches(req *throughcarev1.ListHandoversRequest, dir throughcarev1.Direction, h *throughcarev1.Handover) bool {
+	if dir != req.GetDirection() {
+		return false
+	}
+	if len(req.GetStates()) > 0 && !slices.Contains(req.GetStates(), h.GetState()) {
+		return false
+	}
+	if req.GetOverdueOnly() && !h.GetAcknowledgeOverdue() && !h.GetAcceptOverdue() {
+		return false
+	}
+	if before := req.GetDueBefore(); before != nil {
+		ackDue := h.GetAcknowledgeDueTime() != nil && h.GetAcknowledgeDueTime().AsTime().Before(before.AsTime())
+		acceptDue := h.GetAcceptDueTime() != nil && h.GetAcceptDueTime().AsTime().Before(before.AsTime())
+		if finished(h) || !ackDue && !acceptDue {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Service) GetHandover(ctx context.Context, req *throughcarev1.GetHandoverRequest) (*throughcarev1.GetHandoverResponse, error) {
+	rec, err := s.get(ctx, req.GetHandoverId())
+	if err != nil {
+		return nil, err
+	}
+	h, err := s.retrieved(ctx, rec.GetHandover())
+	if err != nil {
+		return nil, err
+	}
+	resp := &throughcarev1.GetHandoverResponse{Handover: h}
+	if s.incoming(h) {
+		rc, err := s.cases.Get(ctx, h.GetCaseId())
+		if err != nil && !errors.Is(err, fault.ErrNotFound) {
+			return nil, err
+		}
+		resp.ReleaseCase = rc
+	}
+	return resp, nil
+}
+
+// retrieved marks an incoming handover retrieved the first time the recipient's system
+// reads it, and returns it as it now stands.
+func (s *Service) retrieved(ctx context.Context, h *throughcarev1.Handover) (*throughcarev1.Handover, error) {
+	if !s.incoming(h) || h.GetState() != throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED {
+		return h, nil
+	}
+	rec, err := s.recipientStep(ctx, h.GetHandoverId(), "", throughcarev1.ReceiptType_RECEIPT_TYPE_RETRIEVED, throughcarev1.HandoverState_HANDOVER_STATE_RETRIEVED, nil)
+	if errors.Is(err, fault.ErrFailedPrecondition) {
+		// Moved on meanwhile (acknowledged by a concurrent call): return it as it is.
+		rec, err = s.get(ctx, h.GetHandoverId())
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rec.GetHandover(), nil
+}
+
+// recipientStep takes one of the recipient's steps on an incoming handover: it checks the
+// transition on the current state, applies it, and sends the receipt in the same write.
+func (s *Service) recipientStep(ctx context.Context, handoverID, actor string, t throughcarev1.ReceiptType, to throughcarev1.HandoverState, apply func(*throughcarev1.Handover, *throughcarev1.ReceiptIssued)) (*storev1.HandoverRecord, error) {
+	rec, err := s.mutate(ctx, handoverID, func(rec *storev1.HandoverRecord) error {
+		h := rec.GetHandover()
+		if !s.incoming(h) {
+			return fmt.Errorf("handover %s was sent by this agency; only its recipient can take this step: %w", handoverID, fault.ErrFailedPrecondition)
+		}
+		if err := checkTransition(h, t); err != nil {
+			return err
+		}
+		s.issueReceipt(rec, t, to, actor, func(issued *throughcarev1.ReceiptIssued) {
+			if apply != nil {
+				apply(h, issued)
+			}
+		})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("handover step", zap.String("handover_id", handoverID), zap.String("receipt", t.String()), zap.String("actor", actor))
+	return rec, nil
+}
+
+func (s *Service) AcknowledgeHandover(ctx context.Context, req *throughcarev1.AcknowledgeHandoverRequest) (*throughcarev1.AcknowledgeHandoverResponse, error) {
+	rec, err := s.recipientStep(ctx, req.GetHandoverId(), req.GetActor(), throughcarev1.ReceiptType_RECEIPT_TYPE_ACKNOWLEDGED, throughcarev1.HandoverState_HANDOVER_STATE_ACKNOWLEDGED, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &throughcarev1.AcknowledgeHandoverResponse{Handover: rec.GetHandover()}, nil
+}
+
+func (s *Service) AcceptHandover(ctx context.Context, req *throughcarev1.AcceptHandoverRequest) (*throughcarev1.AcceptHandoverResponse, error) {
+	rec, err := s.recipientStep(ctx, req.GetHandoverId(), req.GetActor(), throughcarev1.ReceiptType_RECEIPT_TYPE_ACCEPTED, throughcarev1.HandoverState_HANDOVER_STATE_ACCEPTED,
+		func(h *throughcarev1.Handover, issued *throughcarev1.ReceiptIssued) {
+			h.AssignedWorker = req.GetAssignedWorker()
+			issued.AssignedWorker = req.GetAssignedWorker()
+		})
+	if err != nil {
+		return nil, err
+	}
+	return &throughcarev1.AcceptHandoverResponse{Handover: rec.GetHandover()}, nil
+}
+
+func (s *Service) DeclineHandover(ctx context.Context, req *throughcarev1.DeclineHandoverRequest) (*throughcarev1.DeclineHandoverResponse, error) {
+	rec, err := s.recipientStep(ctx, req.GetHandoverId(), req.GetActor(), throughcarev1.ReceiptType_RECEIPT_TYPE_DECLINED, throughcarev1.HandoverState_HANDOVER_STATE_DECLINED,
+		func(h *throughcarev1.Handover, issued *throughcarev1.ReceiptIssued) {
+			h.DeclineReason, h.DeclineNote = req.GetReason(), req.GetNote()
+			issued.DeclineReason, issued.DeclineNote = req.GetReason(), req.GetNote()
+		})
+	if err != nil {
+		return nil, err
+	}
+	return &throughcarev1.DeclineHandoverResponse{Handover: rec.GetHandover()}, nil
+}
+
+// maxQuestions bounds the questions on one handover, and so the writes it can take.
+const maxQuestions = 20
+
+func (s *Service) RequestInformation(ctx context.Context, req *throughcarev1.RequestInformationRequest) (*throughcarev1.RequestInformationResponse, error) {
+	rec, err := s.mutate(ctx, req.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+		h := rec.GetHandover()
+		if !s.incoming(h) {
+			return fmt.Errorf("handover %s was sent by this agency; only its recipient can ask: %w", h.GetHandoverId(), fault.ErrFailedPrecondition)
+		}
+		if err := checkTransition(h, throughcarev1.ReceiptType_RECEIPT_TYPE_INFORMATION_REQUESTED); err != nil {
+			return err
+		}
+		if len(h.GetInformationRequests()) >= maxQuestions {
+			return fmt.Errorf("handover %s already has %d questions: %w", h.GetHandoverId(), maxQuestions, fault.ErrFailedPrecondition)
+		}
+		question := &throughcarev1.InformationRequest{RequestId: ids.New(ids.Request), Question: req.GetQuestion(), AskTime: timestampNow(s.now)}
+		h.InformationRequests = append(h.InformationRequests, question)
+		s.issueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_INFORMATION_REQUESTED, throughcarev1.HandoverState_HANDOVER_STATE_INFORMATION_REQUESTED, req.GetActor(),
+			func(issued *throughcarev1.ReceiptIssued) { issued.InformationRequest = question })
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &throughcarev1.RequestInformationResponse{Handover: rec.GetHandover()}, nil
+}
+
+func (s *Service) ProvideInformation(ctx context.Context, req *throughcarev1.ProvideInformationRequest) (*throughcarev1.ProvideInformationResponse, error) {
+	rec, err := s.mutate(ctx, req.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+		h := rec.GetHandover()
+		if s.incoming(h) {
+			return fmt.Errorf("handover %s was received by this agency; only its sender can answer: %w", h.GetHandoverId(), fault.ErrFailedPrecondition)
+		}
+		question := findRequest(h, req.GetRequestId())
+		if question == nil {
+			return fmt.Errorf("handover %s has no question %s: %w", h.GetHandoverId(), req.GetRequestId(), fault.ErrNotFound)
+		}
+		if question.GetAnswerTime() != nil {
+			return fmt.Errorf("question %s on handover %s is answered: %w", req.GetRequestId(), h.GetHandoverId(), fault.ErrFailedPrecondition)
+		}
+		question.Answer, question.AnswerTime = req.GetAnswer(), timestampNow(s.now)
+		ev := s.newEvent(h, h.GetRecipient(), req.GetActor(), throughcarev1.EventType_EVENT_TYPE_INFORMATION_PROVIDED)
+		ev.EventId = stableEventID(h.GetHandoverId(), "answer/"+req.GetRequestId())
+		ev.Payload = &throughcarev1.Event_InformationProvided{InformationProvided: &throughcarev1.InformationProvided{RequestId: req.GetRequestId(), Answer: req.GetAnswer()}}
+		rec.Outbox = append(rec.Outbox, ev)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &throughcarev1.ProvideInformationResponse{Handover: rec.GetHandover()}, nil
+}
+
+// WatchHandovers streams every change to this agency's handovers after the cursor. The
+// cursor is the bucket revision of the change, so a resumed watch neither skips nor repeats.
+func (s *Service) WatchHandovers(req *throughcarev1.WatchHandoversRequest, stream grpc.ServerStreamingServer[throughcarev1.WatchHandoversResponse]) error {
+	var after uint64
+	if c := req.GetCursor(); c != "" {
+		var err error
+		if after, err = strconv.ParseUint(c, 10, 64); err != nil {
+			return fault.InvalidField("cursor", "is not a cursor from a previous response")
+		}
+	}
+	ctx := stream.Context()
+	err := s.handovers.Watch(ctx, after, func(_ string, rec *storev1.HandoverRecord, rev uint64) error {
+		if rec.GetOutboxOnly() {
+			return nil // the relay's bookkeeping, not a change
+		}
+		h := rec.GetHandover()
+		if s.incoming(h) && h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED {
+			// The retrieved receipt is a change of its own that the watch sends next.
+			if _, err := s.retrieved(ctx, h); err != nil {
+				return err
+			}
+		}
+		return stream.Send(&throughcarev1.WatchHandoversResponse{Handover: h, Direction: s.direction(h), Cursor: strconv.FormatUint(rev, 10)})
+	})
+	if ctx.Err() != nil {
+		return nil // the client went away
+	}
+	return err
+}
+
+func (s *Service) ListDeadLetters(ctx context.Context, req *throughcarev1.ListDeadLettersRequest) (*throughcarev1.ListDeadLettersResponse, error) {
+	after, err := records.DecodePageToken(req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = cases.DefaultPageSize
+	}
+	page, last, err := s.dead.List(ctx, after, size)
+	if err != nil {
+		return nil, fmt.Errorf("list dead letters: %w", err)
+	}
+	resp := &throughcarev1.ListDeadLettersResponse{DeadLetters: page}
+	if last != "" {
+		resp.NextPageToken = records.EncodePageToken(last)
+	}
+	return resp, nil
+}
