@@ -23,11 +23,74 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// DisclosureKind is what a ledger entry records.
+type DisclosureKind int32
+
+const (
+	DisclosureKind_DISCLOSURE_KIND_UNSPECIFIED DisclosureKind = 0
+	// Data left this agency for another.
+	DisclosureKind_DISCLOSURE_KIND_SHARED DisclosureKind = 1
+	// This agency purged categories from its copy after consent was withdrawn.
+	DisclosureKind_DISCLOSURE_KIND_PURGED DisclosureKind = 2
+	// This agency removed its copy when the rule's retention ran out.
+	DisclosureKind_DISCLOSURE_KIND_EXPIRED DisclosureKind = 3
+	// This agency refused an event carrying data the protocol does not allow it.
+	DisclosureKind_DISCLOSURE_KIND_REFUSED DisclosureKind = 4
+)
+
+// Enum value maps for DisclosureKind.
+var (
+	DisclosureKind_name = map[int32]string{
+		0: "DISCLOSURE_KIND_UNSPECIFIED",
+		1: "DISCLOSURE_KIND_SHARED",
+		2: "DISCLOSURE_KIND_PURGED",
+		3: "DISCLOSURE_KIND_EXPIRED",
+		4: "DISCLOSURE_KIND_REFUSED",
+	}
+	DisclosureKind_value = map[string]int32{
+		"DISCLOSURE_KIND_UNSPECIFIED": 0,
+		"DISCLOSURE_KIND_SHARED":      1,
+		"DISCLOSURE_KIND_PURGED":      2,
+		"DISCLOSURE_KIND_EXPIRED":     3,
+		"DISCLOSURE_KIND_REFUSED":     4,
+	}
+)
+
+func (x DisclosureKind) Enum() *DisclosureKind {
+	p := new(DisclosureKind)
+	*p = x
+	return p
+}
+
+func (x DisclosureKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DisclosureKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_throughcare_v1_audit_proto_enumTypes[0].Descriptor()
+}
+
+func (DisclosureKind) Type() protoreflect.EnumType {
+	return &file_throughcare_v1_audit_proto_enumTypes[0]
+}
+
+func (x DisclosureKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DisclosureKind.Descriptor instead.
+func (DisclosureKind) EnumDescriptor() ([]byte, []int) {
+	return file_throughcare_v1_audit_proto_rawDescGZIP(), []int{0}
+}
+
+// ListDisclosuresRequest names one case, or one person by prison number.
 type ListDisclosuresRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	CaseId        string                 `protobuf:"bytes,1,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
-	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	CaseId    string                 `protobuf:"bytes,1,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	PageSize  int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Every disclosure about the person, across their cases.
+	PrisonNumber  string `protobuf:"bytes,4,opt,name=prison_number,json=prisonNumber,proto3" json:"prison_number,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -79,6 +142,13 @@ func (x *ListDisclosuresRequest) GetPageSize() int32 {
 func (x *ListDisclosuresRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListDisclosuresRequest) GetPrisonNumber() string {
+	if x != nil {
+		return x.PrisonNumber
 	}
 	return ""
 }
@@ -135,7 +205,8 @@ func (x *ListDisclosuresResponse) GetNextPageToken() string {
 	return ""
 }
 
-// Disclosure is one entry of the ledger: data about a case that left one agency for another.
+// Disclosure is one entry of the ledger: data about a case that left one agency for another,
+// or what became of a copy (purged, expired, refused).
 type Disclosure struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	Sequence           uint64                 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
@@ -154,7 +225,15 @@ type Disclosure struct {
 	// SHA-256 of the payload as sent.
 	PayloadHash []byte `protobuf:"bytes,14,opt,name=payload_hash,json=payloadHash,proto3" json:"payload_hash,omitempty"`
 	// SHA-256 of the previous entry's hash and this entry.
-	EntryHash     []byte `protobuf:"bytes,15,opt,name=entry_hash,json=entryHash,proto3" json:"entry_hash,omitempty"`
+	EntryHash []byte         `protobuf:"bytes,15,opt,name=entry_hash,json=entryHash,proto3" json:"entry_hash,omitempty"`
+	Kind      DisclosureKind `protobuf:"varint,16,opt,name=kind,proto3,enum=throughcare.v1.DisclosureKind" json:"kind,omitempty"`
+	// Why each withheld category was withheld.
+	Withholdings []*Withholding `protobuf:"bytes,17,rep,name=withholdings,proto3" json:"withholdings,omitempty"`
+	// SHA-256 of the person's prison number, so a subject-access request finds every case
+	// without the ledger holding the number itself.
+	PersonHash []byte `protobuf:"bytes,18,opt,name=person_hash,json=personHash,proto3" json:"person_hash,omitempty"`
+	// What happened, for kinds other than SHARED: the violation, the purge, the expiry.
+	Note          string `protobuf:"bytes,19,opt,name=note,proto3" json:"note,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -294,6 +373,34 @@ func (x *Disclosure) GetEntryHash() []byte {
 	return nil
 }
 
+func (x *Disclosure) GetKind() DisclosureKind {
+	if x != nil {
+		return x.Kind
+	}
+	return DisclosureKind_DISCLOSURE_KIND_UNSPECIFIED
+}
+
+func (x *Disclosure) GetWithholdings() []*Withholding {
+	if x != nil {
+		return x.Withholdings
+	}
+	return nil
+}
+
+func (x *Disclosure) GetPersonHash() []byte {
+	if x != nil {
+		return x.PersonHash
+	}
+	return nil
+}
+
+func (x *Disclosure) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
 type VerifyLedgerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -399,19 +506,101 @@ func (x *VerifyLedgerResponse) GetProblem() string {
 	return ""
 }
 
+type GetSharingProtocolRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSharingProtocolRequest) Reset() {
+	*x = GetSharingProtocolRequest{}
+	mi := &file_throughcare_v1_audit_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSharingProtocolRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSharingProtocolRequest) ProtoMessage() {}
+
+func (x *GetSharingProtocolRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_audit_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSharingProtocolRequest.ProtoReflect.Descriptor instead.
+func (*GetSharingProtocolRequest) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_audit_proto_rawDescGZIP(), []int{5}
+}
+
+type GetSharingProtocolResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Protocol      *SharingProtocol       `protobuf:"bytes,1,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSharingProtocolResponse) Reset() {
+	*x = GetSharingProtocolResponse{}
+	mi := &file_throughcare_v1_audit_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSharingProtocolResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSharingProtocolResponse) ProtoMessage() {}
+
+func (x *GetSharingProtocolResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_audit_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSharingProtocolResponse.ProtoReflect.Descriptor instead.
+func (*GetSharingProtocolResponse) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_audit_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetSharingProtocolResponse) GetProtocol() *SharingProtocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return nil
+}
+
 var File_throughcare_v1_audit_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x1athroughcare/v1/audit.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/data.proto\"\xad\x01\n" +
-	"\x16ListDisclosuresRequest\x129\n" +
-	"\acase_id\x18\x01 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06caseId\x12+\n" +
+	"\x1athroughcare/v1/audit.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/protocol.proto\"\xe0\x02\n" +
+	"\x16ListDisclosuresRequest\x12<\n" +
+	"\acase_id\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^([A-Za-z0-9_-]{1,64})?$\xd0\xf3\x18\x01R\x06caseId\x12+\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\x0e\xbaH\a\x1a\x05\x18\xf4\x03(\x00\xd0\xf3\x18\x01R\bpageSize\x12+\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tB\f\xbaH\x05r\x03\x18\x80\x02\xd0\xf3\x18\x01R\tpageToken\"\x8b\x01\n" +
+	"page_token\x18\x03 \x01(\tB\f\xbaH\x05r\x03\x18\x80\x02\xd0\xf3\x18\x01R\tpageToken\x120\n" +
+	"\rprison_number\x18\x04 \x01(\tB\v\xbaH\x04r\x02\x18@\xc8\xf3\x18\x01R\fprisonNumber:|\xbaHy\x1aw\n" +
+	"\x13case_id.one_subject\x12,set exactly one of case_id and prison_number\x1a2(this.case_id == '') != (this.prison_number == '')\"\x8b\x01\n" +
 	"\x17ListDisclosuresResponse\x12B\n" +
 	"\vdisclosures\x18\x01 \x03(\v2\x1a.throughcare.v1.DisclosureB\x04\xd0\xf3\x18\x01R\vdisclosures\x12,\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\rnextPageToken\"\xde\x05\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\rnextPageToken\"\xa0\a\n" +
 	"\n" +
 	"Disclosure\x12 \n" +
 	"\bsequence\x18\x01 \x01(\x04B\x04\xd0\xf3\x18\x01R\bsequence\x12\x1d\n" +
@@ -432,16 +621,31 @@ const file_throughcare_v1_audit_proto_rawDesc = "" +
 	"\x04time\x18\r \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\x04time\x12'\n" +
 	"\fpayload_hash\x18\x0e \x01(\fB\x04\xd0\xf3\x18\x01R\vpayloadHash\x12#\n" +
 	"\n" +
-	"entry_hash\x18\x0f \x01(\fB\x04\xd0\xf3\x18\x01R\tentryHash\"\x15\n" +
+	"entry_hash\x18\x0f \x01(\fB\x04\xd0\xf3\x18\x01R\tentryHash\x128\n" +
+	"\x04kind\x18\x10 \x01(\x0e2\x1e.throughcare.v1.DisclosureKindB\x04\xd0\xf3\x18\x01R\x04kind\x12E\n" +
+	"\fwithholdings\x18\x11 \x03(\v2\x1b.throughcare.v1.WithholdingB\x04\xd0\xf3\x18\x01R\fwithholdings\x12%\n" +
+	"\vperson_hash\x18\x12 \x01(\fB\x04\xd0\xf3\x18\x01R\n" +
+	"personHash\x12\x18\n" +
+	"\x04note\x18\x13 \x01(\tB\x04\xd0\xf3\x18\x01R\x04note\"\x15\n" +
 	"\x13VerifyLedgerRequest\"\xa8\x01\n" +
 	"\x14VerifyLedgerResponse\x12\x1c\n" +
 	"\x06intact\x18\x01 \x01(\bB\x04\xd0\xf3\x18\x01R\x06intact\x12\x1e\n" +
 	"\aentries\x18\x02 \x01(\x04B\x04\xd0\xf3\x18\x01R\aentries\x122\n" +
 	"\x12first_bad_sequence\x18\x03 \x01(\x04B\x04\xd0\xf3\x18\x01R\x10firstBadSequence\x12\x1e\n" +
-	"\aproblem\x18\x04 \x01(\tB\x04\xd0\xf3\x18\x01R\aproblem2\xcd\x01\n" +
+	"\aproblem\x18\x04 \x01(\tB\x04\xd0\xf3\x18\x01R\aproblem\"\x1b\n" +
+	"\x19GetSharingProtocolRequest\"_\n" +
+	"\x1aGetSharingProtocolResponse\x12A\n" +
+	"\bprotocol\x18\x01 \x01(\v2\x1f.throughcare.v1.SharingProtocolB\x04\xd0\xf3\x18\x01R\bprotocol*\xa3\x01\n" +
+	"\x0eDisclosureKind\x12\x1f\n" +
+	"\x1bDISCLOSURE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16DISCLOSURE_KIND_SHARED\x10\x01\x12\x1a\n" +
+	"\x16DISCLOSURE_KIND_PURGED\x10\x02\x12\x1b\n" +
+	"\x17DISCLOSURE_KIND_EXPIRED\x10\x03\x12\x1b\n" +
+	"\x17DISCLOSURE_KIND_REFUSED\x10\x042\xba\x02\n" +
 	"\fAuditService\x12b\n" +
 	"\x0fListDisclosures\x12&.throughcare.v1.ListDisclosuresRequest\x1a'.throughcare.v1.ListDisclosuresResponse\x12Y\n" +
-	"\fVerifyLedger\x12#.throughcare.v1.VerifyLedgerRequest\x1a$.throughcare.v1.VerifyLedgerResponseBEZCgithub.com/throughcare/throughcare/gen/throughcare/v1;throughcarev1b\x06proto3"
+	"\fVerifyLedger\x12#.throughcare.v1.VerifyLedgerRequest\x1a$.throughcare.v1.VerifyLedgerResponse\x12k\n" +
+	"\x12GetSharingProtocol\x12).throughcare.v1.GetSharingProtocolRequest\x1a*.throughcare.v1.GetSharingProtocolResponseBEZCgithub.com/throughcare/throughcare/gen/throughcare/v1;throughcarev1b\x06proto3"
 
 var (
 	file_throughcare_v1_audit_proto_rawDescOnce sync.Once
@@ -455,35 +659,46 @@ func file_throughcare_v1_audit_proto_rawDescGZIP() []byte {
 	return file_throughcare_v1_audit_proto_rawDescData
 }
 
-var file_throughcare_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_throughcare_v1_audit_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_throughcare_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_throughcare_v1_audit_proto_goTypes = []any{
-	(*ListDisclosuresRequest)(nil),  // 0: throughcare.v1.ListDisclosuresRequest
-	(*ListDisclosuresResponse)(nil), // 1: throughcare.v1.ListDisclosuresResponse
-	(*Disclosure)(nil),              // 2: throughcare.v1.Disclosure
-	(*VerifyLedgerRequest)(nil),     // 3: throughcare.v1.VerifyLedgerRequest
-	(*VerifyLedgerResponse)(nil),    // 4: throughcare.v1.VerifyLedgerResponse
-	(Agency)(0),                     // 5: throughcare.v1.Agency
-	(Purpose)(0),                    // 6: throughcare.v1.Purpose
-	(DataCategory)(0),               // 7: throughcare.v1.DataCategory
-	(*timestamppb.Timestamp)(nil),   // 8: google.protobuf.Timestamp
+	(DisclosureKind)(0),                // 0: throughcare.v1.DisclosureKind
+	(*ListDisclosuresRequest)(nil),     // 1: throughcare.v1.ListDisclosuresRequest
+	(*ListDisclosuresResponse)(nil),    // 2: throughcare.v1.ListDisclosuresResponse
+	(*Disclosure)(nil),                 // 3: throughcare.v1.Disclosure
+	(*VerifyLedgerRequest)(nil),        // 4: throughcare.v1.VerifyLedgerRequest
+	(*VerifyLedgerResponse)(nil),       // 5: throughcare.v1.VerifyLedgerResponse
+	(*GetSharingProtocolRequest)(nil),  // 6: throughcare.v1.GetSharingProtocolRequest
+	(*GetSharingProtocolResponse)(nil), // 7: throughcare.v1.GetSharingProtocolResponse
+	(Agency)(0),                        // 8: throughcare.v1.Agency
+	(Purpose)(0),                       // 9: throughcare.v1.Purpose
+	(DataCategory)(0),                  // 10: throughcare.v1.DataCategory
+	(*timestamppb.Timestamp)(nil),      // 11: google.protobuf.Timestamp
+	(*Withholding)(nil),                // 12: throughcare.v1.Withholding
+	(*SharingProtocol)(nil),            // 13: throughcare.v1.SharingProtocol
 }
 var file_throughcare_v1_audit_proto_depIdxs = []int32{
-	2, // 0: throughcare.v1.ListDisclosuresResponse.disclosures:type_name -> throughcare.v1.Disclosure
-	5, // 1: throughcare.v1.Disclosure.sender:type_name -> throughcare.v1.Agency
-	5, // 2: throughcare.v1.Disclosure.recipient:type_name -> throughcare.v1.Agency
-	6, // 3: throughcare.v1.Disclosure.purpose:type_name -> throughcare.v1.Purpose
-	7, // 4: throughcare.v1.Disclosure.shared_categories:type_name -> throughcare.v1.DataCategory
-	7, // 5: throughcare.v1.Disclosure.withheld_categories:type_name -> throughcare.v1.DataCategory
-	8, // 6: throughcare.v1.Disclosure.time:type_name -> google.protobuf.Timestamp
-	0, // 7: throughcare.v1.AuditService.ListDisclosures:input_type -> throughcare.v1.ListDisclosuresRequest
-	3, // 8: throughcare.v1.AuditService.VerifyLedger:input_type -> throughcare.v1.VerifyLedgerRequest
-	1, // 9: throughcare.v1.AuditService.ListDisclosures:output_type -> throughcare.v1.ListDisclosuresResponse
-	4, // 10: throughcare.v1.AuditService.VerifyLedger:output_type -> throughcare.v1.VerifyLedgerResponse
-	9, // [9:11] is the sub-list for method output_type
-	7, // [7:9] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	3,  // 0: throughcare.v1.ListDisclosuresResponse.disclosures:type_name -> throughcare.v1.Disclosure
+	8,  // 1: throughcare.v1.Disclosure.sender:type_name -> throughcare.v1.Agency
+	8,  // 2: throughcare.v1.Disclosure.recipient:type_name -> throughcare.v1.Agency
+	9,  // 3: throughcare.v1.Disclosure.purpose:type_name -> throughcare.v1.Purpose
+	10, // 4: throughcare.v1.Disclosure.shared_categories:type_name -> throughcare.v1.DataCategory
+	10, // 5: throughcare.v1.Disclosure.withheld_categories:type_name -> throughcare.v1.DataCategory
+	11, // 6: throughcare.v1.Disclosure.time:type_name -> google.protobuf.Timestamp
+	0,  // 7: throughcare.v1.Disclosure.kind:type_name -> throughcare.v1.DisclosureKind
+	12, // 8: throughcare.v1.Disclosure.withholdings:type_name -> throughcare.v1.Withholding
+	13, // 9: throughcare.v1.GetSharingProtocolResponse.protocol:type_name -> throughcare.v1.SharingProtocol
+	1,  // 10: throughcare.v1.AuditService.ListDisclosures:input_type -> throughcare.v1.ListDisclosuresRequest
+	4,  // 11: throughcare.v1.AuditService.VerifyLedger:input_type -> throughcare.v1.VerifyLedgerRequest
+	6,  // 12: throughcare.v1.AuditService.GetSharingProtocol:input_type -> throughcare.v1.GetSharingProtocolRequest
+	2,  // 13: throughcare.v1.AuditService.ListDisclosures:output_type -> throughcare.v1.ListDisclosuresResponse
+	5,  // 14: throughcare.v1.AuditService.VerifyLedger:output_type -> throughcare.v1.VerifyLedgerResponse
+	7,  // 15: throughcare.v1.AuditService.GetSharingProtocol:output_type -> throughcare.v1.GetSharingProtocolResponse
+	13, // [13:16] is the sub-list for method output_type
+	10, // [10:13] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_audit_proto_init() }
@@ -492,18 +707,20 @@ func file_throughcare_v1_audit_proto_init() {
 		return
 	}
 	file_throughcare_v1_data_proto_init()
+	file_throughcare_v1_protocol_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_throughcare_v1_audit_proto_rawDesc), len(file_throughcare_v1_audit_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   5,
+			NumEnums:      1,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_throughcare_v1_audit_proto_goTypes,
 		DependencyIndexes: file_throughcare_v1_audit_proto_depIdxs,
+		EnumInfos:         file_throughcare_v1_audit_proto_enumTypes,
 		MessageInfos:      file_throughcare_v1_audit_proto_msgTypes,
 	}.Build()
 	File_throughcare_v1_audit_proto = out.File

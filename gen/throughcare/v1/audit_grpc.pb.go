@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AuditService_ListDisclosures_FullMethodName = "/throughcare.v1.AuditService/ListDisclosures"
-	AuditService_VerifyLedger_FullMethodName    = "/throughcare.v1.AuditService/VerifyLedger"
+	AuditService_ListDisclosures_FullMethodName    = "/throughcare.v1.AuditService/ListDisclosures"
+	AuditService_VerifyLedger_FullMethodName       = "/throughcare.v1.AuditService/VerifyLedger"
+	AuditService_GetSharingProtocol_FullMethodName = "/throughcare.v1.AuditService/GetSharingProtocol"
 )
 
 // AuditServiceClient is the client API for AuditService service.
@@ -34,6 +35,8 @@ type AuditServiceClient interface {
 	ListDisclosures(ctx context.Context, in *ListDisclosuresRequest, opts ...grpc.CallOption) (*ListDisclosuresResponse, error)
 	// Checks the ledger's hash chain and reports the first entry that does not fit.
 	VerifyLedger(ctx context.Context, in *VerifyLedgerRequest, opts ...grpc.CallOption) (*VerifyLedgerResponse, error)
+	// Returns the sharing protocol this service enforces.
+	GetSharingProtocol(ctx context.Context, in *GetSharingProtocolRequest, opts ...grpc.CallOption) (*GetSharingProtocolResponse, error)
 }
 
 type auditServiceClient struct {
@@ -64,6 +67,16 @@ func (c *auditServiceClient) VerifyLedger(ctx context.Context, in *VerifyLedgerR
 	return out, nil
 }
 
+func (c *auditServiceClient) GetSharingProtocol(ctx context.Context, in *GetSharingProtocolRequest, opts ...grpc.CallOption) (*GetSharingProtocolResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSharingProtocolResponse)
+	err := c.cc.Invoke(ctx, AuditService_GetSharingProtocol_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility.
@@ -75,6 +88,8 @@ type AuditServiceServer interface {
 	ListDisclosures(context.Context, *ListDisclosuresRequest) (*ListDisclosuresResponse, error)
 	// Checks the ledger's hash chain and reports the first entry that does not fit.
 	VerifyLedger(context.Context, *VerifyLedgerRequest) (*VerifyLedgerResponse, error)
+	// Returns the sharing protocol this service enforces.
+	GetSharingProtocol(context.Context, *GetSharingProtocolRequest) (*GetSharingProtocolResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -90,6 +105,9 @@ func (UnimplementedAuditServiceServer) ListDisclosures(context.Context, *ListDis
 }
 func (UnimplementedAuditServiceServer) VerifyLedger(context.Context, *VerifyLedgerRequest) (*VerifyLedgerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyLedger not implemented")
+}
+func (UnimplementedAuditServiceServer) GetSharingProtocol(context.Context, *GetSharingProtocolRequest) (*GetSharingProtocolResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSharingProtocol not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 func (UnimplementedAuditServiceServer) testEmbeddedByValue()                      {}
@@ -148,6 +166,24 @@ func _AuditService_VerifyLedger_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuditService_GetSharingProtocol_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSharingProtocolRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).GetSharingProtocol(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_GetSharingProtocol_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).GetSharingProtocol(ctx, req.(*GetSharingProtocolRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AuditService_ServiceDesc is the grpc.ServiceDesc for AuditService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -162,6 +198,10 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyLedger",
 			Handler:    _AuditService_VerifyLedger_Handler,
+		},
+		{
+			MethodName: "GetSharingProtocol",
+			Handler:    _AuditService_GetSharingProtocol_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

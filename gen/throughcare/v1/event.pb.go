@@ -32,6 +32,7 @@ const (
 	EventType_EVENT_TYPE_INFORMATION_PROVIDED EventType = 3
 	EventType_EVENT_TYPE_RELEASE_RECORDED     EventType = 4
 	EventType_EVENT_TYPE_PLAN_SHARED          EventType = 5
+	EventType_EVENT_TYPE_CONSENT_WITHDRAWN    EventType = 6
 )
 
 // Enum value maps for EventType.
@@ -43,6 +44,7 @@ var (
 		3: "EVENT_TYPE_INFORMATION_PROVIDED",
 		4: "EVENT_TYPE_RELEASE_RECORDED",
 		5: "EVENT_TYPE_PLAN_SHARED",
+		6: "EVENT_TYPE_CONSENT_WITHDRAWN",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED":          0,
@@ -51,6 +53,7 @@ var (
 		"EVENT_TYPE_INFORMATION_PROVIDED": 3,
 		"EVENT_TYPE_RELEASE_RECORDED":     4,
 		"EVENT_TYPE_PLAN_SHARED":          5,
+		"EVENT_TYPE_CONSENT_WITHDRAWN":    6,
 	}
 )
 
@@ -107,6 +110,7 @@ type Event struct {
 	//	*Event_InformationProvided
 	//	*Event_ReleaseRecorded
 	//	*Event_PlanShared
+	//	*Event_ConsentWithdrawn
 	Payload isEvent_Payload `protobuf_oneof:"payload"`
 	// Ed25519 signature over the envelope with this field and key_id cleared.
 	Signature []byte `protobuf:"bytes,30,opt,name=signature,proto3" json:"signature,omitempty"`
@@ -275,6 +279,15 @@ func (x *Event) GetPlanShared() *PlanShared {
 	return nil
 }
 
+func (x *Event) GetConsentWithdrawn() *ConsentWithdrawn {
+	if x != nil {
+		if x, ok := x.Payload.(*Event_ConsentWithdrawn); ok {
+			return x.ConsentWithdrawn
+		}
+	}
+	return nil
+}
+
 func (x *Event) GetSignature() []byte {
 	if x != nil {
 		return x.Signature
@@ -318,6 +331,11 @@ type Event_PlanShared struct {
 	PlanShared *PlanShared `protobuf:"bytes,24,opt,name=plan_shared,json=planShared,proto3,oneof"`
 }
 
+type Event_ConsentWithdrawn struct {
+	// The person withdrew consent: the recipient purges the categories from its copy.
+	ConsentWithdrawn *ConsentWithdrawn `protobuf:"bytes,25,opt,name=consent_withdrawn,json=consentWithdrawn,proto3,oneof"`
+}
+
 func (*Event_HandoverReferred) isEvent_Payload() {}
 
 func (*Event_ReceiptIssued) isEvent_Payload() {}
@@ -327,6 +345,8 @@ func (*Event_InformationProvided) isEvent_Payload() {}
 func (*Event_ReleaseRecorded) isEvent_Payload() {}
 
 func (*Event_PlanShared) isEvent_Payload() {}
+
+func (*Event_ConsentWithdrawn) isEvent_Payload() {}
 
 // HandoverReferred opens a handover at the recipient.
 type HandoverReferred struct {
@@ -392,8 +412,10 @@ type ReceiptIssued struct {
 	DeclineNote   string        `protobuf:"bytes,4,opt,name=decline_note,json=declineNote,proto3" json:"decline_note,omitempty"`
 	// Set with RECEIPT_TYPE_INFORMATION_REQUESTED.
 	InformationRequest *InformationRequest `protobuf:"bytes,5,opt,name=information_request,json=informationRequest,proto3" json:"information_request,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Set with RECEIPT_TYPE_PURGED: what the recipient removed from its copy.
+	PurgedCategories []DataCategory `protobuf:"varint,6,rep,packed,name=purged_categories,json=purgedCategories,proto3,enum=throughcare.v1.DataCategory" json:"purged_categories,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ReceiptIssued) Reset() {
@@ -457,6 +479,13 @@ func (x *ReceiptIssued) GetDeclineNote() string {
 func (x *ReceiptIssued) GetInformationRequest() *InformationRequest {
 	if x != nil {
 		return x.InformationRequest
+	}
+	return nil
+}
+
+func (x *ReceiptIssued) GetPurgedCategories() []DataCategory {
+	if x != nil {
+		return x.PurgedCategories
 	}
 	return nil
 }
@@ -612,11 +641,56 @@ func (x *PlanShared) GetAssistancePlan() *AssistancePlan {
 	return nil
 }
 
+// ConsentWithdrawn tells a recipient to purge categories it may no longer hold.
+type ConsentWithdrawn struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Categories    []DataCategory         `protobuf:"varint,1,rep,packed,name=categories,proto3,enum=throughcare.v1.DataCategory" json:"categories,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsentWithdrawn) Reset() {
+	*x = ConsentWithdrawn{}
+	mi := &file_throughcare_v1_event_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsentWithdrawn) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsentWithdrawn) ProtoMessage() {}
+
+func (x *ConsentWithdrawn) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_event_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsentWithdrawn.ProtoReflect.Descriptor instead.
+func (*ConsentWithdrawn) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_event_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ConsentWithdrawn) GetCategories() []DataCategory {
+	if x != nil {
+		return x.Categories
+	}
+	return nil
+}
+
 var File_throughcare_v1_event_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\n" +
-	"\x1athroughcare/v1/event.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\"\xef\a\n" +
+	"\x1athroughcare/v1/event.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\"\xc6\b\n" +
 	"\x05Event\x12\x1f\n" +
 	"\bevent_id\x18\x01 \x01(\tB\x04\xd0\xf3\x18\x01R\aeventId\x123\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x19.throughcare.v1.EventTypeB\x04\xd0\xf3\x18\x01R\x04type\x124\n" +
@@ -638,19 +712,21 @@ const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\x14information_provided\x18\x16 \x01(\v2#.throughcare.v1.InformationProvidedB\x04\xd0\xf3\x18\x01H\x00R\x13informationProvided\x12R\n" +
 	"\x10release_recorded\x18\x17 \x01(\v2\x1f.throughcare.v1.ReleaseRecordedB\x04\xd0\xf3\x18\x01H\x00R\x0freleaseRecorded\x12C\n" +
 	"\vplan_shared\x18\x18 \x01(\v2\x1a.throughcare.v1.PlanSharedB\x04\xd0\xf3\x18\x01H\x00R\n" +
-	"planShared\x12\"\n" +
+	"planShared\x12U\n" +
+	"\x11consent_withdrawn\x18\x19 \x01(\v2 .throughcare.v1.ConsentWithdrawnB\x04\xd0\xf3\x18\x01H\x00R\x10consentWithdrawn\x12\"\n" +
 	"\tsignature\x18\x1e \x01(\fB\x04\xd0\xf3\x18\x01R\tsignature\x12\x1b\n" +
 	"\x06key_id\x18\x1f \x01(\tB\x04\xd0\xf3\x18\x01R\x05keyIdB\t\n" +
 	"\apayload\"\x94\x01\n" +
 	"\x10HandoverReferred\x12:\n" +
 	"\bhandover\x18\x01 \x01(\v2\x18.throughcare.v1.HandoverB\x04\xd0\xf3\x18\x01R\bhandover\x12D\n" +
-	"\frelease_case\x18\x02 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\vreleaseCase\"\xc7\x02\n" +
+	"\frelease_case\x18\x02 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\vreleaseCase\"\x98\x03\n" +
 	"\rReceiptIssued\x127\n" +
 	"\areceipt\x18\x01 \x01(\v2\x17.throughcare.v1.ReceiptB\x04\xd0\xf3\x18\x01R\areceipt\x12-\n" +
 	"\x0fassigned_worker\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\x0eassignedWorker\x12J\n" +
 	"\x0edecline_reason\x18\x03 \x01(\x0e2\x1d.throughcare.v1.DeclineReasonB\x04\xd0\xf3\x18\x01R\rdeclineReason\x12'\n" +
 	"\fdecline_note\x18\x04 \x01(\tB\x04\xc8\xf3\x18\x04R\vdeclineNote\x12Y\n" +
-	"\x13information_request\x18\x05 \x01(\v2\".throughcare.v1.InformationRequestB\x04\xd0\xf3\x18\x01R\x12informationRequest\"X\n" +
+	"\x13information_request\x18\x05 \x01(\v2\".throughcare.v1.InformationRequestB\x04\xd0\xf3\x18\x01R\x12informationRequest\x12O\n" +
+	"\x11purged_categories\x18\x06 \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x04\xd0\xf3\x18\x01R\x10purgedCategories\"X\n" +
 	"\x13InformationProvided\x12#\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tB\x04\xd0\xf3\x18\x01R\trequestId\x12\x1c\n" +
@@ -660,14 +736,19 @@ const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"PlanShared\x12P\n" +
 	"\x10supervision_plan\x18\x01 \x01(\v2\x1f.throughcare.v1.SupervisionPlanB\x04\xc8\xf3\x18\x0fR\x0fsupervisionPlan\x12M\n" +
-	"\x0fassistance_plan\x18\x02 \x01(\v2\x1e.throughcare.v1.AssistancePlanB\x04\xc8\xf3\x18\x10R\x0eassistancePlan*\xca\x01\n" +
+	"\x0fassistance_plan\x18\x02 \x01(\v2\x1e.throughcare.v1.AssistancePlanB\x04\xc8\xf3\x18\x10R\x0eassistancePlan\"V\n" +
+	"\x10ConsentWithdrawn\x12B\n" +
+	"\n" +
+	"categories\x18\x01 \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x04\xd0\xf3\x18\x01R\n" +
+	"categories*\xec\x01\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cEVENT_TYPE_HANDOVER_REFERRED\x10\x01\x12\x1d\n" +
 	"\x19EVENT_TYPE_RECEIPT_ISSUED\x10\x02\x12#\n" +
 	"\x1fEVENT_TYPE_INFORMATION_PROVIDED\x10\x03\x12\x1f\n" +
 	"\x1bEVENT_TYPE_RELEASE_RECORDED\x10\x04\x12\x1a\n" +
-	"\x16EVENT_TYPE_PLAN_SHARED\x10\x05BEZCgithub.com/throughcare/throughcare/gen/throughcare/v1;throughcarev1b\x06proto3"
+	"\x16EVENT_TYPE_PLAN_SHARED\x10\x05\x12 \n" +
+	"\x1cEVENT_TYPE_CONSENT_WITHDRAWN\x10\x06BEZCgithub.com/throughcare/throughcare/gen/throughcare/v1;throughcarev1b\x06proto3"
 
 var (
 	file_throughcare_v1_event_proto_rawDescOnce sync.Once
@@ -682,7 +763,7 @@ func file_throughcare_v1_event_proto_rawDescGZIP() []byte {
 }
 
 var file_throughcare_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_throughcare_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_throughcare_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_throughcare_v1_event_proto_goTypes = []any{
 	(EventType)(0),                // 0: throughcare.v1.EventType
 	(*Event)(nil),                 // 1: throughcare.v1.Event
@@ -691,42 +772,47 @@ var file_throughcare_v1_event_proto_goTypes = []any{
 	(*InformationProvided)(nil),   // 4: throughcare.v1.InformationProvided
 	(*ReleaseRecorded)(nil),       // 5: throughcare.v1.ReleaseRecorded
 	(*PlanShared)(nil),            // 6: throughcare.v1.PlanShared
-	(Agency)(0),                   // 7: throughcare.v1.Agency
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(Purpose)(0),                  // 9: throughcare.v1.Purpose
-	(*Handover)(nil),              // 10: throughcare.v1.Handover
-	(*ReleaseCase)(nil),           // 11: throughcare.v1.ReleaseCase
-	(*Receipt)(nil),               // 12: throughcare.v1.Receipt
-	(DeclineReason)(0),            // 13: throughcare.v1.DeclineReason
-	(*InformationRequest)(nil),    // 14: throughcare.v1.InformationRequest
-	(*Release)(nil),               // 15: throughcare.v1.Release
-	(*SupervisionPlan)(nil),       // 16: throughcare.v1.SupervisionPlan
-	(*AssistancePlan)(nil),        // 17: throughcare.v1.AssistancePlan
+	(*ConsentWithdrawn)(nil),      // 7: throughcare.v1.ConsentWithdrawn
+	(Agency)(0),                   // 8: throughcare.v1.Agency
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(Purpose)(0),                  // 10: throughcare.v1.Purpose
+	(*Handover)(nil),              // 11: throughcare.v1.Handover
+	(*ReleaseCase)(nil),           // 12: throughcare.v1.ReleaseCase
+	(*Receipt)(nil),               // 13: throughcare.v1.Receipt
+	(DeclineReason)(0),            // 14: throughcare.v1.DeclineReason
+	(*InformationRequest)(nil),    // 15: throughcare.v1.InformationRequest
+	(DataCategory)(0),             // 16: throughcare.v1.DataCategory
+	(*Release)(nil),               // 17: throughcare.v1.Release
+	(*SupervisionPlan)(nil),       // 18: throughcare.v1.SupervisionPlan
+	(*AssistancePlan)(nil),        // 19: throughcare.v1.AssistancePlan
 }
 var file_throughcare_v1_event_proto_depIdxs = []int32{
 	0,  // 0: throughcare.v1.Event.type:type_name -> throughcare.v1.EventType
-	7,  // 1: throughcare.v1.Event.source:type_name -> throughcare.v1.Agency
-	7,  // 2: throughcare.v1.Event.recipient:type_name -> throughcare.v1.Agency
-	8,  // 3: throughcare.v1.Event.occurred_at:type_name -> google.protobuf.Timestamp
-	9,  // 4: throughcare.v1.Event.purpose:type_name -> throughcare.v1.Purpose
+	8,  // 1: throughcare.v1.Event.source:type_name -> throughcare.v1.Agency
+	8,  // 2: throughcare.v1.Event.recipient:type_name -> throughcare.v1.Agency
+	9,  // 3: throughcare.v1.Event.occurred_at:type_name -> google.protobuf.Timestamp
+	10, // 4: throughcare.v1.Event.purpose:type_name -> throughcare.v1.Purpose
 	2,  // 5: throughcare.v1.Event.handover_referred:type_name -> throughcare.v1.HandoverReferred
 	3,  // 6: throughcare.v1.Event.receipt_issued:type_name -> throughcare.v1.ReceiptIssued
 	4,  // 7: throughcare.v1.Event.information_provided:type_name -> throughcare.v1.InformationProvided
 	5,  // 8: throughcare.v1.Event.release_recorded:type_name -> throughcare.v1.ReleaseRecorded
 	6,  // 9: throughcare.v1.Event.plan_shared:type_name -> throughcare.v1.PlanShared
-	10, // 10: throughcare.v1.HandoverReferred.handover:type_name -> throughcare.v1.Handover
-	11, // 11: throughcare.v1.HandoverReferred.release_case:type_name -> throughcare.v1.ReleaseCase
-	12, // 12: throughcare.v1.ReceiptIssued.receipt:type_name -> throughcare.v1.Receipt
-	13, // 13: throughcare.v1.ReceiptIssued.decline_reason:type_name -> throughcare.v1.DeclineReason
-	14, // 14: throughcare.v1.ReceiptIssued.information_request:type_name -> throughcare.v1.InformationRequest
-	15, // 15: throughcare.v1.ReleaseRecorded.release:type_name -> throughcare.v1.Release
-	16, // 16: throughcare.v1.PlanShared.supervision_plan:type_name -> throughcare.v1.SupervisionPlan
-	17, // 17: throughcare.v1.PlanShared.assistance_plan:type_name -> throughcare.v1.AssistancePlan
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	7,  // 10: throughcare.v1.Event.consent_withdrawn:type_name -> throughcare.v1.ConsentWithdrawn
+	11, // 11: throughcare.v1.HandoverReferred.handover:type_name -> throughcare.v1.Handover
+	12, // 12: throughcare.v1.HandoverReferred.release_case:type_name -> throughcare.v1.ReleaseCase
+	13, // 13: throughcare.v1.ReceiptIssued.receipt:type_name -> throughcare.v1.Receipt
+	14, // 14: throughcare.v1.ReceiptIssued.decline_reason:type_name -> throughcare.v1.DeclineReason
+	15, // 15: throughcare.v1.ReceiptIssued.information_request:type_name -> throughcare.v1.InformationRequest
+	16, // 16: throughcare.v1.ReceiptIssued.purged_categories:type_name -> throughcare.v1.DataCategory
+	17, // 17: throughcare.v1.ReleaseRecorded.release:type_name -> throughcare.v1.Release
+	18, // 18: throughcare.v1.PlanShared.supervision_plan:type_name -> throughcare.v1.SupervisionPlan
+	19, // 19: throughcare.v1.PlanShared.assistance_plan:type_name -> throughcare.v1.AssistancePlan
+	16, // 20: throughcare.v1.ConsentWithdrawn.categories:type_name -> throughcare.v1.DataCategory
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_event_proto_init() }
@@ -743,6 +829,7 @@ func file_throughcare_v1_event_proto_init() {
 		(*Event_InformationProvided)(nil),
 		(*Event_ReleaseRecorded)(nil),
 		(*Event_PlanShared)(nil),
+		(*Event_ConsentWithdrawn)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -750,7 +837,7 @@ func file_throughcare_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_throughcare_v1_event_proto_rawDesc), len(file_throughcare_v1_event_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

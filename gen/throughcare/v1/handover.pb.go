@@ -108,21 +108,24 @@ const (
 	ReceiptType_RECEIPT_TYPE_DECLINED              ReceiptType = 7
 	ReceiptType_RECEIPT_TYPE_ACKNOWLEDGE_OVERDUE   ReceiptType = 8
 	ReceiptType_RECEIPT_TYPE_ACCEPT_OVERDUE        ReceiptType = 9
+	// The recipient purged categories from its copy after consent was withdrawn.
+	ReceiptType_RECEIPT_TYPE_PURGED ReceiptType = 10
 )
 
 // Enum value maps for ReceiptType.
 var (
 	ReceiptType_name = map[int32]string{
-		0: "RECEIPT_TYPE_UNSPECIFIED",
-		1: "RECEIPT_TYPE_DELIVERED",
-		2: "RECEIPT_TYPE_RETRIEVED",
-		3: "RECEIPT_TYPE_ACKNOWLEDGED",
-		4: "RECEIPT_TYPE_INFORMATION_REQUESTED",
-		5: "RECEIPT_TYPE_INFORMATION_PROVIDED",
-		6: "RECEIPT_TYPE_ACCEPTED",
-		7: "RECEIPT_TYPE_DECLINED",
-		8: "RECEIPT_TYPE_ACKNOWLEDGE_OVERDUE",
-		9: "RECEIPT_TYPE_ACCEPT_OVERDUE",
+		0:  "RECEIPT_TYPE_UNSPECIFIED",
+		1:  "RECEIPT_TYPE_DELIVERED",
+		2:  "RECEIPT_TYPE_RETRIEVED",
+		3:  "RECEIPT_TYPE_ACKNOWLEDGED",
+		4:  "RECEIPT_TYPE_INFORMATION_REQUESTED",
+		5:  "RECEIPT_TYPE_INFORMATION_PROVIDED",
+		6:  "RECEIPT_TYPE_ACCEPTED",
+		7:  "RECEIPT_TYPE_DECLINED",
+		8:  "RECEIPT_TYPE_ACKNOWLEDGE_OVERDUE",
+		9:  "RECEIPT_TYPE_ACCEPT_OVERDUE",
+		10: "RECEIPT_TYPE_PURGED",
 	}
 	ReceiptType_value = map[string]int32{
 		"RECEIPT_TYPE_UNSPECIFIED":           0,
@@ -135,6 +138,7 @@ var (
 		"RECEIPT_TYPE_DECLINED":              7,
 		"RECEIPT_TYPE_ACKNOWLEDGE_OVERDUE":   8,
 		"RECEIPT_TYPE_ACCEPT_OVERDUE":        9,
+		"RECEIPT_TYPE_PURGED":                10,
 	}
 )
 
@@ -698,7 +702,7 @@ const file_throughcare_v1_handover_proto_rawDesc = "" +
 	"\x1bHANDOVER_STATE_ACKNOWLEDGED\x10\x04\x12(\n" +
 	"$HANDOVER_STATE_INFORMATION_REQUESTED\x10\x05\x12\x1b\n" +
 	"\x17HANDOVER_STATE_ACCEPTED\x10\x06\x12\x1b\n" +
-	"\x17HANDOVER_STATE_DECLINED\x10\a*\xce\x02\n" +
+	"\x17HANDOVER_STATE_DECLINED\x10\a*\xe7\x02\n" +
 	"\vReceiptType\x12\x1c\n" +
 	"\x18RECEIPT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16RECEIPT_TYPE_DELIVERED\x10\x01\x12\x1a\n" +
@@ -709,7 +713,9 @@ const file_throughcare_v1_handover_proto_rawDesc = "" +
 	"\x15RECEIPT_TYPE_ACCEPTED\x10\x06\x12\x19\n" +
 	"\x15RECEIPT_TYPE_DECLINED\x10\a\x12$\n" +
 	" RECEIPT_TYPE_ACKNOWLEDGE_OVERDUE\x10\b\x12\x1f\n" +
-	"\x1bRECEIPT_TYPE_ACCEPT_OVERDUE\x10\t*\xd5\x01\n" +
+	"\x1bRECEIPT_TYPE_ACCEPT_OVERDUE\x10\t\x12\x17\n" +
+	"\x13RECEIPT_TYPE_PURGED\x10\n" +
+	"*\xd5\x01\n" +
 	"\rDeclineReason\x12\x1e\n" +
 	"\x1aDECLINE_REASON_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aDECLINE_REASON_OUT_OF_AREA\x10\x01\x12\x1f\n" +

@@ -645,8 +645,10 @@ type ReferCaseResponse struct {
 	Handover *Handover              `protobuf:"bytes,1,opt,name=handover,proto3" json:"handover,omitempty"`
 	// Categories the protocol held back from this recipient.
 	WithheldCategories []DataCategory `protobuf:"varint,2,rep,packed,name=withheld_categories,json=withheldCategories,proto3,enum=throughcare.v1.DataCategory" json:"withheld_categories,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Why each was held back.
+	Withholdings  []*Withholding `protobuf:"bytes,3,rep,name=withholdings,proto3" json:"withholdings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReferCaseResponse) Reset() {
@@ -689,6 +691,13 @@ func (x *ReferCaseResponse) GetHandover() *Handover {
 func (x *ReferCaseResponse) GetWithheldCategories() []DataCategory {
 	if x != nil {
 		return x.WithheldCategories
+	}
+	return nil
+}
+
+func (x *ReferCaseResponse) GetWithholdings() []*Withholding {
+	if x != nil {
+		return x.Withholdings
 	}
 	return nil
 }
@@ -1025,7 +1034,7 @@ var File_throughcare_v1_prison_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_prison_proto_rawDesc = "" +
 	"\n" +
-	"\x1bthroughcare/v1/prison.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\"\x83\x06\n" +
+	"\x1bthroughcare/v1/prison.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\x83\x06\n" +
 	"\x16OpenReleaseCaseRequest\x129\n" +
 	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x12\xad\x05\n" +
 	"\frelease_case\x18\x02 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\xec\x04\xbaH\xe4\x04\xba\x01D\n" +
@@ -1073,10 +1082,11 @@ const file_throughcare_v1_prison_proto_rawDesc = "" +
 	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x129\n" +
 	"\acase_id\x18\x02 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06caseId\x12D\n" +
 	"\trecipient\x18\x03 \x01(\x0e2\x16.throughcare.v1.AgencyB\x0e\xbaH\a\x82\x01\x04\x18\x02\x18\x03\xd0\xf3\x18\x01R\trecipient\x12A\n" +
-	"\apurpose\x18\x04 \x01(\x0e2\x17.throughcare.v1.PurposeB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\apurpose\"\xa4\x01\n" +
+	"\apurpose\x18\x04 \x01(\x0e2\x17.throughcare.v1.PurposeB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\apurpose\"\xeb\x01\n" +
 	"\x11ReferCaseResponse\x12:\n" +
 	"\bhandover\x18\x01 \x01(\v2\x18.throughcare.v1.HandoverB\x04\xd0\xf3\x18\x01R\bhandover\x12S\n" +
-	"\x13withheld_categories\x18\x02 \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x04\xd0\xf3\x18\x01R\x12withheldCategories\"\xa6\x02\n" +
+	"\x13withheld_categories\x18\x02 \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x04\xd0\xf3\x18\x01R\x12withheldCategories\x12E\n" +
+	"\fwithholdings\x18\x03 \x03(\v2\x1b.throughcare.v1.WithholdingB\x04\xd0\xf3\x18\x01R\fwithholdings\"\xa6\x02\n" +
 	"\x14RecordReleaseRequest\x129\n" +
 	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x129\n" +
 	"\acase_id\x18\x02 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06caseId\x12\x97\x01\n" +
@@ -1149,7 +1159,8 @@ var file_throughcare_v1_prison_proto_goTypes = []any{
 	(Purpose)(0),                      // 23: throughcare.v1.Purpose
 	(*Handover)(nil),                  // 24: throughcare.v1.Handover
 	(DataCategory)(0),                 // 25: throughcare.v1.DataCategory
-	(*Release)(nil),                   // 26: throughcare.v1.Release
+	(*Withholding)(nil),               // 26: throughcare.v1.Withholding
+	(*Release)(nil),                   // 27: throughcare.v1.Release
 }
 var file_throughcare_v1_prison_proto_depIdxs = []int32{
 	18, // 0: throughcare.v1.OpenReleaseCaseRequest.release_case:type_name -> throughcare.v1.ReleaseCase
@@ -1167,37 +1178,38 @@ var file_throughcare_v1_prison_proto_depIdxs = []int32{
 	23, // 12: throughcare.v1.ReferCaseRequest.purpose:type_name -> throughcare.v1.Purpose
 	24, // 13: throughcare.v1.ReferCaseResponse.handover:type_name -> throughcare.v1.Handover
 	25, // 14: throughcare.v1.ReferCaseResponse.withheld_categories:type_name -> throughcare.v1.DataCategory
-	26, // 15: throughcare.v1.RecordReleaseRequest.release:type_name -> throughcare.v1.Release
-	18, // 16: throughcare.v1.RecordReleaseResponse.release_case:type_name -> throughcare.v1.ReleaseCase
-	25, // 17: throughcare.v1.RecordConsentRequest.category:type_name -> throughcare.v1.DataCategory
-	22, // 18: throughcare.v1.RecordConsentRequest.recipient:type_name -> throughcare.v1.Agency
-	18, // 19: throughcare.v1.RecordConsentResponse.release_case:type_name -> throughcare.v1.ReleaseCase
-	25, // 20: throughcare.v1.WithdrawConsentRequest.category:type_name -> throughcare.v1.DataCategory
-	22, // 21: throughcare.v1.WithdrawConsentRequest.recipient:type_name -> throughcare.v1.Agency
-	18, // 22: throughcare.v1.WithdrawConsentResponse.release_case:type_name -> throughcare.v1.ReleaseCase
-	0,  // 23: throughcare.v1.PrisonService.OpenReleaseCase:input_type -> throughcare.v1.OpenReleaseCaseRequest
-	2,  // 24: throughcare.v1.PrisonService.GetReleaseCase:input_type -> throughcare.v1.GetReleaseCaseRequest
-	4,  // 25: throughcare.v1.PrisonService.ListReleaseCases:input_type -> throughcare.v1.ListReleaseCasesRequest
-	6,  // 26: throughcare.v1.PrisonService.UpdateReleaseCase:input_type -> throughcare.v1.UpdateReleaseCaseRequest
-	8,  // 27: throughcare.v1.PrisonService.CloseReleaseCase:input_type -> throughcare.v1.CloseReleaseCaseRequest
-	10, // 28: throughcare.v1.PrisonService.ReferCase:input_type -> throughcare.v1.ReferCaseRequest
-	12, // 29: throughcare.v1.PrisonService.RecordRelease:input_type -> throughcare.v1.RecordReleaseRequest
-	14, // 30: throughcare.v1.PrisonService.RecordConsent:input_type -> throughcare.v1.RecordConsentRequest
-	16, // 31: throughcare.v1.PrisonService.WithdrawConsent:input_type -> throughcare.v1.WithdrawConsentRequest
-	1,  // 32: throughcare.v1.PrisonService.OpenReleaseCase:output_type -> throughcare.v1.OpenReleaseCaseResponse
-	3,  // 33: throughcare.v1.PrisonService.GetReleaseCase:output_type -> throughcare.v1.GetReleaseCaseResponse
-	5,  // 34: throughcare.v1.PrisonService.ListReleaseCases:output_type -> throughcare.v1.ListReleaseCasesResponse
-	7,  // 35: throughcare.v1.PrisonService.UpdateReleaseCase:output_type -> throughcare.v1.UpdateReleaseCaseResponse
-	9,  // 36: throughcare.v1.PrisonService.CloseReleaseCase:output_type -> throughcare.v1.CloseReleaseCaseResponse
-	11, // 37: throughcare.v1.PrisonService.ReferCase:output_type -> throughcare.v1.ReferCaseResponse
-	13, // 38: throughcare.v1.PrisonService.RecordRelease:output_type -> throughcare.v1.RecordReleaseResponse
-	15, // 39: throughcare.v1.PrisonService.RecordConsent:output_type -> throughcare.v1.RecordConsentResponse
-	17, // 40: throughcare.v1.PrisonService.WithdrawConsent:output_type -> throughcare.v1.WithdrawConsentResponse
-	32, // [32:41] is the sub-list for method output_type
-	23, // [23:32] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	26, // 15: throughcare.v1.ReferCaseResponse.withholdings:type_name -> throughcare.v1.Withholding
+	27, // 16: throughcare.v1.RecordReleaseRequest.release:type_name -> throughcare.v1.Release
+	18, // 17: throughcare.v1.RecordReleaseResponse.release_case:type_name -> throughcare.v1.ReleaseCase
+	25, // 18: throughcare.v1.RecordConsentRequest.category:type_name -> throughcare.v1.DataCategory
+	22, // 19: throughcare.v1.RecordConsentRequest.recipient:type_name -> throughcare.v1.Agency
+	18, // 20: throughcare.v1.RecordConsentResponse.release_case:type_name -> throughcare.v1.ReleaseCase
+	25, // 21: throughcare.v1.WithdrawConsentRequest.category:type_name -> throughcare.v1.DataCategory
+	22, // 22: throughcare.v1.WithdrawConsentRequest.recipient:type_name -> throughcare.v1.Agency
+	18, // 23: throughcare.v1.WithdrawConsentResponse.release_case:type_name -> throughcare.v1.ReleaseCase
+	0,  // 24: throughcare.v1.PrisonService.OpenReleaseCase:input_type -> throughcare.v1.OpenReleaseCaseRequest
+	2,  // 25: throughcare.v1.PrisonService.GetReleaseCase:input_type -> throughcare.v1.GetReleaseCaseRequest
+	4,  // 26: throughcare.v1.PrisonService.ListReleaseCases:input_type -> throughcare.v1.ListReleaseCasesRequest
+	6,  // 27: throughcare.v1.PrisonService.UpdateReleaseCase:input_type -> throughcare.v1.UpdateReleaseCaseRequest
+	8,  // 28: throughcare.v1.PrisonService.CloseReleaseCase:input_type -> throughcare.v1.CloseReleaseCaseRequest
+	10, // 29: throughcare.v1.PrisonService.ReferCase:input_type -> throughcare.v1.ReferCaseRequest
+	12, // 30: throughcare.v1.PrisonService.RecordRelease:input_type -> throughcare.v1.RecordReleaseRequest
+	14, // 31: throughcare.v1.PrisonService.RecordConsent:input_type -> throughcare.v1.RecordConsentRequest
+	16, // 32: throughcare.v1.PrisonService.WithdrawConsent:input_type -> throughcare.v1.WithdrawConsentRequest
+	1,  // 33: throughcare.v1.PrisonService.OpenReleaseCase:output_type -> throughcare.v1.OpenReleaseCaseResponse
+	3,  // 34: throughcare.v1.PrisonService.GetReleaseCase:output_type -> throughcare.v1.GetReleaseCaseResponse
+	5,  // 35: throughcare.v1.PrisonService.ListReleaseCases:output_type -> throughcare.v1.ListReleaseCasesResponse
+	7,  // 36: throughcare.v1.PrisonService.UpdateReleaseCase:output_type -> throughcare.v1.UpdateReleaseCaseResponse
+	9,  // 37: throughcare.v1.PrisonService.CloseReleaseCase:output_type -> throughcare.v1.CloseReleaseCaseResponse
+	11, // 38: throughcare.v1.PrisonService.ReferCase:output_type -> throughcare.v1.ReferCaseResponse
+	13, // 39: throughcare.v1.PrisonService.RecordRelease:output_type -> throughcare.v1.RecordReleaseResponse
+	15, // 40: throughcare.v1.PrisonService.RecordConsent:output_type -> throughcare.v1.RecordConsentResponse
+	17, // 41: throughcare.v1.PrisonService.WithdrawConsent:output_type -> throughcare.v1.WithdrawConsentResponse
+	33, // [33:42] is the sub-list for method output_type
+	24, // [24:33] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_prison_proto_init() }
@@ -1208,6 +1220,7 @@ func file_throughcare_v1_prison_proto_init() {
 	file_throughcare_v1_case_proto_init()
 	file_throughcare_v1_data_proto_init()
 	file_throughcare_v1_handover_proto_init()
+	file_throughcare_v1_protocol_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
