@@ -65,6 +65,14 @@ func (s *Store) Update(ctx context.Context, rc *throughcarev1.ReleaseCase, expec
 	return rc, nil
 }
 
+// Purge removes the case and its history if it is still at expectedRevision.
+func (s *Store) Purge(ctx context.Context, caseID string, expectedRevision uint64) error {
+	if err := s.records.Purge(ctx, caseID, expectedRevision); err != nil {
+		return domainError(caseID, err)
+	}
+	return nil
+}
+
 // Filter narrows a listing; zero fields match everything.
 type Filter struct {
 	State        throughcarev1.CaseState

@@ -26,12 +26,18 @@ func TestNewIsValidSubjectSafeAndUnique(t *testing.T) {
 
 func TestLaterIDsSortLater(t *testing.T) {
 	var made []string
-	for range 5 {
+	for i := range 2000 {
 		made = append(made, New(Handover))
-		time.Sleep(2 * time.Millisecond)
+		if i%500 == 0 {
+			time.Sleep(2 * time.Millisecond) // across milliseconds as well as within one
+		}
 	}
 	if !slices.IsSorted(made) {
-		t.Errorf("ids made in order do not sort in order: %v", made)
+		for i := 1; i < len(made); i++ {
+			if made[i] <= made[i-1] {
+				t.Fatalf("id %d %q does not sort after id %d %q", i, made[i], i-1, made[i-1])
+			}
+		}
 	}
 }
 

@@ -212,6 +212,22 @@ func (s *Store[T]) List(ctx context.Context, afterKey string, fn func(key string
 	return nil
 }
 
+// Purge removes key and every earlier revision of it, if it is still at expectedRevision:
+// data removed for retention or erasure must not linger in the bucket's history.
+func (s *Store[T]) Purge(ctx context.Context, key string, expectedRevision uint64) error {
+	if err := validateKey(key); err != nil {
+		return err
+	}
+	err := s.kv.Purge(ctx, key, jetstream.LastRevision(expectedRevision))
+	if err != nil {
+		if isWrongLastSequence(err) {
+			return fmt.Errorf("purge %s: %w", key, ErrRevisionMismatch)
+		}
+		return fmt.Errorf("purge %s: %w", key, err)
+	}
+	return nil
+}
+
 // Watch calls fn for every revision after afterRevision that the bucket still holds, in
 // revision order, then for every new one, until ctx ends or fn returns an error. Deletes
 // are skipped.
@@ -340,4 +356,11 @@ func validName(name string) bool {
 		}
 	}
 	return true
+}
+
+// isWrongLastSequence reports the server refusing a write whose expected revision is stale.
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }

@@ -388,3 +388,42 @@ func TestListManyRecords(t *testing.T) {
 		}
 	}
 }
+
+func TestPurgeRemovesKeyAndHistoryOnlyAtExpectedRevision(t *testing.T) {
+	ctx := context.Background()
+	srv := natstest.Start(t)
+	store, err := records.Open(ctx, srv.JetStream(t), "purge_test", func() *wrapperspb.StringValue { return new(wrapperspb.StringValue) }, records.WithHistory(5))
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	rev, err := store.Create(ctx, "k", wrapperspb.String("v1"))
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	rev2, err := store.Update(ctx, "k", wrapperspb.String("v2"), rev)
+	if err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	if err := store.Purge(ctx, "k", rev); !errors.Is(err, records.ErrRevisionMismatch) {
+		t.Fatalf("purge at stale revision: got %v, want ErrRevisionMismatch", err)
+	}
+	if _, _, err := store.Get(ctx, "k"); err != nil {
+		t.Fatalf("a refused purge removed the key: %v", err)
+	}
+	if err := store.Purge(ctx, "k", rev2); err != nil {
+		t.Fatalf("purge: %v", err)
+	}
+	if _, _, err := store.Get(ctx, "k"); !errors.Is(err, records.ErrNotFound) {
+		t.Errorf("get after purge: got %v, want ErrNotFound", err)
+	}
+	var seen []string
+	watchCtx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	_ = store.Watch(watchCtx, 0, func(_ string, v *wrapperspb.StringValue, _ uint64) error {
+		seen = append(seen, v.GetValue())
+		return nil
+	})
+	if len(seen) != 0 {
+		t.Errorf("history after purge still holds %v", seen)
+	}
+}

@@ -81,6 +81,7 @@ func (s *Server) UpdateReleaseCase(ctx context.Context, req *throughcarev1.Updat
 	if err != nil {
 		return nil, err
 	}
+	before := proto.CloneOf(rc)
 	src := req.GetReleaseCase().ProtoReflect()
 	dst := rc.ProtoReflect()
 	for _, path := range req.GetUpdateMask().GetPaths() {
@@ -91,6 +92,10 @@ func (s *Server) UpdateReleaseCase(ctx context.Context, req *throughcarev1.Updat
 		} else {
 			dst.Clear(fd)
 		}
+	}
+	// The actual release date is RecordRelease's alone: a new plan keeps it.
+	if actual := before.GetReleasePlan().GetActualReleaseDate(); actual != nil {
+		rc.ReleasePlan.ActualReleaseDate = actual
 	}
 	rc.UpdateTime = timestamppb.New(s.now())
 	rc, err = s.cases.Update(ctx, rc, req.GetExpectedRevision())
@@ -149,7 +154,11 @@ func (s *Server) RecordRelease(ctx context.Context, req *throughcarev1.RecordRel
 	if err != nil {
 		return nil, err
 	}
-	release := req.GetRelease()
+	release := proto.CloneOf(req.GetRelease())
+	if release.ReleaseAddress == nil {
+		// Released to the address planned: the record and the notices keep that one.
+		release.ReleaseAddress = rc.GetReleasePlan().GetReleaseAddress()
+	}
 	switch {
 	case rc.GetState() == throughcarev1.CaseState_CASE_STATE_OPEN:
 		if rc.ReleasePlan == nil {

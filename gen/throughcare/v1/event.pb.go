@@ -103,6 +103,9 @@ type Event struct {
 	Purpose         Purpose `protobuf:"varint,10,opt,name=purpose,proto3,enum=throughcare.v1.Purpose" json:"purpose,omitempty"`
 	// The case worker id at the source agency who caused the event.
 	Actor string `protobuf:"bytes,11,opt,name=actor,proto3" json:"actor,omitempty"`
+	// Categories the sender held back from this event under the protocol, and why, so the
+	// recipient knows what is missing.
+	Withholdings []*Withholding `protobuf:"bytes,12,rep,name=withholdings,proto3" json:"withholdings,omitempty"`
 	// Types that are valid to be assigned to Payload:
 	//
 	//	*Event_HandoverReferred
@@ -225,6 +228,13 @@ func (x *Event) GetActor() string {
 		return x.Actor
 	}
 	return ""
+}
+
+func (x *Event) GetWithholdings() []*Withholding {
+	if x != nil {
+		return x.Withholdings
+	}
+	return nil
 }
 
 func (x *Event) GetPayload() isEvent_Payload {
@@ -690,7 +700,7 @@ var File_throughcare_v1_event_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\n" +
-	"\x1athroughcare/v1/event.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\"\xc6\b\n" +
+	"\x1athroughcare/v1/event.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\x8d\t\n" +
 	"\x05Event\x12\x1f\n" +
 	"\bevent_id\x18\x01 \x01(\tB\x04\xd0\xf3\x18\x01R\aeventId\x123\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x19.throughcare.v1.EventTypeB\x04\xd0\xf3\x18\x01R\x04type\x124\n" +
@@ -706,7 +716,8 @@ const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\x10protocol_version\x18\t \x01(\rB\x04\xd0\xf3\x18\x01R\x0fprotocolVersion\x127\n" +
 	"\apurpose\x18\n" +
 	" \x01(\x0e2\x17.throughcare.v1.PurposeB\x04\xd0\xf3\x18\x01R\apurpose\x12\x1a\n" +
-	"\x05actor\x18\v \x01(\tB\x04\xd0\xf3\x18\x01R\x05actor\x12U\n" +
+	"\x05actor\x18\v \x01(\tB\x04\xd0\xf3\x18\x01R\x05actor\x12E\n" +
+	"\fwithholdings\x18\f \x03(\v2\x1b.throughcare.v1.WithholdingB\x04\xd0\xf3\x18\x01R\fwithholdings\x12U\n" +
 	"\x11handover_referred\x18\x14 \x01(\v2 .throughcare.v1.HandoverReferredB\x04\xd0\xf3\x18\x01H\x00R\x10handoverReferred\x12L\n" +
 	"\x0ereceipt_issued\x18\x15 \x01(\v2\x1d.throughcare.v1.ReceiptIssuedB\x04\xd0\xf3\x18\x01H\x00R\rreceiptIssued\x12^\n" +
 	"\x14information_provided\x18\x16 \x01(\v2#.throughcare.v1.InformationProvidedB\x04\xd0\xf3\x18\x01H\x00R\x13informationProvided\x12R\n" +
@@ -776,15 +787,16 @@ var file_throughcare_v1_event_proto_goTypes = []any{
 	(Agency)(0),                   // 8: throughcare.v1.Agency
 	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
 	(Purpose)(0),                  // 10: throughcare.v1.Purpose
-	(*Handover)(nil),              // 11: throughcare.v1.Handover
-	(*ReleaseCase)(nil),           // 12: throughcare.v1.ReleaseCase
-	(*Receipt)(nil),               // 13: throughcare.v1.Receipt
-	(DeclineReason)(0),            // 14: throughcare.v1.DeclineReason
-	(*InformationRequest)(nil),    // 15: throughcare.v1.InformationRequest
-	(DataCategory)(0),             // 16: throughcare.v1.DataCategory
-	(*Release)(nil),               // 17: throughcare.v1.Release
-	(*SupervisionPlan)(nil),       // 18: throughcare.v1.SupervisionPlan
-	(*AssistancePlan)(nil),        // 19: throughcare.v1.AssistancePlan
+	(*Withholding)(nil),           // 11: throughcare.v1.Withholding
+	(*Handover)(nil),              // 12: throughcare.v1.Handover
+	(*ReleaseCase)(nil),           // 13: throughcare.v1.ReleaseCase
+	(*Receipt)(nil),               // 14: throughcare.v1.Receipt
+	(DeclineReason)(0),            // 15: throughcare.v1.DeclineReason
+	(*InformationRequest)(nil),    // 16: throughcare.v1.InformationRequest
+	(DataCategory)(0),             // 17: throughcare.v1.DataCategory
+	(*Release)(nil),               // 18: throughcare.v1.Release
+	(*SupervisionPlan)(nil),       // 19: throughcare.v1.SupervisionPlan
+	(*AssistancePlan)(nil),        // 20: throughcare.v1.AssistancePlan
 }
 var file_throughcare_v1_event_proto_depIdxs = []int32{
 	0,  // 0: throughcare.v1.Event.type:type_name -> throughcare.v1.EventType
@@ -792,27 +804,28 @@ var file_throughcare_v1_event_proto_depIdxs = []int32{
 	8,  // 2: throughcare.v1.Event.recipient:type_name -> throughcare.v1.Agency
 	9,  // 3: throughcare.v1.Event.occurred_at:type_name -> google.protobuf.Timestamp
 	10, // 4: throughcare.v1.Event.purpose:type_name -> throughcare.v1.Purpose
-	2,  // 5: throughcare.v1.Event.handover_referred:type_name -> throughcare.v1.HandoverReferred
-	3,  // 6: throughcare.v1.Event.receipt_issued:type_name -> throughcare.v1.ReceiptIssued
-	4,  // 7: throughcare.v1.Event.information_provided:type_name -> throughcare.v1.InformationProvided
-	5,  // 8: throughcare.v1.Event.release_recorded:type_name -> throughcare.v1.ReleaseRecorded
-	6,  // 9: throughcare.v1.Event.plan_shared:type_name -> throughcare.v1.PlanShared
-	7,  // 10: throughcare.v1.Event.consent_withdrawn:type_name -> throughcare.v1.ConsentWithdrawn
-	11, // 11: throughcare.v1.HandoverReferred.handover:type_name -> throughcare.v1.Handover
-	12, // 12: throughcare.v1.HandoverReferred.release_case:type_name -> throughcare.v1.ReleaseCase
-	13, // 13: throughcare.v1.ReceiptIssued.receipt:type_name -> throughcare.v1.Receipt
-	14, // 14: throughcare.v1.ReceiptIssued.decline_reason:type_name -> throughcare.v1.DeclineReason
-	15, // 15: throughcare.v1.ReceiptIssued.information_request:type_name -> throughcare.v1.InformationRequest
-	16, // 16: throughcare.v1.ReceiptIssued.purged_categories:type_name -> throughcare.v1.DataCategory
-	17, // 17: throughcare.v1.ReleaseRecorded.release:type_name -> throughcare.v1.Release
-	18, // 18: throughcare.v1.PlanShared.supervision_plan:type_name -> throughcare.v1.SupervisionPlan
-	19, // 19: throughcare.v1.PlanShared.assistance_plan:type_name -> throughcare.v1.AssistancePlan
-	16, // 20: throughcare.v1.ConsentWithdrawn.categories:type_name -> throughcare.v1.DataCategory
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	11, // 5: throughcare.v1.Event.withholdings:type_name -> throughcare.v1.Withholding
+	2,  // 6: throughcare.v1.Event.handover_referred:type_name -> throughcare.v1.HandoverReferred
+	3,  // 7: throughcare.v1.Event.receipt_issued:type_name -> throughcare.v1.ReceiptIssued
+	4,  // 8: throughcare.v1.Event.information_provided:type_name -> throughcare.v1.InformationProvided
+	5,  // 9: throughcare.v1.Event.release_recorded:type_name -> throughcare.v1.ReleaseRecorded
+	6,  // 10: throughcare.v1.Event.plan_shared:type_name -> throughcare.v1.PlanShared
+	7,  // 11: throughcare.v1.Event.consent_withdrawn:type_name -> throughcare.v1.ConsentWithdrawn
+	12, // 12: throughcare.v1.HandoverReferred.handover:type_name -> throughcare.v1.Handover
+	13, // 13: throughcare.v1.HandoverReferred.release_case:type_name -> throughcare.v1.ReleaseCase
+	14, // 14: throughcare.v1.ReceiptIssued.receipt:type_name -> throughcare.v1.Receipt
+	15, // 15: throughcare.v1.ReceiptIssued.decline_reason:type_name -> throughcare.v1.DeclineReason
+	16, // 16: throughcare.v1.ReceiptIssued.information_request:type_name -> throughcare.v1.InformationRequest
+	17, // 17: throughcare.v1.ReceiptIssued.purged_categories:type_name -> throughcare.v1.DataCategory
+	18, // 18: throughcare.v1.ReleaseRecorded.release:type_name -> throughcare.v1.Release
+	19, // 19: throughcare.v1.PlanShared.supervision_plan:type_name -> throughcare.v1.SupervisionPlan
+	20, // 20: throughcare.v1.PlanShared.assistance_plan:type_name -> throughcare.v1.AssistancePlan
+	17, // 21: throughcare.v1.ConsentWithdrawn.categories:type_name -> throughcare.v1.DataCategory
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_event_proto_init() }
@@ -823,6 +836,7 @@ func file_throughcare_v1_event_proto_init() {
 	file_throughcare_v1_case_proto_init()
 	file_throughcare_v1_data_proto_init()
 	file_throughcare_v1_handover_proto_init()
+	file_throughcare_v1_protocol_proto_init()
 	file_throughcare_v1_event_proto_msgTypes[0].OneofWrappers = []any{
 		(*Event_HandoverReferred)(nil),
 		(*Event_ReceiptIssued)(nil),

@@ -1034,14 +1034,14 @@ var File_throughcare_v1_prison_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_prison_proto_rawDesc = "" +
 	"\n" +
-	"\x1bthroughcare/v1/prison.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\x83\x06\n" +
+	"\x1bthroughcare/v1/prison.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\xd5\x06\n" +
 	"\x16OpenReleaseCaseRequest\x129\n" +
-	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x12\xad\x05\n" +
-	"\frelease_case\x18\x02 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\xec\x04\xbaH\xe4\x04\xba\x01D\n" +
+	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x12\xff\x05\n" +
+	"\frelease_case\x18\x02 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\xbe\x05\xbaH\xb6\x05\xba\x01D\n" +
 	"\x1crelease_case.person_required\x12\x12person is required\x1a\x10has(this.person)\xba\x01V\n" +
 	"\"release_case.release_plan_required\x12\x18release_plan is required\x1a\x16has(this.release_plan)\xba\x01\xf5\x01\n" +
-	"\x19release_case.server_owned\x12Rcase_id, revision, state, owner, create_time and update_time are set by the server\x1a\x83\x01this.case_id == '' && this.revision == 0u && this.state == 0 && this.owner == 0 && !has(this.create_time) && !has(this.update_time)\xba\x01\xc4\x01\n" +
-	"\x1drelease_case.not_prison_owned\x12Lsupervision_plan, assistance_plan and consents are written by their own RPCs\x1aU!has(this.supervision_plan) && !has(this.assistance_plan) && size(this.consents) == 0\xc8\x01\x01\xd0\xf3\x18\x01R\vreleaseCase\"_\n" +
+	"\x19release_case.server_owned\x12Rcase_id, revision, state, owner, create_time and update_time are set by the server\x1a\x83\x01this.case_id == '' && this.revision == 0u && this.state == 0 && this.owner == 0 && !has(this.create_time) && !has(this.update_time)\xba\x01\x96\x02\n" +
+	"\x1drelease_case.not_prison_owned\x12nsupervision_plan, assistance_plan, consents and release_plan.actual_release_date are written by their own RPCs\x1a\x84\x01!has(this.supervision_plan) && !has(this.assistance_plan) && size(this.consents) == 0 && !has(this.release_plan.actual_release_date)\xc8\x01\x01\xd0\xf3\x18\x01R\vreleaseCase\"_\n" +
 	"\x17OpenReleaseCaseResponse\x12D\n" +
 	"\frelease_case\x18\x01 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\vreleaseCase\"R\n" +
 	"\x15GetReleaseCaseRequest\x129\n" +
@@ -1057,14 +1057,14 @@ const file_throughcare_v1_prison_proto_rawDesc = "" +
 	"\x13expected_release_to\x18\x05 \x01(\v2\x14.throughcare.v1.DateB\x04\xc8\xf3\x18\x04R\x11expectedReleaseTo\"\x90\x01\n" +
 	"\x18ListReleaseCasesResponse\x12F\n" +
 	"\rrelease_cases\x18\x01 \x03(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\freleaseCases\x12,\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\rnextPageToken\"\xe2\n" +
-	"\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\rnextPageToken\"\xf0\v\n" +
 	"\x18UpdateReleaseCaseRequest\x129\n" +
 	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x129\n" +
 	"\acase_id\x18\x02 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06caseId\x128\n" +
-	"\x11expected_revision\x18\x03 \x01(\x04B\v\xbaH\x042\x02 \x00\xd0\xf3\x18\x01R\x10expectedRevision\x12\xc5\x02\n" +
-	"\frelease_case\x18\x04 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x84\x02\xbaH\xfc\x01\xba\x01\xf5\x01\n" +
-	"\x19release_case.server_owned\x12Rcase_id, revision, state, owner, create_time and update_time are set by the server\x1a\x83\x01this.case_id == '' && this.revision == 0u && this.state == 0 && this.owner == 0 && !has(this.create_time) && !has(this.update_time)\xc8\x01\x01\xd0\xf3\x18\x01R\vreleaseCase\x12\x8e\x04\n" +
+	"\x11expected_revision\x18\x03 \x01(\x04B\v\xbaH\x042\x02 \x00\xd0\xf3\x18\x01R\x10expectedRevision\x12\xd3\x03\n" +
+	"\frelease_case\x18\x04 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x92\x03\xbaH\x8a\x03\xba\x01\xf5\x01\n" +
+	"\x19release_case.server_owned\x12Rcase_id, revision, state, owner, create_time and update_time are set by the server\x1a\x83\x01this.case_id == '' && this.revision == 0u && this.state == 0 && this.owner == 0 && !has(this.create_time) && !has(this.update_time)\xba\x01\x8a\x01\n" +
+	"\x1drelease_case.not_prison_owned\x12<release_plan.actual_release_date is written by RecordRelease\x1a+!has(this.release_plan.actual_release_date)\xc8\x01\x01\xd0\xf3\x18\x01R\vreleaseCase\x12\x8e\x04\n" +
 	"\vupdate_mask\x18\x05 \x01(\v2\x1a.google.protobuf.FieldMaskB\xd0\x03\xbaH\xc8\x03\xba\x01\xc1\x03\n" +
 	"\x11update_mask.paths\x12\xbe\x01paths must be among person, contact, sentence, release_plan, accommodation, education_work, health, substance_use, finance_id, family, behaviour, risk, extremism, worker_safety; at least one\x1a\xea\x01size(this.paths) > 0 && this.paths.all(p, p in ['person', 'contact', 'sentence', 'release_plan', 'accommodation', 'education_work', 'health', 'substance_use', 'finance_id', 'family', 'behaviour', 'risk', 'extremism', 'worker_safety'])\xc8\x01\x01\xd0\xf3\x18\x01R\n" +
 	"updateMask:\xbc\x02\xbaH\xb8\x02\x1a\x8d\x01\n" +
