@@ -15,6 +15,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/cases"
 	"github.com/throughcare/throughcare/pkg/grpcserver"
 	"github.com/throughcare/throughcare/pkg/handover"
+	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/records"
 	"github.com/throughcare/throughcare/services/prison"
 	"github.com/throughcare/throughcare/services/probation"
@@ -66,8 +67,7 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 		return nil, fmt.Errorf("no service for agency %s", agency)
 	}
 	throughcarev1.RegisterHandoverServiceServer(srv.Server, handovers)
-	// The audit ledger comes with its own issue; until then its RPCs answer Unimplemented.
-	throughcarev1.RegisterAuditServiceServer(srv.Server, throughcarev1.UnimplementedAuditServiceServer{})
+	throughcarev1.RegisterAuditServiceServer(srv.Server, ledger.NewServer(handovers.Ledger(), handovers.Protocol))
 
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/handover"
+	"github.com/throughcare/throughcare/pkg/protocol"
 )
 
 // logConfig is shared by every command.
@@ -47,20 +48,23 @@ func (c logConfig) logger() (*zap.Logger, error) {
 	return zc.Build()
 }
 
-// deadlineConfig is when handover steps fall due, shared by every command that runs agencies.
-type deadlineConfig struct {
+// handoverFlags are the sharing protocol and the handover deadlines, shared by every
+// command that runs agencies.
+type handoverFlags struct {
+	ProtocolFile         string
 	AcknowledgeWithin    time.Duration
 	AcceptBeforeRelease  time.Duration
 	DeadlineScanInterval time.Duration
 }
 
-func (c *deadlineConfig) register(fs *flag.FlagSet) {
+func (c *handoverFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.ProtocolFile, "protocol", "", "sharing protocol file (.textproto or .yaml); empty uses the built-in default")
 	fs.DurationVar(&c.AcknowledgeWithin, "acknowledge-within", 48*time.Hour, "how long after delivery a handover must be acknowledged")
 	fs.DurationVar(&c.AcceptBeforeRelease, "accept-before-release", 14*24*time.Hour, "how long before the expected release a handover must be accepted")
 	fs.DurationVar(&c.DeadlineScanInterval, "deadline-scan-interval", time.Minute, "how often overdue handovers are looked for")
 }
 
-func (c deadlineConfig) validate() error {
+func (c handoverFlags) validate() error {
 	for name, d := range map[string]time.Duration{"--acknowledge-within": c.AcknowledgeWithin, "--accept-before-release": c.AcceptBeforeRelease, "--deadline-scan-interval": c.DeadlineScanInterval} {
 		if d <= 0 {
 			return fmt.Errorf("%s %s: must be positive", name, d)
@@ -69,10 +73,24 @@ func (c deadlineConfig) validate() error {
 	return nil
 }
 
-// handoverConfig is the agency's handover settings with these deadlines.
-func (c deadlineConfig) handoverConfig(agency throughcarev1.Agency, replicas int) handover.Config {
+// loadProtocol reads the protocol file, or returns the built-in default. A bad file stops
+// start-up with the file, the line and the reason.
+func (c handoverFlags) loadProtocol() (*protocol.Protocol, error) {
+	if c.ProtocolFile == "" {
+		return protocol.Default(), nil
+	}
+	p, err := protocol.Load(c.ProtocolFile)
+	if err != nil {
+		return nil, fmt.Errorf("--protocol: %w", err)
+	}
+	return p, nil
+}
+
+// handoverConfig is the agency's handover settings with these flags.
+func (c handoverFlags) handoverConfig(agency throughcarev1.Agency, p *protocol.Protocol, replicas int) handover.Config {
 	hc := handover.DefaultConfig(agency)
 	hc.AcknowledgeWithin, hc.AcceptBeforeRelease, hc.DeadlineScanInterval = c.AcknowledgeWithin, c.AcceptBeforeRelease, c.DeadlineScanInterval
+	hc.Protocol = p
 	hc.Limits.Replicas = replicas
 	return hc
 }
@@ -83,7 +101,7 @@ type devConfig struct {
 	PrisonAddr     string
 	ProbationAddr  string
 	SocialWorkAddr string
-	Deadlines      deadlineConfig
+	Handover       handoverFlags
 	Log            logConfig
 }
 
@@ -96,7 +114,7 @@ func parseDevConfig(args []string, getenv func(string) string, out io.Writer) (d
 	fs.StringVar(&c.PrisonAddr, "prison-addr", "127.0.0.1:7101", "gRPC address of the prison service")
 	fs.StringVar(&c.ProbationAddr, "probation-addr", "127.0.0.1:7102", "gRPC address of the probation service")
 	fs.StringVar(&c.SocialWorkAddr, "socialwork-addr", "127.0.0.1:7103", "gRPC address of the social-work service")
-	c.Deadlines.register(fs)
+	c.Handover.register(fs)
 	c.Log.register(fs, "console")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		return c, err
@@ -104,17 +122,17 @@ func parseDevConfig(args []string, getenv func(string) string, out io.Writer) (d
 	if c.DataDir == "" {
 		return c, errors.New("--data-dir: must not be empty")
 	}
-	return c, c.Deadlines.validate()
+	return c, c.Handover.validate()
 }
 
 type serveConfig struct {
-	Service   string
-	Agency    throughcarev1.Agency
-	NATSURL   string
-	Addr      string
-	Replicas  int
-	Deadlines deadlineConfig
-	Log       logConfig
+	Service  string
+	Agency   throughcarev1.Agency
+	NATSURL  string
+	Addr     string
+	Replicas int
+	Handover handoverFlags
+	Log      logConfig
 }
 
 // agencies maps --service values to agencies.
@@ -132,7 +150,7 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
 	fs.StringVar(&c.Addr, "addr", ":7100", "gRPC listen address")
 	fs.IntVar(&c.Replicas, "replicas", 1, "JetStream replicas of the service's buckets (3 on a cluster)")
-	c.Deadlines.register(fs)
+	c.Handover.register(fs)
 	c.Log.register(fs, "json")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		return c, err
@@ -145,7 +163,7 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	if c.Replicas < 1 || c.Replicas > 5 {
 		return c, fmt.Errorf("--replicas %d: want 1 to 5", c.Replicas)
 	}
-	return c, c.Deadlines.validate()
+	return c, c.Handover.validate()
 }
 
 // parseFlags parses args, then fills every flag not given on the command line from its

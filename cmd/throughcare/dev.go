@@ -45,6 +45,11 @@ func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
 
 // startDev starts the embedded NATS, then the three agency services on it.
 func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, error) {
+	sharing, err := cfg.Handover.loadProtocol()
+	if err != nil {
+		return nil, err
+	}
+	log.Info("sharing protocol", zap.String("protocol_id", sharing.ID()), zap.Uint32("version", sharing.Version()))
 	ns, err := natsserver.Start(natsserver.Config{
 		Host:       "127.0.0.1",
 		Port:       cfg.NATSPort,
@@ -74,7 +79,7 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		{throughcarev1.Agency_AGENCY_PROBATION, cfg.ProbationAddr},
 		{throughcarev1.Agency_AGENCY_SOCIAL_WORK, cfg.SocialWorkAddr},
 	} {
-		srv, err := startAgency(ctx, log, js, cfg.Deadlines.handoverConfig(a.agency, 1), a.addr)
+		srv, err := startAgency(ctx, log, js, cfg.Handover.handoverConfig(a.agency, sharing, 1), a.addr)
 		if err != nil {
 			return nil, errors.Join(err, sys.Stop())
 		}

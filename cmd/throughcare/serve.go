@@ -19,6 +19,11 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	log.Info("starting throughcare serve", zap.String("service", cfg.Service), zap.String("nats_url", redactURLs(cfg.NATSURL)),
 		zap.String("addr", cfg.Addr), zap.Int("replicas", cfg.Replicas))
 
+	sharing, err := cfg.Handover.loadProtocol()
+	if err != nil {
+		return err
+	}
+	log.Info("sharing protocol", zap.String("protocol_id", sharing.ID()), zap.Uint32("version", sharing.Version()))
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("throughcare-"+cfg.Service),
 		nats.MaxReconnects(-1),
@@ -33,7 +38,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	srv, err := startAgency(ctx, log, js, cfg.Deadlines.handoverConfig(cfg.Agency, cfg.Replicas), cfg.Addr)
+	srv, err := startAgency(ctx, log, js, cfg.Handover.handoverConfig(cfg.Agency, sharing, cfg.Replicas), cfg.Addr)
 	if err != nil {
 		return err
 	}

@@ -10,13 +10,17 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 )
 
-// watchDeadlines checks deadlines now and then every DeadlineScanInterval until ctx ends.
+// watchDeadlines checks deadlines and retention now and then every DeadlineScanInterval
+// until ctx ends.
 func (s *Service) watchDeadlines(ctx context.Context) error {
 	ticker := time.NewTicker(s.cfg.DeadlineScanInterval)
 	defer ticker.Stop()
 	for {
 		if err := s.CheckDeadlines(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("deadline check failed; trying again next round", zap.Error(err))
+		}
+		if err := s.CheckRetention(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("retention check failed; trying again next round", zap.Error(err))
 		}
 		select {
 		case <-ctx.Done():

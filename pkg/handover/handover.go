@@ -24,6 +24,8 @@ import (
 	"github.com/throughcare/throughcare/pkg/cases"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/ledger"
+	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
 )
 
@@ -41,6 +43,8 @@ type Config struct {
 	Inbox eventbus.ConsumerConfig
 	// Limits bound the agency's streams.
 	Limits eventbus.Limits
+	// Protocol decides what may flow; every agency runs the same one.
+	Protocol *protocol.Protocol
 }
 
 // DefaultConfig is the shipped configuration for agency.
@@ -52,6 +56,7 @@ func DefaultConfig(agency throughcarev1.Agency) Config {
 		DeadlineScanInterval: time.Minute,
 		Inbox:                eventbus.DefaultConsumerConfig("", ""),
 		Limits:               eventbus.DefaultLimits,
+		Protocol:             protocol.Default(),
 	}
 }
 
@@ -64,6 +69,7 @@ type Service struct {
 	handovers *records.Store[*storev1.HandoverRecord]
 	cases     *cases.Store
 	dead      *eventbus.DeadLetters
+	ledger    *ledger.Ledger
 	now       func() time.Time
 }
 
@@ -79,6 +85,9 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 	if name == "" {
 		return nil, fmt.Errorf("handover: unknown agency %v", cfg.Agency)
 	}
+	if cfg.Protocol == nil {
+		return nil, errors.New("handover: no sharing protocol")
+	}
 	if err := eventbus.Setup(ctx, js, cfg.Agency, cfg.Limits); err != nil {
 		return nil, err
 	}
@@ -91,6 +100,10 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 	if err != nil {
 		return nil, err
 	}
+	book, err := ledger.Open(ctx, js, cfg.Agency, cfg.Limits.Replicas)
+	if err != nil {
+		return nil, err
+	}
 	cfg.Inbox.Stream = eventbus.InboxStream(cfg.Agency)
 	cfg.Inbox.Durable = name + "-inbox"
 	return &Service{
@@ -100,9 +113,16 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 		handovers: handovers,
 		cases:     caseStore,
 		dead:      dead,
+		ledger:    book,
 		now:       time.Now,
 	}, nil
 }
+
+// Ledger is the agency's disclosure ledger, for its AuditService.
+func (s *Service) Ledger() *ledger.Ledger { return s.ledger }
+
+// Protocol is the sharing protocol the agency enforces.
+func (s *Service) Protocol() *throughcarev1.SharingProtocol { return s.cfg.Protocol.Proto() }
 
 // Run processes incoming events, relays the outbox and checks deadlines until ctx ends.
 func (s *Service) Run(ctx context.Context) error {

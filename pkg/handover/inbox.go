@@ -16,6 +16,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
 	"github.com/throughcare/throughcare/pkg/ids"
+	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
 )
 
@@ -31,6 +32,9 @@ func (s *Service) handleIncoming(ctx context.Context, msg jetstream.Msg) error {
 	if !ids.Valid(ev.GetHandoverId()) || !ids.Valid(ev.GetCaseId()) {
 		return eventbus.Permanent(fmt.Errorf("event %s has a malformed handover or case id", ev.GetEventId()))
 	}
+	if err := s.checkIncoming(ctx, ev); err != nil {
+		return err
+	}
 	switch p := ev.GetPayload().(type) {
 	case *throughcarev1.Event_HandoverReferred:
 		return s.receiveReferral(ctx, ev, p.HandoverReferred)
@@ -42,6 +46,8 @@ func (s *Service) handleIncoming(ctx context.Context, msg jetstream.Msg) error {
 		return s.receiveRelease(ctx, ev, p.ReleaseRecorded)
 	case *throughcarev1.Event_PlanShared:
 		return s.receivePlan(ctx, ev, p.PlanShared)
+	case *throughcarev1.Event_ConsentWithdrawn:
+		return s.receiveConsentWithdrawn(ctx, ev, p.ConsentWithdrawn)
 	}
 	return eventbus.Permanent(fmt.Errorf("event %s has no payload this service knows", ev.GetEventId()))
 }
@@ -198,6 +204,70 @@ func (s *Service) receivePlan(ctx context.Context, ev *throughcarev1.Event, plan
 	})
 }
 
+// receiveConsentWithdrawn purges the withdrawn categories from this agency's copy of the
+// case, marks the consent withdrawn on it, and confirms with a PURGED receipt.
+func (s *Service) receiveConsentWithdrawn(ctx context.Context, ev *throughcarev1.Event, withdrawn *throughcarev1.ConsentWithdrawn) error {
+	rec, err := s.get(ctx, ev.GetHandoverId())
+	if err != nil {
+		if errors.Is(err, fault.ErrNotFound) {
+			return eventbus.Permanent(fmt.Errorf("event %s: unknown handover %s", ev.GetEventId(), ev.GetHandoverId()))
+		}
+		return err
+	}
+	if h := rec.GetHandover(); !s.incoming(h) || h.GetSender() != ev.GetSource() || h.GetCaseId() != ev.GetCaseId() {
+		return eventbus.Permanent(fmt.Errorf("event %s: handover %s was not sent by %s", ev.GetEventId(), h.GetHandoverId(), ev.GetSource()))
+	}
+	var purged []throughcarev1.DataCategory
+	err = s.updateCase(ctx, ev.GetCaseId(), func(rc *throughcarev1.ReleaseCase) {
+		purged = protocol.Purge(rc, withdrawn.GetCategories())
+		for _, c := range rc.GetConsents() {
+			if c.GetRecipient() == s.cfg.Agency && slices.Contains(withdrawn.GetCategories(), c.GetCategory()) && c.GetWithdrawnTime() == nil {
+				c.WithdrawnTime = ev.GetOccurredAt()
+			}
+		}
+	})
+	if err != nil && !errors.Is(err, fault.ErrNotFound) { // no copy left (retention) is nothing to purge
+		return err
+	}
+	entry := &throughcarev1.Disclosure{
+		Kind:               throughcarev1.DisclosureKind_DISCLOSURE_KIND_PURGED,
+		CaseId:             ev.GetCaseId(),
+		EventId:            ev.GetEventId(),
+		Sender:             ev.GetSource(),
+		Recipient:          s.cfg.Agency,
+		Purpose:            ev.GetPurpose(),
+		WithheldCategories: withdrawn.GetCategories(),
+		ProtocolId:         s.cfg.Protocol.ID(),
+		ProtocolVersion:    s.cfg.Protocol.Version(),
+		Actor:              ev.GetActor(),
+		Time:               timestampNow(s.now),
+		Note:               fmt.Sprintf("consent withdrawn: purged %v from the copy of case %s", withdrawn.GetCategories(), ev.GetCaseId()),
+	}
+	if _, err := s.ledger.Append(ctx, entry, "purged/"+ev.GetEventId()); err != nil {
+		return fmt.Errorf("record purge for event %s: %w", ev.GetEventId(), err)
+	}
+	_, err = s.mutate(ctx, ev.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+		if slices.Contains(rec.GetAppliedEventIds(), ev.GetEventId()) {
+			return errUnchanged
+		}
+		rec.AppliedEventIds = append(rec.AppliedEventIds, ev.GetEventId())
+		if n := len(rec.AppliedEventIds); n > maxAppliedEvents {
+			rec.AppliedEventIds = rec.AppliedEventIds[n-maxAppliedEvents:]
+		}
+		s.issueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_PURGED, rec.GetHandover().GetState(), ev.GetActor(), func(issued *throughcarev1.ReceiptIssued) {
+			issued.PurgedCategories = withdrawn.GetCategories()
+		})
+		return nil
+	})
+	if err == nil {
+		s.log.Info("consent withdrawn; copy purged", zap.String("handover_id", ev.GetHandoverId()), zap.String("case_id", ev.GetCaseId()), zap.Int("categories_found", len(purged)))
+	}
+	return err
+}
+
+// maxAppliedEvents bounds the event ids a handover record remembers.
+const maxAppliedEvents = 64
+
 // checkAccepted refuses an event about a case unless it travels along an accepted
 // handover between the two agencies, in the right direction.
 func (s *Service) checkAccepted(ctx context.Context, ev *throughcarev1.Event, incoming bool) error {
@@ -235,6 +305,9 @@ func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
 	}
 	published := make([]string, 0, len(rec.GetOutbox()))
 	for _, ev := range rec.GetOutbox() {
+		if err := s.disclose(ctx, ev); err != nil {
+			return err
+		}
 		if err := eventbus.Publish(ctx, s.js, ev); err != nil {
 			return err
 		}

@@ -16,11 +16,14 @@ import (
 )
 
 // Refer creates a handover of a case this agency holds to recipient for purpose, and sends
-// the case with it. It returns the handover and the categories held back from the
-// recipient.
-func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []throughcarev1.DataCategory, error) {
+// the case with it, cut down to what the protocol allows. It returns the handover and what
+// was held back, and why. With no rule for the flow it refuses, naming the missing rule.
+func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []*throughcarev1.Withholding, error) {
 	if recipient == s.cfg.Agency {
 		return nil, nil, fault.InvalidField("recipient", "must be another agency")
+	}
+	if _, err := s.cfg.Protocol.RuleFor(s.cfg.Agency, recipient, purpose); err != nil {
+		return nil, nil, err
 	}
 	rc, err := s.cases.Get(ctx, caseID)
 	if err != nil {
@@ -45,15 +48,22 @@ func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient thr
 	// The copy the recipient gets: its revision is ours, not theirs.
 	shared := proto.CloneOf(rc)
 	shared.Revision = 0
+	report, err := s.cfg.Protocol.Enforce(shared, s.cfg.Agency, recipient, purpose, rc.GetConsents())
+	if err != nil {
+		return nil, nil, err
+	}
+	h.WithheldCategories = report.WithheldCategories()
 	ev := s.newEvent(h, recipient, actor, throughcarev1.EventType_EVENT_TYPE_HANDOVER_REFERRED)
+	ev.Withholdings = report.Withheld
 	ev.Payload = &throughcarev1.Event_HandoverReferred{HandoverReferred: &throughcarev1.HandoverReferred{Handover: proto.CloneOf(h), ReleaseCase: shared}}
 	rec := &storev1.HandoverRecord{Handover: h, Outbox: []*throughcarev1.Event{ev}}
 	if _, err := s.handovers.Create(ctx, h.GetHandoverId(), rec); err != nil {
 		return nil, nil, handoverError(h.GetHandoverId(), err)
 	}
 	s.log.Info("handover referred", zap.String("handover_id", h.GetHandoverId()), zap.String("case_id", caseID),
-		zap.String("recipient", recipient.String()), zap.String("purpose", purpose.String()), zap.String("actor", actor))
-	return h, nil, nil
+		zap.String("recipient", recipient.String()), zap.String("purpose", purpose.String()), zap.String("actor", actor),
+		zap.Any("withheld", h.GetWithheldCategories()))
+	return h, report.Withheld, nil
 }
 
 // acceptDue is when acceptance is due: a set time before the expected release.
@@ -131,4 +141,29 @@ func (s *Service) find(ctx context.Context, match func(*throughcarev1.Handover) 
 		return nil, fmt.Errorf("list handovers: %w", err)
 	}
 	return found, nil
+}
+
+// WithdrawConsent tells every agency this agency referred the case to as recipient that the
+// person withdrew consent to categories: each purges them from its copy and confirms with
+// a PURGED receipt. A recipient that declined still holds the copy it was sent, so it is
+// told too.
+func (s *Service) WithdrawConsent(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, categories []throughcarev1.DataCategory) (int, error) {
+	referred, err := s.find(ctx, func(h *throughcarev1.Handover) bool {
+		return h.GetCaseId() == caseID && !s.incoming(h) && h.GetRecipient() == recipient
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, h := range referred {
+		_, err := s.mutate(ctx, h.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+			ev := s.newEvent(rec.GetHandover(), recipient, actor, throughcarev1.EventType_EVENT_TYPE_CONSENT_WITHDRAWN)
+			ev.Payload = &throughcarev1.Event_ConsentWithdrawn{ConsentWithdrawn: &throughcarev1.ConsentWithdrawn{Categories: categories}}
+			rec.Outbox = append(rec.Outbox, ev)
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	return len(referred), nil
 }

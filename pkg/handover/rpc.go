@@ -83,11 +83,17 @@ func (s *Service) GetHandover(ctx context.Context, req *throughcarev1.GetHandove
 	}
 	resp := &throughcarev1.GetHandoverResponse{Handover: h}
 	if s.incoming(h) {
-		rc, err := s.cases.Get(ctx, h.GetCaseId())
-		if err != nil && !errors.Is(err, fault.ErrNotFound) {
+		rc, err := s.localCase(ctx, h.GetCaseId())
+		if err != nil {
 			return nil, err
 		}
-		resp.ReleaseCase = rc
+		if rc != nil {
+			readable, err := s.Readable(ctx, rc)
+			if err != nil {
+				return nil, err
+			}
+			resp.ReleaseCase = readable[0]
+		}
 	}
 	return resp, nil
 }

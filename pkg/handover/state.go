@@ -94,6 +94,9 @@ func (s *Service) newEvent(h *throughcarev1.Handover, recipient throughcarev1.Ag
 		OccurredAt: timestampNow(s.now),
 		Purpose:    h.GetPurpose(),
 		Actor:      actor,
+		// Stamped with the protocol that cuts it down at the relay.
+		ProtocolId:      s.cfg.Protocol.ID(),
+		ProtocolVersion: s.cfg.Protocol.Version(),
 	}
 }
 

@@ -109,10 +109,17 @@ func startPrison(t testing.TB, ns *natstest.Server, log *zap.Logger) *harness {
 type fakeHandovers struct {
 	mu       sync.Mutex
 	Handover *throughcarev1.Handover
-	Withheld []throughcarev1.DataCategory
+	Withheld []*throughcarev1.Withholding
 	Err      error
 	Refers   []referCall
 	Releases []releaseCall
+	Withdraw []withdrawCall
+}
+
+type withdrawCall struct {
+	Actor, CaseID string
+	Recipient     throughcarev1.Agency
+	Categories    []throughcarev1.DataCategory
 }
 
 type referCall struct {
@@ -128,7 +135,7 @@ type releaseCall struct {
 
 var _ prison.Handovers = (*fakeHandovers)(nil)
 
-func (f *fakeHandovers) Refer(_ context.Context, actor, caseID string, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []throughcarev1.DataCategory, error) {
+func (f *fakeHandovers) Refer(_ context.Context, actor, caseID string, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []*throughcarev1.Withholding, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Refers = append(f.Refers, referCall{actor, caseID, recipient, purpose})
@@ -148,8 +155,24 @@ func (f *fakeHandovers) NotifyRelease(_ context.Context, actor, caseID string, r
 	return 1, nil
 }
 
+func (f *fakeHandovers) WithdrawConsent(_ context.Context, actor, caseID string, recipient throughcarev1.Agency, categories []throughcarev1.DataCategory) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Withdraw = append(f.Withdraw, withdrawCall{actor, caseID, recipient, slices.Clone(categories)})
+	if f.Err != nil {
+		return 0, f.Err
+	}
+	return 1, nil
+}
+
+func (f *fakeHandovers) withdrawals() []withdrawCall {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.Withdraw)
+}
+
 // set changes the fake's answers.
-func (f *fakeHandovers) set(h *throughcarev1.Handover, withheld []throughcarev1.DataCategory, err error) {
+func (f *fakeHandovers) set(h *throughcarev1.Handover, withheld []*throughcarev1.Withholding, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Handover, f.Withheld, f.Err = h, withheld, err

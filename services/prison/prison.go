@@ -4,7 +4,9 @@ package prison
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -20,8 +22,9 @@ import (
 
 // Handovers is the prison's side of the handover protocol (package handover).
 type Handovers interface {
-	Refer(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []throughcarev1.DataCategory, error)
+	Refer(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []*throughcarev1.Withholding, error)
 	NotifyRelease(ctx context.Context, actor, caseID string, release *throughcarev1.Release) (int, error)
+	WithdrawConsent(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, categories []throughcarev1.DataCategory) (int, error)
 }
 
 // Server implements throughcare.v1.PrisonService.
@@ -137,13 +140,14 @@ func (s *Server) editable(ctx context.Context, caseID string, expectedRevision u
 	return rc, nil
 }
 
-// ReferCase refers an open case to probation or social work.
+// ReferCase refers an open case to probation or social work, sharing what the protocol
+// allows for the purpose; the response says what was held back and why.
 func (s *Server) ReferCase(ctx context.Context, req *throughcarev1.ReferCaseRequest) (*throughcarev1.ReferCaseResponse, error) {
 	h, withheld, err := s.handovers.Refer(ctx, req.GetActor(), req.GetCaseId(), req.GetRecipient(), req.GetPurpose())
 	if err != nil {
 		return nil, err
 	}
-	return &throughcarev1.ReferCaseResponse{Handover: h, WithheldCategories: withheld}, nil
+	return &throughcarev1.ReferCaseResponse{Handover: h, WithheldCategories: h.GetWithheldCategories(), Withholdings: withheld}, nil
 }
 
 // RecordRelease records the actual release and tells every agency that accepted the case.
@@ -183,4 +187,85 @@ func (s *Server) RecordRelease(ctx context.Context, req *throughcarev1.RecordRel
 	}
 	s.log.Info("release recorded", zap.String("case_id", rc.GetCaseId()), zap.String("actor", req.GetActor()), zap.Int("agencies_told", told))
 	return &throughcarev1.RecordReleaseResponse{ReleaseCase: rc}, nil
+}
+
+// RecordConsent records the person's consent to share one category with one recipient.
+// Recording a consent that stands already changes nothing.
+func (s *Server) RecordConsent(ctx context.Context, req *throughcarev1.RecordConsentRequest) (*throughcarev1.RecordConsentResponse, error) {
+	rc, err := s.changeCase(ctx, req.GetCaseId(), func(rc *throughcarev1.ReleaseCase) bool {
+		if standingConsent(rc, req.GetCategory(), req.GetRecipient()) != nil {
+			return false
+		}
+		rc.Consents = append(rc.Consents, &throughcarev1.Consent{Category: req.GetCategory(), Recipient: req.GetRecipient(), GivenTime: timestamppb.New(s.now())})
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("consent recorded", zap.String("case_id", rc.GetCaseId()), zap.String("category", req.GetCategory().String()),
+		zap.String("recipient", req.GetRecipient().String()), zap.String("actor", req.GetActor()))
+	return &throughcarev1.RecordConsentResponse{ReleaseCase: rc}, nil
+}
+
+// WithdrawConsent withdraws a standing consent and tells the recipient, which purges the
+// category from its copy and confirms with a receipt. Withdrawing again, after an error,
+// tells the recipient again.
+func (s *Server) WithdrawConsent(ctx context.Context, req *throughcarev1.WithdrawConsentRequest) (*throughcarev1.WithdrawConsentResponse, error) {
+	var given bool
+	rc, err := s.changeCase(ctx, req.GetCaseId(), func(rc *throughcarev1.ReleaseCase) bool {
+		given = slices.ContainsFunc(rc.GetConsents(), func(c *throughcarev1.Consent) bool {
+			return c.GetCategory() == req.GetCategory() && c.GetRecipient() == req.GetRecipient()
+		})
+		c := standingConsent(rc, req.GetCategory(), req.GetRecipient())
+		if c == nil {
+			return false
+		}
+		c.WithdrawnTime = timestamppb.New(s.now())
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !given {
+		return nil, fmt.Errorf("release case %s has no consent to share %s with %s: %w", req.GetCaseId(), req.GetCategory(), req.GetRecipient(), fault.ErrFailedPrecondition)
+	}
+	told, err := s.handovers.WithdrawConsent(ctx, req.GetActor(), rc.GetCaseId(), req.GetRecipient(), []throughcarev1.DataCategory{req.GetCategory()})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("consent withdrawn", zap.String("case_id", rc.GetCaseId()), zap.String("category", req.GetCategory().String()),
+		zap.String("recipient", req.GetRecipient().String()), zap.Int("handovers_told", told), zap.String("actor", req.GetActor()))
+	return &throughcarev1.WithdrawConsentResponse{ReleaseCase: rc}, nil
+}
+
+func standingConsent(rc *throughcarev1.ReleaseCase, category throughcarev1.DataCategory, recipient throughcarev1.Agency) *throughcarev1.Consent {
+	for _, c := range rc.GetConsents() {
+		if c.GetCategory() == category && c.GetRecipient() == recipient && c.GetWithdrawnTime() == nil {
+			return c
+		}
+	}
+	return nil
+}
+
+// changeCase applies change to the current case and writes it if change reports a change,
+// retrying when a concurrent write got there first. A closed case takes no changes.
+func (s *Server) changeCase(ctx context.Context, caseID string, change func(*throughcarev1.ReleaseCase) bool) (*throughcarev1.ReleaseCase, error) {
+	for {
+		rc, err := s.cases.Get(ctx, caseID)
+		if err != nil {
+			return nil, err
+		}
+		if rc.GetState() == throughcarev1.CaseState_CASE_STATE_CLOSED {
+			return nil, fmt.Errorf("release case %s is closed: %w", caseID, fault.ErrFailedPrecondition)
+		}
+		if !change(rc) {
+			return rc, nil
+		}
+		rc.UpdateTime = timestamppb.New(s.now())
+		updated, err := s.cases.Update(ctx, rc, rc.GetRevision())
+		if errors.Is(err, fault.ErrConflict) {
+			continue
+		}
+		return updated, err
+	}
 }

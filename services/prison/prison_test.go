@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -280,34 +281,61 @@ func TestCloseReleaseCase(t *testing.T) {
 }
 
 // Consents have an issue of their own; until it lands their RPCs answer Unimplemented.
-func TestConsentRPCsAreUnimplemented(t *testing.T) {
+func TestConsentRecordAndWithdraw(t *testing.T) {
 	h := newPrison(t)
 	id := h.open(t, minimalCase()).GetCaseId()
+	health, social := throughcarev1.DataCategory_DATA_CATEGORY_HEALTH, throughcarev1.Agency_AGENCY_SOCIAL_WORK
+	record := func() (*throughcarev1.ReleaseCase, error) {
+		resp, err := h.Client.RecordConsent(t.Context(), &throughcarev1.RecordConsentRequest{Actor: "cw-1", CaseId: id, Category: health, Recipient: social})
+		return resp.GetReleaseCase(), err
+	}
+	withdraw := func() (*throughcarev1.ReleaseCase, error) {
+		resp, err := h.Client.WithdrawConsent(t.Context(), &throughcarev1.WithdrawConsentRequest{Actor: "cw-1", CaseId: id, Category: health, Recipient: social})
+		return resp.GetReleaseCase(), err
+	}
+
+	// Withdrawing what was never given is refused and changes nothing.
 	seq := h.lastSeq(t)
-	tests := []struct {
-		name string
-		call func(context.Context) error
-	}{
-		{"RecordConsent", func(ctx context.Context) error {
-			_, err := h.Client.RecordConsent(ctx, &throughcarev1.RecordConsentRequest{
-				Actor: "cw-1", CaseId: id, Category: throughcarev1.DataCategory_DATA_CATEGORY_HEALTH, Recipient: throughcarev1.Agency_AGENCY_PROBATION,
-			})
-			return err
-		}},
-		{"WithdrawConsent", func(ctx context.Context) error {
-			_, err := h.Client.WithdrawConsent(ctx, &throughcarev1.WithdrawConsentRequest{
-				Actor: "cw-1", CaseId: id, Category: throughcarev1.DataCategory_DATA_CATEGORY_HEALTH, Recipient: throughcarev1.Agency_AGENCY_PROBATION,
-			})
-			return err
-		}},
+	_, err := withdraw()
+	wantCode(t, err, codes.FailedPrecondition)
+	if got := h.lastSeq(t); got != seq || len(h.Handovers.withdrawals()) != 0 {
+		t.Fatalf("a refused withdrawal wrote (sequence %d, want %d) or notified (%d)", got, seq, len(h.Handovers.withdrawals()))
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			wantCode(t, tc.call(t.Context()), codes.Unimplemented)
-		})
+
+	given, err := record()
+	if err != nil {
+		t.Fatalf("RecordConsent: %v", err)
 	}
-	if got := h.lastSeq(t); got != seq {
-		t.Errorf("got bucket sequence %d, want %d", got, seq)
+	if c := given.GetConsents(); len(c) != 1 || c[0].GetCategory() != health || c[0].GetRecipient() != social || c[0].GetGivenTime() == nil || c[0].GetWithdrawnTime() != nil {
+		t.Fatalf("got consents %v, want one standing consent to share health with social work", c)
+	}
+	seq = h.lastSeq(t)
+	if again, err := record(); err != nil || again.GetRevision() != given.GetRevision() || h.lastSeq(t) != seq {
+		t.Errorf("recording a standing consent again: got revision %d, %v; want no write", again.GetRevision(), err)
+	}
+
+	withdrawn, err := withdraw()
+	if err != nil {
+		t.Fatalf("WithdrawConsent: %v", err)
+	}
+	if c := withdrawn.GetConsents(); len(c) != 1 || c[0].GetWithdrawnTime() == nil {
+		t.Errorf("got consents %v, want the consent withdrawn", c)
+	}
+	want := withdrawCall{"cw-1", id, social, []throughcarev1.DataCategory{health}}
+	if got := h.Handovers.withdrawals(); len(got) != 1 || !reflect.DeepEqual(got[0], want) {
+		t.Errorf("got withdrawal notices %+v, want one %+v", got, want)
+	}
+	// Withdrawing again repeats the notice (a retry after an error) without a write.
+	seq = h.lastSeq(t)
+	if _, err := withdraw(); err != nil {
+		t.Fatalf("WithdrawConsent again: %v", err)
+	}
+	if got := h.lastSeq(t); got != seq || len(h.Handovers.withdrawals()) != 2 {
+		t.Errorf("withdrawing again: sequence %d (want %d), %d notices (want 2)", got, seq, len(h.Handovers.withdrawals()))
+	}
+	// Consent can be given again after a withdrawal.
+	if again, err := record(); err != nil || len(again.GetConsents()) != 2 {
+		t.Errorf("consent after withdrawal: got %v, %v; want a second, standing consent", again.GetConsents(), err)
 	}
 }
 
@@ -315,8 +343,9 @@ func TestConsentRPCsAreUnimplemented(t *testing.T) {
 func TestReferCasePassesThrough(t *testing.T) {
 	h := newPrison(t)
 	id := h.open(t, fullCase()).GetCaseId()
-	handover := &throughcarev1.Handover{HandoverId: "ho_1", CaseId: id, Recipient: throughcarev1.Agency_AGENCY_PROBATION}
-	withheld := []throughcarev1.DataCategory{throughcarev1.DataCategory_DATA_CATEGORY_EXTREMISM_RISK}
+	extremism := throughcarev1.DataCategory_DATA_CATEGORY_EXTREMISM_RISK
+	handover := &throughcarev1.Handover{HandoverId: "ho_1", CaseId: id, Recipient: throughcarev1.Agency_AGENCY_PROBATION, WithheldCategories: []throughcarev1.DataCategory{extremism}}
+	withheld := []*throughcarev1.Withholding{{Category: extremism, Reason: throughcarev1.WithholdReason_WITHHOLD_REASON_NOT_ALLOWED}}
 	h.Handovers.set(handover, withheld, nil)
 
 	resp, err := h.Client.ReferCase(t.Context(), &throughcarev1.ReferCaseRequest{
@@ -325,7 +354,8 @@ func TestReferCasePassesThrough(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ReferCase: %v", err)
 	}
-	if !proto.Equal(resp.GetHandover(), handover) || !slices.Equal(resp.GetWithheldCategories(), withheld) {
+	if !proto.Equal(resp.GetHandover(), handover) || !slices.Equal(resp.GetWithheldCategories(), handover.GetWithheldCategories()) ||
+		len(resp.GetWithholdings()) != 1 || !proto.Equal(resp.GetWithholdings()[0], withheld[0]) {
 		t.Errorf("got %v, want handover %v withheld %v", resp, handover, withheld)
 	}
 	refers, _ := h.Handovers.calls()

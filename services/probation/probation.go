@@ -15,8 +15,10 @@ import (
 	"github.com/throughcare/throughcare/pkg/fault"
 )
 
-// PlanSharer sends a plan back along an accepted handover (package handover).
-type PlanSharer interface {
+// Handovers is this agency's side of the handover protocol (package handover): what its
+// system may read of the copies it holds, and sharing plans back.
+type Handovers interface {
+	Readable(ctx context.Context, copies ...*throughcarev1.ReleaseCase) ([]*throughcarev1.ReleaseCase, error)
 	SharePlan(ctx context.Context, actor, caseID string, plan *throughcarev1.PlanShared) error
 }
 
@@ -25,14 +27,14 @@ type Server struct {
 	throughcarev1.UnimplementedProbationServiceServer
 	log       *zap.Logger
 	cases     *cases.Store
-	handovers PlanSharer
+	handovers Handovers
 	now       func() time.Time
 }
 
 var _ throughcarev1.ProbationServiceServer = (*Server)(nil)
 
 // New returns the probation service over its store of received cases and its side of the handovers.
-func New(log *zap.Logger, store *cases.Store, handovers PlanSharer) *Server {
+func New(log *zap.Logger, store *cases.Store, handovers Handovers) *Server {
 	return &Server{log: log, cases: store, handovers: handovers, now: time.Now}
 }
 
@@ -41,12 +43,19 @@ func (s *Server) GetSupervisionCase(ctx context.Context, req *throughcarev1.GetS
 	if err != nil {
 		return nil, err
 	}
-	return &throughcarev1.GetSupervisionCaseResponse{ReleaseCase: rc}, nil
+	readable, err := s.handovers.Readable(ctx, rc)
+	if err != nil {
+		return nil, err
+	}
+	return &throughcarev1.GetSupervisionCaseResponse{ReleaseCase: readable[0]}, nil
 }
 
 func (s *Server) ListSupervisionCases(ctx context.Context, req *throughcarev1.ListSupervisionCasesRequest) (*throughcarev1.ListSupervisionCasesResponse, error) {
 	page, next, err := s.cases.List(ctx, cases.Filter{State: req.GetState()}, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
+		return nil, err
+	}
+	if page, err = s.handovers.Readable(ctx, page...); err != nil {
 		return nil, err
 	}
 	return &throughcarev1.ListSupervisionCasesResponse{ReleaseCases: page, NextPageToken: next}, nil
@@ -78,6 +87,10 @@ func (s *Server) RecordSupervisionPlan(ctx context.Context, req *throughcarev1.R
 			return nil, err
 		}
 		s.log.Info("supervision plan recorded", zap.String("case_id", rc.GetCaseId()), zap.String("actor", req.GetActor()))
-		return &throughcarev1.RecordSupervisionPlanResponse{ReleaseCase: updated}, nil
+		readable, err := s.handovers.Readable(ctx, updated)
+		if err != nil {
+			return nil, err
+		}
+		return &throughcarev1.RecordSupervisionPlanResponse{ReleaseCase: readable[0]}, nil
 	}
 }

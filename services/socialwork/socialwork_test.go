@@ -40,7 +40,13 @@ type sharedPlan struct {
 	Plan          *throughcarev1.PlanShared
 }
 
-var _ socialwork.PlanSharer = (*fakeSharer)(nil)
+var _ socialwork.Handovers = (*fakeSharer)(nil)
+
+// Readable lets every copy through unchanged: what the protocol lets through is
+// package handover's business, tested there.
+func (f *fakeSharer) Readable(_ context.Context, copies ...*throughcarev1.ReleaseCase) ([]*throughcarev1.ReleaseCase, error) {
+	return copies, nil
+}
 
 func (f *fakeSharer) SharePlan(_ context.Context, actor, caseID string, plan *throughcarev1.PlanShared) error {
 	f.mu.Lock()

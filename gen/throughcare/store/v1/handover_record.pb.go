@@ -35,9 +35,12 @@ type HandoverRecord struct {
 	// Events not yet confirmed published, oldest first.
 	Outbox []*v1.Event `protobuf:"bytes,2,rep,name=outbox,proto3" json:"outbox,omitempty"`
 	// Set on the relay's own writes, which change only the outbox: watchers skip them.
-	OutboxOnly    bool `protobuf:"varint,3,opt,name=outbox_only,json=outboxOnly,proto3" json:"outbox_only,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	OutboxOnly bool `protobuf:"varint,3,opt,name=outbox_only,json=outboxOnly,proto3" json:"outbox_only,omitempty"`
+	// Ids of incoming events already applied that a second delivery would apply again
+	// (a consent withdrawal), newest last, at most 64.
+	AppliedEventIds []string `protobuf:"bytes,4,rep,name=applied_event_ids,json=appliedEventIds,proto3" json:"applied_event_ids,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *HandoverRecord) Reset() {
@@ -91,16 +94,24 @@ func (x *HandoverRecord) GetOutboxOnly() bool {
 	return false
 }
 
+func (x *HandoverRecord) GetAppliedEventIds() []string {
+	if x != nil {
+		return x.AppliedEventIds
+	}
+	return nil
+}
+
 var File_throughcare_store_v1_handover_record_proto protoreflect.FileDescriptor
 
 const file_throughcare_store_v1_handover_record_proto_rawDesc = "" +
 	"\n" +
-	"*throughcare/store/v1/handover_record.proto\x12\x14throughcare.store.v1\x1a\x1athroughcare/v1/event.proto\x1a\x1dthroughcare/v1/handover.proto\"\x96\x01\n" +
+	"*throughcare/store/v1/handover_record.proto\x12\x14throughcare.store.v1\x1a\x1athroughcare/v1/event.proto\x1a\x1dthroughcare/v1/handover.proto\"\xc2\x01\n" +
 	"\x0eHandoverRecord\x124\n" +
 	"\bhandover\x18\x01 \x01(\v2\x18.throughcare.v1.HandoverR\bhandover\x12-\n" +
 	"\x06outbox\x18\x02 \x03(\v2\x15.throughcare.v1.EventR\x06outbox\x12\x1f\n" +
 	"\voutbox_only\x18\x03 \x01(\bR\n" +
-	"outboxOnlyBEZCgithub.com/throughcare/throughcare/gen/throughcare/store/v1;storev1b\x06proto3"
+	"outboxOnly\x12*\n" +
+	"\x11applied_event_ids\x18\x04 \x03(\tR\x0fappliedEventIdsBEZCgithub.com/throughcare/throughcare/gen/throughcare/store/v1;storev1b\x06proto3"
 
 var (
 	file_throughcare_store_v1_handover_record_proto_rawDescOnce sync.Once

@@ -1,0 +1,260 @@
+package handover
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/ledger"
+	"github.com/throughcare/throughcare/pkg/protocol"
+)
+
+// allCategories is every data category, for stripping a message no rule covers.
+var allCategories = func() []throughcarev1.DataCategory {
+	var all []throughcarev1.DataCategory
+	for n := range throughcarev1.DataCategory_name {
+		if n != 0 {
+			all = append(all, throughcarev1.DataCategory(n))
+		}
+	}
+	slices.Sort(all)
+	return all
+}()
+
+// enforce cuts ev down to what the protocol lets its recipient have, in place. An event
+// that no rule covers (a receipt back along a purpose the protocol has no reverse rule for)
+// keeps its routing metadata only.
+func (s *Service) enforce(ev *throughcarev1.Event, consents []*throughcarev1.Consent) (protocol.Report, error) {
+	report, err := s.cfg.Protocol.Enforce(ev, ev.GetSource(), ev.GetRecipient(), ev.GetPurpose(), consents)
+	if errors.Is(err, protocol.ErrNoRule) {
+		for _, c := range protocol.Purge(ev, allCategories) {
+			report.Withheld = append(report.Withheld, &throughcarev1.Withholding{Category: c, Reason: throughcarev1.WithholdReason_WITHHOLD_REASON_NOT_ALLOWED})
+		}
+		return report, nil
+	}
+	return report, err
+}
+
+// localCase is this agency's copy of the case an event is about, if it still has one.
+func (s *Service) localCase(ctx context.Context, caseID string) (*throughcarev1.ReleaseCase, error) {
+	rc, err := s.cases.Get(ctx, caseID)
+	if errors.Is(err, fault.ErrNotFound) {
+		return nil, nil
+	}
+	return rc, err
+}
+
+// disclose is the last gate before an event leaves: it enforces the protocol once more
+// (consent may have been withdrawn since the event was made) and records the disclosure in
+// the ledger, before the event is published.
+func (s *Service) disclose(ctx context.Context, ev *throughcarev1.Event) error {
+	rc, err := s.localCase(ctx, ev.GetCaseId())
+	if err != nil {
+		return err
+	}
+	report, err := s.enforce(ev, rc.GetConsents())
+	if err != nil {
+		return err
+	}
+	ev.Withholdings = mergeWithholdings(ev.GetWithholdings(), report.Withheld)
+	if len(report.Shared) == 0 && ev.GetType() != throughcarev1.EventType_EVENT_TYPE_HANDOVER_REFERRED {
+		return nil // routing metadata only: nothing personal is disclosed
+	}
+	payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode event %s: %w", ev.GetEventId(), err)
+	}
+	hash := sha256.Sum256(payload)
+	entry := &throughcarev1.Disclosure{
+		Kind:               throughcarev1.DisclosureKind_DISCLOSURE_KIND_SHARED,
+		CaseId:             ev.GetCaseId(),
+		EventId:            ev.GetEventId(),
+		Sender:             ev.GetSource(),
+		Recipient:          ev.GetRecipient(),
+		Purpose:            ev.GetPurpose(),
+		SharedCategories:   report.Shared,
+		WithheldCategories: categoriesOf(ev.GetWithholdings()),
+		Withholdings:       ev.GetWithholdings(),
+		LegalBasis:         report.Rule.GetLegalBasis(),
+		ProtocolId:         s.cfg.Protocol.ID(),
+		ProtocolVersion:    s.cfg.Protocol.Version(),
+		Actor:              ev.GetActor(),
+		Time:               timestampNow(s.now),
+		PayloadHash:        hash[:],
+		PersonHash:         personHash(rc),
+	}
+	if _, err := s.ledger.Append(ctx, entry, "shared/"+ev.GetEventId()); err != nil {
+		return fmt.Errorf("record disclosure of event %s: %w", ev.GetEventId(), err)
+	}
+	return nil
+}
+
+// checkIncoming is the receiver's gate: an event carrying a category the protocol does not
+// let this agency have is refused, never stored, and the refusal is recorded.
+func (s *Service) checkIncoming(ctx context.Context, ev *throughcarev1.Event) error {
+	var consents []*throughcarev1.Consent
+	if referred := ev.GetHandoverReferred(); referred != nil {
+		consents = referred.GetReleaseCase().GetConsents()
+	} else {
+		rc, err := s.localCase(ctx, ev.GetCaseId())
+		if err != nil {
+			return err
+		}
+		consents = rc.GetConsents()
+	}
+	forbidden, err := s.cfg.Protocol.Check(ev, ev.GetSource(), s.cfg.Agency, ev.GetPurpose(), consents)
+	if errors.Is(err, protocol.ErrNoRule) {
+		forbidden = protocol.Purge(proto.CloneOf(ev), allCategories)
+	} else if err != nil {
+		return err
+	}
+	if len(forbidden) == 0 {
+		return nil
+	}
+	note := fmt.Sprintf("refused event %s from %s: it carries %v, which protocol %s v%d does not let %s have for %s",
+		ev.GetEventId(), ev.GetSource(), forbidden, s.cfg.Protocol.ID(), s.cfg.Protocol.Version(), s.cfg.Agency, ev.GetPurpose())
+	entry := &throughcarev1.Disclosure{
+		Kind:               throughcarev1.DisclosureKind_DISCLOSURE_KIND_REFUSED,
+		CaseId:             ev.GetCaseId(),
+		EventId:            ev.GetEventId(),
+		Sender:             ev.GetSource(),
+		Recipient:          s.cfg.Agency,
+		Purpose:            ev.GetPurpose(),
+		WithheldCategories: forbidden,
+		ProtocolId:         s.cfg.Protocol.ID(),
+		ProtocolVersion:    s.cfg.Protocol.Version(),
+		Time:               timestampNow(s.now),
+		Note:               note,
+	}
+	if _, err := s.ledger.Append(ctx, entry, "refused/"+ev.GetEventId()); err != nil {
+		return fmt.Errorf("record refusal of event %s: %w", ev.GetEventId(), err)
+	}
+	s.log.Warn("event refused: protocol violation", zap.String("event_id", ev.GetEventId()), zap.String("source", ev.GetSource().String()), zap.Any("categories", forbidden))
+	return eventbus.Permanent(errors.New(note))
+}
+
+// Readable returns what this agency's system may read of its copies of cases: each cut
+// down, as of now, under the rule of the latest handover that brought it (consent may have
+// been withdrawn, or the protocol changed, since it arrived).
+func (s *Service) Readable(ctx context.Context, copies ...*throughcarev1.ReleaseCase) ([]*throughcarev1.ReleaseCase, error) {
+	latest := map[string]*throughcarev1.Handover{}
+	err := s.each(ctx, func(rec *storev1.HandoverRecord) error {
+		h := rec.GetHandover()
+		if s.incoming(h) {
+			latest[h.GetCaseId()] = h // id order is creation order: the last one wins
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list handovers: %w", err)
+	}
+	out := make([]*throughcarev1.ReleaseCase, len(copies))
+	for i, rc := range copies {
+		rc = proto.CloneOf(rc)
+		h, ok := latest[rc.GetCaseId()]
+		if !ok {
+			protocol.Purge(rc, allCategories)
+		} else if _, err := s.cfg.Protocol.Enforce(rc, h.GetSender(), s.cfg.Agency, h.GetPurpose(), rc.GetConsents()); errors.Is(err, protocol.ErrNoRule) {
+			protocol.Purge(rc, allCategories)
+		} else if err != nil {
+			return nil, err
+		}
+		out[i] = rc
+	}
+	return out, nil
+}
+
+// CheckRetention removes this agency's copies of cases whose rule's retention has run out
+// since they were last delivered, and records each removal in the ledger.
+func (s *Service) CheckRetention(ctx context.Context) error {
+	now := s.now()
+	expiry := map[string]time.Time{}
+	err := s.each(ctx, func(rec *storev1.HandoverRecord) error {
+		h := rec.GetHandover()
+		if !s.incoming(h) || len(h.GetReceipts()) == 0 {
+			return nil
+		}
+		rule, ok := s.cfg.Protocol.Rule(h.GetSender(), s.cfg.Agency, h.GetPurpose())
+		if !ok {
+			return nil
+		}
+		until := h.GetReceipts()[0].GetTime().AsTime().Add(rule.GetRetention().AsDuration())
+		if until.After(expiry[h.GetCaseId()]) {
+			expiry[h.GetCaseId()] = until
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list handovers: %w", err)
+	}
+	for caseID, until := range expiry {
+		if now.Before(until) {
+			continue
+		}
+		rc, err := s.localCase(ctx, caseID)
+		if err != nil {
+			return err
+		}
+		if rc == nil {
+			continue // removed before
+		}
+		entry := &throughcarev1.Disclosure{
+			Kind:            throughcarev1.DisclosureKind_DISCLOSURE_KIND_EXPIRED,
+			CaseId:          caseID,
+			Sender:          rc.GetOwner(),
+			Recipient:       s.cfg.Agency,
+			ProtocolId:      s.cfg.Protocol.ID(),
+			ProtocolVersion: s.cfg.Protocol.Version(),
+			Time:            timestamppb.New(now),
+			PersonHash:      personHash(rc),
+			Note:            fmt.Sprintf("copy of case %s removed: retention ran out at %s", caseID, until.UTC().Format(time.RFC3339)),
+		}
+		// The entry first: a crash before the removal repeats both, and the dedupe id keeps
+		// the entry single.
+		if _, err := s.ledger.Append(ctx, entry, fmt.Sprintf("expired/%s/%d", caseID, rc.GetRevision())); err != nil {
+			return fmt.Errorf("record expiry of case %s: %w", caseID, err)
+		}
+		if err := s.cases.Purge(ctx, caseID, rc.GetRevision()); err != nil && !errors.Is(err, fault.ErrConflict) {
+			return err // a conflict is a concurrent change: the next round removes it
+		}
+		s.log.Info("case copy removed: retention ran out", zap.String("case_id", caseID))
+	}
+	return nil
+}
+
+func personHash(rc *throughcarev1.ReleaseCase) []byte {
+	if pn := rc.GetPerson().GetPrisonNumber(); pn != "" {
+		return ledger.PersonHash(pn)
+	}
+	return nil
+}
+
+func categoriesOf(ws []*throughcarev1.Withholding) []throughcarev1.DataCategory {
+	out := make([]throughcarev1.DataCategory, 0, len(ws))
+	for _, w := range ws {
+		out = append(out, w.GetCategory())
+	}
+	return out
+}
+
+// mergeWithholdings adds to what the event already says was held back.
+func mergeWithholdings(have, more []*throughcarev1.Withholding) []*throughcarev1.Withholding {
+	for _, w := range more {
+		if !slices.ContainsFunc(have, func(h *throughcarev1.Withholding) bool { return h.GetCategory() == w.GetCategory() }) {
+			have = append(have, w)
+		}
+	}
+	slices.SortFunc(have, func(a, b *throughcarev1.Withholding) int { return int(a.GetCategory()) - int(b.GetCategory()) })
+	return have
+}
