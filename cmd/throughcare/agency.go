@@ -88,6 +88,7 @@ func (a *agencyServer) Addr() string { return a.listener.Addr().String() }
 // Stop stops accepting calls, lets those in flight finish, then stops event processing
 // (the message in hand is finished and acknowledged) and waits for both.
 func (a *agencyServer) Stop() error {
+	a.handovers.CloseWatches()
 	a.server.Stop()
 	served := <-a.served
 	if errors.Is(served, net.ErrClosed) {

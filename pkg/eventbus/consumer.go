@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -41,6 +43,11 @@ type ConsumerConfig struct {
 	// CheckInterval is how often the consumer's existence is checked, so a deleted one
 	// is recreated.
 	CheckInterval time.Duration
+	// Workers handle messages in parallel; messages with the same OrderKey go to the same
+	// worker, in order. 0 or 1 handles one message at a time.
+	Workers int
+	// OrderKey names what messages must keep their order within, such as the case id.
+	OrderKey func(jetstream.Msg) string
 }
 
 // DefaultConsumerConfig retries for about a minute before giving up on a message.
@@ -52,6 +59,7 @@ func DefaultConsumerConfig(stream, durable string) ConsumerConfig {
 		BackOff:       []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second},
 		AckWait:       30 * time.Second,
 		CheckInterval: 5 * time.Second,
+		Workers:       8,
 	}
 }
 
@@ -139,7 +147,9 @@ func consumeOnce(ctx context.Context, log *zap.Logger, js jetstream.JetStream, c
 		return fmt.Errorf("create consumer: %w", err)
 	}
 	lost := make(chan error, 1)
-	cc, err := cons.Consume(func(msg jetstream.Msg) { process(ctx, log, cfg, dead, handle, msg) },
+	dispatch, stopWorkers := startWorkers(cfg, func(msg jetstream.Msg) { process(ctx, log, cfg, dead, handle, msg) })
+	defer stopWorkers()
+	cc, err := cons.Consume(dispatch,
 		jetstream.PullMaxMessages(64),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if errors.Is(err, jetstream.ErrConsumerDeleted) {
@@ -172,6 +182,36 @@ func consumeOnce(ctx context.Context, log *zap.Logger, js jetstream.JetStream, c
 			}
 		}
 	}
+}
+
+// startWorkers returns a dispatcher that hands each message to one of cfg.Workers workers
+// chosen by its order key, and a stop function that lets them finish what they hold.
+func startWorkers(cfg ConsumerConfig, work func(jetstream.Msg)) (dispatch func(jetstream.Msg), stop func()) {
+	if cfg.Workers <= 1 || cfg.OrderKey == nil {
+		return work, func() {}
+	}
+	queues := make([]chan jetstream.Msg, cfg.Workers)
+	var wg sync.WaitGroup
+	for i := range queues {
+		queues[i] = make(chan jetstream.Msg, 16)
+		wg.Go(func() {
+			for msg := range queues[i] {
+				work(msg)
+			}
+		})
+	}
+	dispatch = func(msg jetstream.Msg) {
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(cfg.OrderKey(msg)))
+		queues[h.Sum32()%uint32(len(queues))] <- msg
+	}
+	stop = func() {
+		for _, q := range queues {
+			close(q)
+		}
+		wg.Wait()
+	}
+	return dispatch, stop
 }
 
 func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *DeadLetters, handle Handler, msg jetstream.Msg) {

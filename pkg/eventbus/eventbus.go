@@ -156,6 +156,9 @@ func Encode(ev *throughcarev1.Event) (*nats.Msg, error) {
 	return msg, nil
 }
 
+// OrderByCase is the order key of events: those about one case are handled in order.
+func OrderByCase(msg jetstream.Msg) string { return msg.Headers().Get(headerSubject) }
+
 // ErrUndecodable marks a message that can never be processed as an event.
 var ErrUndecodable = errors.New("undecodable event")
 

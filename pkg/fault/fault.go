@@ -21,6 +21,8 @@ var (
 	ErrFailedPrecondition = errors.New("not allowed in the current state")
 	// ErrPermissionDenied: the caller or the protocol does not allow the operation.
 	ErrPermissionDenied = errors.New("permission denied")
+	// ErrUnavailable: the service is shutting down or cannot reach its store; try again.
+	ErrUnavailable = errors.New("unavailable")
 )
 
 // FieldError is bad input that protovalidate could not catch, such as a page token that

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
 
 	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
@@ -44,8 +45,22 @@ type Config struct {
 	// Limits bound the agency's streams.
 	Limits eventbus.Limits
 	// Protocol decides what may flow; every agency runs the same one.
-	Protocol *protocol.Protocol
+	Protocol Policy
 }
+
+// Policy is the sharing protocol as handovers use it; *protocol.Protocol is the one
+// implementation outside tests.
+type Policy interface {
+	ID() string
+	Version() uint32
+	Proto() *throughcarev1.SharingProtocol
+	Rule(sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.SharingRule, bool)
+	RuleFor(sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.SharingRule, error)
+	Enforce(msg proto.Message, sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose, consents []*throughcarev1.Consent) (protocol.Report, error)
+	Check(msg proto.Message, sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose, consents []*throughcarev1.Consent) ([]throughcarev1.DataCategory, error)
+}
+
+var _ Policy = (*protocol.Protocol)(nil)
 
 // DefaultConfig is the shipped configuration for agency.
 func DefaultConfig(agency throughcarev1.Agency) Config {
@@ -71,13 +86,17 @@ type Service struct {
 	dead      *eventbus.DeadLetters
 	ledger    *ledger.Ledger
 	now       func() time.Time
+	// closing ends open watches at shutdown, so a graceful stop does not wait on them.
+	closing   chan struct{}
+	closeOnce sync.Once
 }
 
 var _ throughcarev1.HandoverServiceServer = (*Service)(nil)
 
-// historyKept is how many revisions of a handover the bucket keeps, so WatchHandovers can
-// replay each change after a cursor. A handover changes a dozen times in its life.
-const historyKept = 64
+// historyKept is how many revisions of a handover the bucket keeps: in practice all of
+// them, so the outbox relay sees every write however far behind it is, and WatchHandovers
+// replays every change after any cursor.
+const historyKept = 1 << 20
 
 // Open creates the agency's streams and buckets. Call Run to start processing events.
 func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStore *cases.Store, cfg Config) (*Service, error) {
@@ -115,8 +134,13 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 		dead:      dead,
 		ledger:    book,
 		now:       time.Now,
+		closing:   make(chan struct{}),
 	}, nil
 }
+
+// CloseWatches ends every open WatchHandovers with Unavailable; clients resume from their
+// cursor elsewhere or after the restart. Call it before stopping the gRPC server.
+func (s *Service) CloseWatches() { s.closeOnce.Do(func() { close(s.closing) }) }
 
 // Ledger is the agency's disclosure ledger, for its AuditService.
 func (s *Service) Ledger() *ledger.Ledger { return s.ledger }
@@ -129,11 +153,14 @@ func (s *Service) Run(ctx context.Context) error {
 	relay := s.cfg.Inbox
 	stream, prefix := s.handovers.ChangeStream()
 	relay.Stream, relay.Durable, relay.FilterSubject = stream, eventbus.Token(s.cfg.Agency)+"-outbox-relay", prefix+">"
-	relay.MaxDeliver = 0 // an outbox is never given up on
+	relay.MaxDeliver = 0                                                     // an outbox is never given up on
+	relay.OrderKey = func(msg jetstream.Msg) string { return msg.Subject() } // per handover
+	inbox := s.cfg.Inbox
+	inbox.OrderKey = eventbus.OrderByCase
 
 	var wg sync.WaitGroup
 	errs := make([]error, 3)
-	wg.Go(func() { errs[0] = eventbus.Consume(ctx, s.log, s.js, s.cfg.Inbox, s.dead, s.handleIncoming) })
+	wg.Go(func() { errs[0] = eventbus.Consume(ctx, s.log, s.js, inbox, s.dead, s.handleIncoming) })
 	wg.Go(func() { errs[1] = eventbus.Consume(ctx, s.log, s.js, relay, s.dead, s.relayOutbox) })
 	wg.Go(func() { errs[2] = s.watchDeadlines(ctx) })
 	wg.Wait()
@@ -146,34 +173,24 @@ var errUnchanged = errors.New("unchanged")
 // maxConflictRetries bounds retries of a compare-and-set that lost to a concurrent write.
 const maxConflictRetries = 20
 
-// mutate applies a business change to the current record and writes it back if no one
-// wrote in between, retrying with the new current record otherwise. change sees a copy;
-// returning errUnchanged writes nothing. The handover's revision counts business changes.
+// mutate applies a change to the current record and writes it back if no one wrote in
+// between, retrying with the new current record otherwise. change sees a copy with an empty
+// outbox, to which it adds the events this write sends; returning errUnchanged writes
+// nothing.
 func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec *storev1.HandoverRecord) error) (*storev1.HandoverRecord, error) {
-	return s.write(ctx, handoverID, false, change)
-}
-
-// mutateOutbox is the relay's write: it changes only the outbox, and watchers skip it.
-func (s *Service) mutateOutbox(ctx context.Context, handoverID string, change func(rec *storev1.HandoverRecord) error) (*storev1.HandoverRecord, error) {
-	return s.write(ctx, handoverID, true, change)
-}
-
-func (s *Service) write(ctx context.Context, handoverID string, outboxOnly bool, change func(rec *storev1.HandoverRecord) error) (*storev1.HandoverRecord, error) {
 	for range maxConflictRetries {
 		rec, rev, err := s.handovers.Get(ctx, handoverID)
 		if err != nil {
 			return nil, handoverError(handoverID, err)
 		}
+		rec.Outbox = nil // the previous revision's events were that revision's
 		if err := change(rec); errors.Is(err, errUnchanged) {
 			return rec, nil
 		} else if err != nil {
 			return nil, err
 		}
-		rec.OutboxOnly = outboxOnly
-		if !outboxOnly {
-			rec.Handover.Revision++
-			rec.Handover.UpdateTime = timestampNow(s.now)
-		}
+		rec.Handover.Revision++
+		rec.Handover.UpdateTime = timestampNow(s.now)
 		_, err = s.handovers.Update(ctx, handoverID, rec, rev)
 		if errors.Is(err, records.ErrRevisionMismatch) {
 			continue

@@ -60,9 +60,8 @@ func (s *Service) receiveReferral(ctx context.Context, ev *throughcarev1.Event, 
 		h.GetSender() != ev.GetSource() || h.GetRecipient() != s.cfg.Agency {
 		return eventbus.Permanent(fmt.Errorf("event %s: handover and case do not match the envelope", ev.GetEventId()))
 	}
-	if _, _, err := s.handovers.Get(ctx, h.GetHandoverId()); err == nil {
-		return nil // delivered before: the receipt went out with that write
-	}
+	// A redelivery stores the same copy again and then finds the handover created: the
+	// receipt went out with that first write.
 	if err := s.storeSharedCase(ctx, rc); err != nil {
 		return err
 	}
@@ -84,10 +83,14 @@ func (s *Service) receiveReferral(ctx context.Context, ev *throughcarev1.Event, 
 // added to its own copy (its plans).
 func (s *Service) storeSharedCase(ctx context.Context, shared *throughcarev1.ReleaseCase) error {
 	shared = proto.CloneOf(shared)
+	// Most referrals bring a case this agency has not seen: try creating it first.
+	if _, err := s.cases.Create(ctx, proto.CloneOf(shared)); !errors.Is(err, fault.ErrAlreadyExists) {
+		return err
+	}
 	for range maxConflictRetries {
 		have, err := s.cases.Get(ctx, shared.GetCaseId())
 		if errors.Is(err, fault.ErrNotFound) {
-			if _, err := s.cases.Create(ctx, shared); errors.Is(err, fault.ErrAlreadyExists) {
+			if _, err := s.cases.Create(ctx, proto.CloneOf(shared)); errors.Is(err, fault.ErrAlreadyExists) {
 				continue
 			} else {
 				return err
@@ -289,9 +292,10 @@ func (s *Service) checkAccepted(ctx context.Context, ev *throughcarev1.Event, in
 	return nil
 }
 
-// relayOutbox publishes the events a write put in a handover's outbox, then clears them.
-// A crash between the two publishes them again under the same ids, which JetStream's
-// duplicate window and the receivers' idempotence absorb.
+// relayOutbox publishes the events a write put in a handover's outbox. It sees every
+// revision (the bucket keeps them all); a crash before the acknowledgement publishes them
+// again under the same ids, which JetStream's duplicate window and the receivers'
+// idempotence absorb.
 func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
 	if op := msg.Headers().Get("KV-Operation"); op != "" || len(msg.Data()) == 0 {
 		return nil // a delete or purge marker
@@ -300,10 +304,6 @@ func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
 	if err != nil {
 		return eventbus.Permanent(err)
 	}
-	if len(rec.GetOutbox()) == 0 {
-		return nil
-	}
-	published := make([]string, 0, len(rec.GetOutbox()))
 	for _, ev := range rec.GetOutbox() {
 		if err := s.disclose(ctx, ev); err != nil {
 			return err
@@ -311,15 +311,6 @@ func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
 		if err := eventbus.Publish(ctx, s.js, ev); err != nil {
 			return err
 		}
-		published = append(published, ev.GetEventId())
 	}
-	_, err = s.mutateOutbox(ctx, rec.GetHandover().GetHandoverId(), func(cur *storev1.HandoverRecord) error {
-		before := len(cur.GetOutbox())
-		cur.Outbox = slices.DeleteFunc(cur.Outbox, func(ev *throughcarev1.Event) bool { return slices.Contains(published, ev.GetEventId()) })
-		if len(cur.GetOutbox()) == before {
-			return errUnchanged // cleared by an earlier delivery of the same revision
-		}
-		return nil
-	})
-	return err
+	return nil
 }

@@ -235,11 +235,16 @@ func (s *Service) WatchHandovers(req *throughcarev1.WatchHandoversRequest, strea
 			return fault.InvalidField("cursor", "is not a cursor from a previous response")
 		}
 	}
-	ctx := stream.Context()
-	err := s.handovers.Watch(ctx, after, func(_ string, rec *storev1.HandoverRecord, rev uint64) error {
-		if rec.GetOutboxOnly() {
-			return nil // the relay's bookkeeping, not a change
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
 		}
+	}()
+	err := s.handovers.Watch(ctx, after, func(_ string, rec *storev1.HandoverRecord, rev uint64) error {
 		h := rec.GetHandover()
 		if s.incoming(h) && h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED {
 			// The retrieved receipt is a change of its own that the watch sends next.
@@ -249,6 +254,11 @@ func (s *Service) WatchHandovers(req *throughcarev1.WatchHandoversRequest, strea
 		}
 		return stream.Send(&throughcarev1.WatchHandoversResponse{Handover: h, Direction: s.direction(h), Cursor: strconv.FormatUint(rev, 10)})
 	})
+	select {
+	case <-s.closing:
+		return fmt.Errorf("the service is shutting down; resume from the last cursor: %w", fault.ErrUnavailable)
+	default:
+	}
 	if ctx.Err() != nil {
 		return nil // the client went away
 	}

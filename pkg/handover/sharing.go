@@ -59,9 +59,14 @@ func (s *Service) localCase(ctx context.Context, caseID string) (*throughcarev1.
 // (consent may have been withdrawn since the event was made) and records the disclosure in
 // the ledger, before the event is published.
 func (s *Service) disclose(ctx context.Context, ev *throughcarev1.Event) error {
-	rc, err := s.localCase(ctx, ev.GetCaseId())
-	if err != nil {
-		return err
+	// The case is read for its current consents and the person's hash; an event that
+	// carries no personal data (most receipts) needs neither, and saves the round trip.
+	var rc *throughcarev1.ReleaseCase
+	if ev.GetType() == throughcarev1.EventType_EVENT_TYPE_HANDOVER_REFERRED || carriesPersonalData(ev) {
+		var err error
+		if rc, err = s.localCase(ctx, ev.GetCaseId()); err != nil {
+			return err
+		}
 	}
 	report, err := s.enforce(ev, rc.GetConsents())
 	if err != nil {
@@ -103,20 +108,15 @@ func (s *Service) disclose(ctx context.Context, ev *throughcarev1.Event) error {
 // checkIncoming is the receiver's gate: an event carrying a category the protocol does not
 // let this agency have is refused, never stored, and the refusal is recorded.
 func (s *Service) checkIncoming(ctx context.Context, ev *throughcarev1.Event) error {
-	var consents []*throughcarev1.Consent
-	if referred := ev.GetHandoverReferred(); referred != nil {
-		consents = referred.GetReleaseCase().GetConsents()
-	} else {
-		rc, err := s.localCase(ctx, ev.GetCaseId())
-		if err != nil {
-			return err
+	forbidden, err := s.forbiddenIn(ev, ev.GetHandoverReferred().GetReleaseCase().GetConsents())
+	if err == nil && len(forbidden) > 0 && ev.GetHandoverReferred() == nil {
+		// Consent can only widen what is allowed: look it up only when it could matter.
+		var rc *throughcarev1.ReleaseCase
+		if rc, err = s.localCase(ctx, ev.GetCaseId()); err == nil {
+			forbidden, err = s.forbiddenIn(ev, rc.GetConsents())
 		}
-		consents = rc.GetConsents()
 	}
-	forbidden, err := s.cfg.Protocol.Check(ev, ev.GetSource(), s.cfg.Agency, ev.GetPurpose(), consents)
-	if errors.Is(err, protocol.ErrNoRule) {
-		forbidden = protocol.Purge(proto.CloneOf(ev), allCategories)
-	} else if err != nil {
+	if err != nil {
 		return err
 	}
 	if len(forbidden) == 0 {
@@ -142,6 +142,20 @@ func (s *Service) checkIncoming(ctx context.Context, ev *throughcarev1.Event) er
 	}
 	s.log.Warn("event refused: protocol violation", zap.String("event_id", ev.GetEventId()), zap.String("source", ev.GetSource().String()), zap.Any("categories", forbidden))
 	return eventbus.Permanent(errors.New(note))
+}
+
+// forbiddenIn lists the categories in ev that this agency may not have from its source.
+func (s *Service) forbiddenIn(ev *throughcarev1.Event, consents []*throughcarev1.Consent) ([]throughcarev1.DataCategory, error) {
+	forbidden, err := s.cfg.Protocol.Check(ev, ev.GetSource(), s.cfg.Agency, ev.GetPurpose(), consents)
+	if errors.Is(err, protocol.ErrNoRule) {
+		return protocol.Purge(proto.CloneOf(ev), allCategories), nil
+	}
+	return forbidden, err
+}
+
+// carriesPersonalData reports whether any categorized field of ev is set.
+func carriesPersonalData(ev *throughcarev1.Event) bool {
+	return len(protocol.Purge(proto.CloneOf(ev), allCategories)) > 0
 }
 
 // Readable returns what this agency's system may read of its copies of cases: each cut

@@ -408,9 +408,8 @@ func TestEnforceFailsClosed(t *testing.T) {
 			name: "fields without a marker",
 			msg: func() proto.Message {
 				return &storev1.HandoverRecord{
-					Handover:   &throughcarev1.Handover{HandoverId: "hnd-1"},
-					Outbox:     []*throughcarev1.Event{{EventId: "evt-1"}},
-					OutboxOnly: true,
+					Handover: &throughcarev1.Handover{HandoverId: "hnd-1"},
+					Outbox:   []*throughcarev1.Event{{EventId: "evt-1"}},
 				}
 			},
 			want: &storev1.HandoverRecord{},

@@ -15,6 +15,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -40,7 +41,7 @@ type Store[T proto.Message] struct {
 
 type options struct {
 	replicas int
-	history  uint8
+	history  int64
 }
 
 // Option configures Open.
@@ -57,13 +58,15 @@ func WithReplicas(n int) Option {
 	return replicasOption(n)
 }
 
-type historyOption uint8
+type historyOption int64
 
-func (n historyOption) apply(o *options) { o.history = uint8(n) }
+func (n historyOption) apply(o *options) { o.history = int64(n) }
 
-// WithHistory keeps the last n revisions of every key (default 1, at most 64), so Watch
-// can replay every change after a revision, not only the latest value.
-func WithHistory(n uint8) Option {
+// WithHistory keeps the last n revisions of every key (default 1), so Watch can replay
+// every change after a revision and a consumer of the change stream sees every write, not
+// only the latest value. Above the Key-Value API's limit of 64 the bucket's stream is
+// created directly, with the same settings the API would give it.
+func WithHistory(n int64) Option {
 	return historyOption(n)
 }
 
@@ -78,23 +81,56 @@ func Open[T proto.Message](ctx context.Context, js jetstream.JetStream, bucket s
 	if !validName(bucket) {
 		return nil, fmt.Errorf("open bucket %q: name must be letters, digits, '_' or '-'", bucket)
 	}
-	if o.history < 1 || o.history > 64 {
-		return nil, fmt.Errorf("open bucket %s: history %d: want 1 to 64", bucket, o.history)
+	if o.history < 1 {
+		return nil, fmt.Errorf("open bucket %s: history %d < 1", bucket, o.history)
 	}
 	if o.replicas < 1 {
 		return nil, fmt.Errorf("open bucket %s: replicas %d < 1", bucket, o.replicas)
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      bucket,
-		Description: fmt.Sprintf("%s records", newMsg().ProtoReflect().Descriptor().FullName()),
-		History:     o.history,
-		Storage:     jetstream.FileStorage,
-		Replicas:    o.replicas,
-	})
+	description := fmt.Sprintf("%s records", newMsg().ProtoReflect().Descriptor().FullName())
+	var kv jetstream.KeyValue
+	var err error
+	if o.history <= jetstream.KeyValueMaxHistory {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      bucket,
+			Description: description,
+			History:     uint8(o.history),
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.replicas,
+		})
+	} else {
+		kv, err = openLongHistory(ctx, js, bucket, description, o)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bucket, err)
 	}
 	return &Store[T]{kv: kv, newMsg: newMsg}, nil
+}
+
+// openLongHistory creates a bucket whose stream keeps more revisions per key than the
+// Key-Value API allows, with the settings that API gives a bucket's stream, and binds to it.
+func openLongHistory(ctx context.Context, js jetstream.JetStream, bucket, description string, o options) (jetstream.KeyValue, error) {
+	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              "KV_" + bucket,
+		Description:       description,
+		Subjects:          []string{"$KV." + bucket + ".>"},
+		MaxMsgsPerSubject: o.history,
+		MaxBytes:          -1,
+		MaxMsgSize:        -1,
+		MaxMsgs:           -1,
+		MaxConsumers:      -1,
+		Storage:           jetstream.FileStorage,
+		Replicas:          o.replicas,
+		AllowRollup:       true,
+		DenyDelete:        true,
+		Duplicates:        2 * time.Minute,
+		AllowDirect:       true,
+		Discard:           jetstream.DiscardNew,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return js.KeyValue(ctx, bucket)
 }
 
 // Create stores msg under a new key and returns its revision, or ErrExists.

@@ -26,16 +26,13 @@ const (
 // part of the public contract.
 //
 // The events a write must send travel in the same record as the write, so they commit
-// together: a relay reads the bucket's change stream, publishes the outbox and then clears
-// it. Events stay in the outbox until cleared, so a revision the relay never saw loses
-// nothing.
+// together: a relay reads the bucket's change stream, where every revision is kept, and
+// publishes each revision's outbox.
 type HandoverRecord struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Handover *v1.Handover           `protobuf:"bytes,1,opt,name=handover,proto3" json:"handover,omitempty"`
-	// Events not yet confirmed published, oldest first.
+	// The events this revision's write sends.
 	Outbox []*v1.Event `protobuf:"bytes,2,rep,name=outbox,proto3" json:"outbox,omitempty"`
-	// Set on the relay's own writes, which change only the outbox: watchers skip them.
-	OutboxOnly bool `protobuf:"varint,3,opt,name=outbox_only,json=outboxOnly,proto3" json:"outbox_only,omitempty"`
 	// Ids of incoming events already applied that a second delivery would apply again
 	// (a consent withdrawal), newest last, at most 64.
 	AppliedEventIds []string `protobuf:"bytes,4,rep,name=applied_event_ids,json=appliedEventIds,proto3" json:"applied_event_ids,omitempty"`
@@ -87,13 +84,6 @@ func (x *HandoverRecord) GetOutbox() []*v1.Event {
 	return nil
 }
 
-func (x *HandoverRecord) GetOutboxOnly() bool {
-	if x != nil {
-		return x.OutboxOnly
-	}
-	return false
-}
-
 func (x *HandoverRecord) GetAppliedEventIds() []string {
 	if x != nil {
 		return x.AppliedEventIds
@@ -105,13 +95,11 @@ var File_throughcare_store_v1_handover_record_proto protoreflect.FileDescriptor
 
 const file_throughcare_store_v1_handover_record_proto_rawDesc = "" +
 	"\n" +
-	"*throughcare/store/v1/handover_record.proto\x12\x14throughcare.store.v1\x1a\x1athroughcare/v1/event.proto\x1a\x1dthroughcare/v1/handover.proto\"\xc2\x01\n" +
+	"*throughcare/store/v1/handover_record.proto\x12\x14throughcare.store.v1\x1a\x1athroughcare/v1/event.proto\x1a\x1dthroughcare/v1/handover.proto\"\xb4\x01\n" +
 	"\x0eHandoverRecord\x124\n" +
 	"\bhandover\x18\x01 \x01(\v2\x18.throughcare.v1.HandoverR\bhandover\x12-\n" +
-	"\x06outbox\x18\x02 \x03(\v2\x15.throughcare.v1.EventR\x06outbox\x12\x1f\n" +
-	"\voutbox_only\x18\x03 \x01(\bR\n" +
-	"outboxOnly\x12*\n" +
-	"\x11applied_event_ids\x18\x04 \x03(\tR\x0fappliedEventIdsBEZCgithub.com/throughcare/throughcare/gen/throughcare/store/v1;storev1b\x06proto3"
+	"\x06outbox\x18\x02 \x03(\v2\x15.throughcare.v1.EventR\x06outbox\x12*\n" +
+	"\x11applied_event_ids\x18\x04 \x03(\tR\x0fappliedEventIdsJ\x04\b\x03\x10\x04R\voutbox_onlyBEZCgithub.com/throughcare/throughcare/gen/throughcare/store/v1;storev1b\x06proto3"
 
 var (
 	file_throughcare_store_v1_handover_record_proto_rawDescOnce sync.Once
