@@ -194,11 +194,13 @@ func (s *Service) Readable(ctx context.Context, copies ...*throughcarev1.Release
 func (s *Service) CheckRetention(ctx context.Context) error {
 	now := s.now()
 	expiry := map[string]time.Time{}
+	incomingFor := map[string][]string{}
 	err := s.each(ctx, func(rec *storev1.HandoverRecord) error {
 		h := rec.GetHandover()
 		if !s.incoming(h) || len(h.GetReceipts()) == 0 {
 			return nil
 		}
+		incomingFor[h.GetCaseId()] = append(incomingFor[h.GetCaseId()], h.GetHandoverId())
 		rule, ok := s.cfg.Protocol.Rule(h.GetSender(), s.cfg.Agency, h.GetPurpose())
 		if !ok {
 			return nil
@@ -239,8 +241,23 @@ func (s *Service) CheckRetention(ctx context.Context) error {
 		if _, err := s.ledger.Append(ctx, entry, fmt.Sprintf("expired/%s/%d", caseID, rc.GetRevision())); err != nil {
 			return fmt.Errorf("record expiry of case %s: %w", caseID, err)
 		}
-		if err := s.cases.Purge(ctx, caseID, rc.GetRevision()); err != nil && !errors.Is(err, fault.ErrConflict) {
-			return err // a conflict is a concurrent change: the next round removes it
+		if err := s.cases.Purge(ctx, caseID, rc.GetRevision()); err != nil {
+			if errors.Is(err, fault.ErrConflict) {
+				continue // a concurrent change: the next round removes it
+			}
+			return err
+		}
+		// The handovers keep their routing metadata; their free text goes with the copy.
+		for _, id := range incomingFor[caseID] {
+			_, err := s.mutate(ctx, id, func(rec *storev1.HandoverRecord) error {
+				if len(protocol.Purge(rec.GetHandover(), allCategories)) == 0 {
+					return errUnchanged
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
 		}
 		s.log.Info("case copy removed: retention ran out", zap.String("case_id", caseID))
 	}
