@@ -82,9 +82,58 @@ type Limits struct {
 // DefaultLimits suit one server; a cluster sets Replicas to 3.
 var DefaultLimits = Limits{MaxBytes: 1 << 30, MaxAge: 365 * 24 * time.Hour, Replicas: 1}
 
-// Setup creates or updates the agency's outbox and inbox. The inbox sources the other
-// agencies' outboxes even before they exist: sourcing waits for them.
+// Topology says where the agencies' streams live.
+type Topology int
+
+const (
+	// SharedAccount puts every agency's streams in one NATS account: the inbox sources the
+	// outboxes directly. For tests and the single-account mode.
+	SharedAccount Topology = iota
+	// AccountPerAgency puts each agency in its own NATS account: the inbox sources each
+	// outbox through the imports described by External.
+	AccountPerAgency
+)
+
+// ExternalSource is how recipient's inbox reaches source's outbox across accounts: the
+// source account exports, to the recipient account only, the consumer-create API for
+// consumers filtered to what is addressed to the recipient, and the delivery subjects of
+// those consumers; the recipient imports both and sources with External set.
+type ExternalSource struct {
+	// APIPrefix replaces $JS.API in the recipient's account (StreamSource.External).
+	APIPrefix string
+	// DeliverPrefix is where the sourcing consumer delivers, in the source account,
+	// exported as a stream to the recipient (StreamSource.External).
+	DeliverPrefix string
+	// ExportedConsumerCreate is the source account's consumer-create API as exported:
+	// only for OUTBOX_<SOURCE> and only with the recipient's filter. The server checks the
+	// filter in the subject against the consumer's, so nothing else can be sourced.
+	ExportedConsumerCreate string
+	// ImportedConsumerCreate is the same API as the recipient imports it.
+	ImportedConsumerCreate string
+}
+
+// External names the subjects through which recipient's inbox sources source's outbox.
+func External(source, recipient throughcarev1.Agency) ExternalSource {
+	src, dst := Token(source), Token(recipient)
+	create := "CONSUMER.CREATE." + OutboxStream(source) + ".*." + outboxFilter(source, recipient)
+	return ExternalSource{
+		APIPrefix:              "$JS." + src + ".API",
+		DeliverPrefix:          "deliver." + src + "." + dst,
+		ExportedConsumerCreate: "$JS.API." + create,
+		ImportedConsumerCreate: "$JS." + src + ".API." + create,
+	}
+}
+
+// Setup creates or updates the agency's outbox and inbox, with every agency in one
+// account. The inbox sources the other agencies' outboxes even before they exist:
+// sourcing waits for them.
 func Setup(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits) error {
+	return SetupTopology(ctx, js, agency, limits, SharedAccount)
+}
+
+// SetupTopology is Setup for the given topology: with AccountPerAgency the inbox sources
+// each other agency's outbox through its imports (External).
+func SetupTopology(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits, topology Topology) error {
 	outbox := jetstream.StreamConfig{
 		Name:        OutboxStream(agency),
 		Description: "events " + Token(agency) + " sends to other agencies",
@@ -112,7 +161,12 @@ func Setup(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Age
 	}
 	for _, other := range Agencies {
 		if other != agency {
-			inbox.Sources = append(inbox.Sources, &jetstream.StreamSource{Name: OutboxStream(other), FilterSubject: outboxFilter(other, agency)})
+			src := &jetstream.StreamSource{Name: OutboxStream(other), FilterSubject: outboxFilter(other, agency)}
+			if topology == AccountPerAgency {
+				ext := External(other, agency)
+				src.External = &jetstream.ExternalStream{APIPrefix: ext.APIPrefix, DeliverPrefix: ext.DeliverPrefix}
+			}
+			inbox.Sources = append(inbox.Sources, src)
 		}
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, inbox); err != nil {

@@ -26,6 +26,11 @@ type Config struct {
 	ServerName string
 	// MaxPayload is the largest message in bytes; 0 keeps the server default.
 	MaxPayload int32
+	// Accounts, when set, runs one account per agency with nkey users (see Accounts);
+	// nil runs the single default account without authentication.
+	Accounts *Accounts
+	// FeatureFlags opt the server in to (or out of) features, e.g. "js_ack_fc_v2".
+	FeatureFlags map[string]bool
 }
 
 // Start starts a JetStream-enabled server and waits until it accepts clients.
@@ -35,16 +40,32 @@ func Start(cfg Config, log *zap.Logger) (*server.Server, error) {
 	if cfg.StoreDir == "" {
 		return nil, errors.New("start nats server: empty store dir")
 	}
-	opts := &server.Options{
-		ServerName: cfg.ServerName,
-		Host:       cfg.Host,
-		Port:       cfg.Port,
-		MaxPayload: cfg.MaxPayload,
-		JetStream:  true,
-		StoreDir:   cfg.StoreDir,
-		SyncAlways: cfg.SyncAlways,
-		// The embedding process owns signal handling.
-		NoSigs: true,
+	opts := &server.Options{}
+	if cfg.Accounts != nil {
+		// The accounts go through the configuration parser, exactly as a production
+		// server reads deploy/nats/nats-server.conf.
+		conf, err := cfg.Accounts.Conf()
+		if err != nil {
+			return nil, err
+		}
+		if err := opts.ProcessConfigString(conf); err != nil {
+			return nil, fmt.Errorf("nats accounts configuration: %w", err)
+		}
+	}
+	opts.ServerName = cfg.ServerName
+	opts.Host = cfg.Host
+	opts.Port = cfg.Port
+	opts.MaxPayload = cfg.MaxPayload
+	opts.JetStream = true
+	opts.StoreDir = cfg.StoreDir
+	opts.SyncAlways = cfg.SyncAlways
+	// The embedding process owns signal handling.
+	opts.NoSigs = true
+	for k, v := range cfg.FeatureFlags {
+		if opts.FeatureFlags == nil {
+			opts.FeatureFlags = map[string]bool{}
+		}
+		opts.FeatureFlags[k] = v
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {

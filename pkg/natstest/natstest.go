@@ -3,6 +3,7 @@ package natstest
 
 import (
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 )
 
@@ -37,6 +39,57 @@ func Start(t testing.TB) *Server {
 	s.cfg.Port = s.srv.Addr().(*net.TCPAddr).Port
 	t.Cleanup(s.Stop)
 	return s
+}
+
+// AgencyServer is a Server with one NATS account per agency (natsserver.Accounts), as
+// `throughcare dev` and production run: connections need an agency's credentials.
+type AgencyServer struct {
+	*Server
+	Creds natsserver.Credentials
+}
+
+// StartWithAgencies starts a server with the agency accounts and fresh credentials in
+// t.TempDir(). Connect and JetStream of the embedded Server have no credentials and are
+// refused; use ConnectAs and JetStreamAs. tune, if any, adjusts the server configuration.
+func StartWithAgencies(t testing.TB, tune ...func(*natsserver.Config)) *AgencyServer {
+	t.Helper()
+	creds, err := natsserver.LoadOrCreateCredentials(filepath.Join(t.TempDir(), "creds"))
+	if err != nil {
+		t.Fatalf("credentials: %v", err)
+	}
+	s := &Server{cfg: natsserver.Config{
+		Host:     "127.0.0.1",
+		Port:     -1,
+		StoreDir: t.TempDir(),
+		Accounts: &creds.Accounts,
+	}}
+	for _, f := range tune {
+		f(&s.cfg)
+	}
+	s.start(t)
+	s.cfg.Port = s.srv.Addr().(*net.TCPAddr).Port
+	t.Cleanup(s.Stop)
+	return &AgencyServer{Server: s, Creds: creds}
+}
+
+// ConnectAs connects with agency's credentials, like Connect otherwise.
+func (s *AgencyServer) ConnectAs(t testing.TB, agency throughcarev1.Agency, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	auth, err := s.Creds.ConnectOptions(agency)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Connect(t, append(auth, opts...)...)
+}
+
+// JetStreamAs returns a JetStream context on a new connection from ConnectAs.
+func (s *AgencyServer) JetStreamAs(t testing.TB, agency throughcarev1.Agency) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(s.ConnectAs(t, agency))
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return js
 }
 
 // URL is the client URL; it stays the same across Restart.

@@ -1,0 +1,119 @@
+package eventbus_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/natsserver"
+	"github.com/throughcare/throughcare/pkg/natstest"
+)
+
+// agencyBus is every agency's streams, each set up in its own account with its own user.
+func agencyBus(t *testing.T, tune ...func(*natsserver.Config)) (*natstest.AgencyServer, map[throughcarev1.Agency]jetstream.JetStream) {
+	t.Helper()
+	srv := natstest.StartWithAgencies(t, tune...)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	js := map[throughcarev1.Agency]jetstream.JetStream{}
+	for _, a := range eventbus.Agencies {
+		js[a] = srv.JetStreamAs(t, a)
+		if err := eventbus.SetupTopology(ctx, js[a], a, eventbus.DefaultLimits, eventbus.AccountPerAgency); err != nil {
+			t.Fatalf("setup %s: %v", eventbus.Token(a), err)
+		}
+	}
+	return srv, js
+}
+
+func streamMsgs(t *testing.T, js jetstream.JetStream, stream string) uint64 {
+	t.Helper()
+	s, err := js.Stream(t.Context(), stream)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := s.Info(t.Context())
+	if err != nil {
+		t.Fatalf("stream %s info: %v", stream, err)
+	}
+	return info.State.Msgs
+}
+
+func TestAcrossAccountsEventReachesOnlyItsRecipient(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		flags map[string]bool
+	}{
+		{"flow control v1", nil},
+		// The 2.14+ format, not yet the default in 2.15: the exports cover it already.
+		{"flow control v2", map[string]bool{"js_ack_fc_v2": true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, js := agencyBus(t, func(c *natsserver.Config) { c.FeatureFlags = tc.flags })
+			eventReachesOnlyItsRecipient(t, js)
+		})
+	}
+}
+
+func eventReachesOnlyItsRecipient(t *testing.T, js map[throughcarev1.Agency]jetstream.JetStream) {
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+
+	// Enough events, and big enough, for the sourcing consumers' flow control to have to
+	// be answered across the accounts.
+	const n = 300
+	big := make([]byte, 16<<10)
+	for i := range n {
+		ev := referral()
+		ev.EventId = fmt.Sprintf("ev_%026d", i)
+		ev.GetHandoverReferred().GetReleaseCase().GetPerson().GivenName = string(big)
+		if err := eventbus.Publish(ctx, js[prison], ev); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+	}
+	toSW := proto.CloneOf(referral())
+	toSW.Source, toSW.Recipient = probation, socialWork
+	toSW.EventId = "ev_for_social_work"
+	if err := eventbus.Publish(ctx, js[probation], toSW); err != nil {
+		t.Fatalf("publish probation→social work: %v", err)
+	}
+
+	deadline := time.Now().Add(15 * time.Second)
+	for streamMsgs(t, js[probation], eventbus.InboxStream(probation)) < n || streamMsgs(t, js[socialWork], eventbus.InboxStream(socialWork)) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("inboxes: probation %d of %d, social work %d of 1", streamMsgs(t, js[probation], eventbus.InboxStream(probation)), n,
+				streamMsgs(t, js[socialWork], eventbus.InboxStream(socialWork)))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // anything misrouted would have arrived by now
+	if got := streamMsgs(t, js[probation], eventbus.InboxStream(probation)); got != n {
+		t.Errorf("INBOX_PROBATION has %d messages, want %d", got, n)
+	}
+	if got := streamMsgs(t, js[socialWork], eventbus.InboxStream(socialWork)); got != 1 {
+		t.Errorf("INBOX_SOCIALWORK has %d messages, want only the one addressed to it", got)
+	}
+	if got := streamMsgs(t, js[prison], eventbus.InboxStream(prison)); got != 0 {
+		t.Errorf("INBOX_PRISON has %d messages, want 0", got)
+	}
+}
+
+func eventuallyTrue(t *testing.T, timeout time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", timeout, why)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
