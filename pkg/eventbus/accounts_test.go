@@ -103,6 +103,63 @@ func eventReachesOnlyItsRecipient(t *testing.T, js map[throughcarev1.Agency]jets
 	}
 }
 
+func TestAcrossAccountsSourcesReportActive(t *testing.T) {
+	_, js := agencyBus(t)
+	for _, a := range eventbus.Agencies {
+		eventuallyTrue(t, 10*time.Second, func() (bool, string) {
+			sts, err := eventbus.InboxSources(t.Context(), js[a], a)
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(sts) != 2 {
+				return false, fmt.Sprintf("%d sources, want 2", len(sts))
+			}
+			for _, st := range sts {
+				if st.Inactive(5*time.Second) || st.Lag != 0 {
+					return false, fmt.Sprintf("%+v", st)
+				}
+			}
+			return true, ""
+		})
+	}
+}
+
+// A source filtered outside what the source account exports is never answered: it stays
+// empty, with no error from the server, and only its inactivity tells.
+func TestAcrossAccountsSourceOutsideItsExportIsReportedInactive(t *testing.T) {
+	_, js := agencyBus(t)
+	ctx := t.Context()
+	ev := referral()
+	ev.Recipient = socialWork
+	if err := eventbus.Publish(ctx, js[prison], ev); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	ext := eventbus.External(prison, probation)
+	// Probation tries to source what prison sends social work, through its own imports.
+	_, err := js[probation].CreateStream(ctx, jetstream.StreamConfig{
+		Name: "SNOOP",
+		Sources: []*jetstream.StreamSource{{
+			Name:          eventbus.OutboxStream(prison),
+			FilterSubject: "tc.prison.out.socialwork.>",
+			External:      &jetstream.ExternalStream{APIPrefix: ext.APIPrefix, DeliverPrefix: ext.DeliverPrefix},
+		}},
+	})
+	if err != nil {
+		t.Fatalf("create stream: %v", err)
+	}
+	time.Sleep(2 * time.Second)
+	sts, err := eventbus.StreamSources(ctx, js[probation], "SNOOP")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sts) != 1 || !sts[0].Inactive(time.Second) {
+		t.Errorf("sources = %+v, want one inactive", sts)
+	}
+	if n := streamMsgs(t, js[probation], "SNOOP"); n != 0 {
+		t.Errorf("SNOOP holds %d messages sent to social work", n)
+	}
+}
+
 func eventuallyTrue(t *testing.T, timeout time.Duration, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
