@@ -98,6 +98,7 @@ func (c handoverFlags) handoverConfig(agency throughcarev1.Agency, p *protocol.P
 type devConfig struct {
 	DataDir        string
 	NATSPort       int
+	NATSAccounts   bool
 	PrisonAddr     string
 	ProbationAddr  string
 	SocialWorkAddr string
@@ -111,6 +112,7 @@ func parseDevConfig(args []string, getenv func(string) string, out io.Writer) (d
 	fs.SetOutput(out)
 	fs.StringVar(&c.DataDir, "data-dir", "./.throughcare", "where the embedded NATS keeps its data")
 	fs.IntVar(&c.NATSPort, "nats-port", 4222, "port of the embedded NATS on 127.0.0.1 (-1 picks a free one)")
+	fs.BoolVar(&c.NATSAccounts, "nats-accounts", true, "run one NATS account per agency, each service with its own nkey (credentials in <data-dir>/credentials); false shares one unauthenticated account")
 	fs.StringVar(&c.PrisonAddr, "prison-addr", "127.0.0.1:7101", "gRPC address of the prison service")
 	fs.StringVar(&c.ProbationAddr, "probation-addr", "127.0.0.1:7102", "gRPC address of the probation service")
 	fs.StringVar(&c.SocialWorkAddr, "socialwork-addr", "127.0.0.1:7103", "gRPC address of the social-work service")
@@ -126,9 +128,12 @@ func parseDevConfig(args []string, getenv func(string) string, out io.Writer) (d
 }
 
 type serveConfig struct {
-	Service  string
-	Agency   throughcarev1.Agency
-	NATSURL  string
+	Service string
+	Agency  throughcarev1.Agency
+	NATSURL string
+	// NATSSeed is the agency user's nkey seed file; set, the service runs in its own
+	// NATS account (deploy/nats) and its inbox sources through imports.
+	NATSSeed string
 	Addr     string
 	Replicas int
 	Handover handoverFlags
@@ -148,6 +153,7 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	fs.SetOutput(out)
 	fs.StringVar(&c.Service, "service", "", "which agency's service: prison, probation or socialwork")
 	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+	fs.StringVar(&c.NATSSeed, "nats-nkey-seed", "", "file holding the service's NATS user nkey seed (mode 0600); set when NATS runs an account per agency (deploy/nats)")
 	fs.StringVar(&c.Addr, "addr", ":7100", "gRPC listen address")
 	fs.IntVar(&c.Replicas, "replicas", 1, "JetStream replicas of the service's buckets (3 on a cluster)")
 	c.Handover.register(fs)

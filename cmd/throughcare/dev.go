@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 )
 
@@ -20,7 +22,7 @@ import (
 type devSystem struct {
 	log      *zap.Logger
 	nats     *server.Server
-	conn     *nats.Conn
+	conns    []*nats.Conn
 	agencies []*agencyServer
 }
 
@@ -30,7 +32,7 @@ func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	log.Info("starting throughcare dev", zap.String("data_dir", cfg.DataDir), zap.Int("nats_port", cfg.NATSPort),
+	log.Info("starting throughcare dev", zap.String("data_dir", cfg.DataDir), zap.Int("nats_port", cfg.NATSPort), zap.Bool("nats_accounts", cfg.NATSAccounts),
 		zap.String("prison_addr", cfg.PrisonAddr), zap.String("probation_addr", cfg.ProbationAddr), zap.String("socialwork_addr", cfg.SocialWorkAddr))
 
 	sys, err := startDev(ctx, log, cfg)
@@ -43,34 +45,43 @@ func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
 	return sys.Stop()
 }
 
-// startDev starts the embedded NATS, then the three agency services on it.
+// devCredentialsDir holds the nkey seeds of every NATS user, one 0600 file each.
+func devCredentialsDir(dataDir string) string { return filepath.Join(dataDir, "credentials") }
+
+// startDev starts the embedded NATS, then the three agency services on it. With
+// NATSAccounts (the default) the server runs one account per agency, configured as a
+// production server is (deploy/nats), and each agency connects with its own nkey.
 func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, error) {
 	sharing, err := cfg.Handover.loadProtocol()
 	if err != nil {
 		return nil, err
 	}
 	log.Info("sharing protocol", zap.String("protocol_id", sharing.ID()), zap.Uint32("version", sharing.Version()))
-	ns, err := natsserver.Start(natsserver.Config{
+	ncfg := natsserver.Config{
 		Host:       "127.0.0.1",
 		Port:       cfg.NATSPort,
 		StoreDir:   filepath.Join(cfg.DataDir, "nats"),
 		SyncAlways: true, // a laptop or single server has no replicas: every write is fsynced
 		ServerName: "throughcare-dev",
-	}, log.Named("nats"))
+	}
+	var creds natsserver.Credentials
+	topology := eventbus.SharedAccount
+	if cfg.NATSAccounts {
+		creds, err = natsserver.LoadOrCreateCredentials(devCredentialsDir(cfg.DataDir))
+		if err != nil {
+			return nil, err
+		}
+		ncfg.Accounts = &creds.Accounts
+		topology = eventbus.AccountPerAgency
+		if err := writeDevNATSConf(cfg.DataDir, creds.Accounts); err != nil {
+			return nil, err
+		}
+	}
+	ns, err := natsserver.Start(ncfg, log.Named("nats"))
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	sys := &devSystem{log: log, nats: ns}
-	sys.conn, err = nats.Connect(ns.ClientURL(), nats.Name("throughcare-dev"), nats.MaxReconnects(-1))
-	if err != nil {
-		sys.stopNATS()
-		return nil, fmt.Errorf("connect to embedded nats: %w", err)
-	}
-	js, err := jetstream.New(sys.conn)
-	if err != nil {
-		sys.stopNATS()
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
 	for _, a := range []struct {
 		agency throughcarev1.Agency
 		addr   string
@@ -79,13 +90,46 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		{throughcarev1.Agency_AGENCY_PROBATION, cfg.ProbationAddr},
 		{throughcarev1.Agency_AGENCY_SOCIAL_WORK, cfg.SocialWorkAddr},
 	} {
-		srv, err := startAgency(ctx, log, js, cfg.Handover.handoverConfig(a.agency, sharing, 1), a.addr)
+		opts := []nats.Option{nats.Name("throughcare-dev-" + agencyName(a.agency)), nats.MaxReconnects(-1)}
+		if cfg.NATSAccounts {
+			auth, err := creds.ConnectOptions(a.agency)
+			if err != nil {
+				return nil, errors.Join(err, sys.Stop())
+			}
+			opts = append(opts, auth...)
+		}
+		nc, err := nats.Connect(ns.ClientURL(), opts...)
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("connect %s to embedded nats: %w", agencyName(a.agency), err), sys.Stop())
+		}
+		sys.conns = append(sys.conns, nc)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("jetstream: %w", err), sys.Stop())
+		}
+		hcfg := cfg.Handover.handoverConfig(a.agency, sharing, 1)
+		hcfg.Topology = topology
+		srv, err := startAgency(ctx, log, js, hcfg, a.addr)
 		if err != nil {
 			return nil, errors.Join(err, sys.Stop())
 		}
 		sys.agencies = append(sys.agencies, srv)
 	}
 	return sys, nil
+}
+
+// writeDevNATSConf leaves the accounts configuration the embedded server runs with in the
+// data dir, for reading next to deploy/nats/nats-server.conf.
+func writeDevNATSConf(dataDir string, accounts natsserver.Accounts) error {
+	conf, err := accounts.Conf()
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dataDir, "nats-accounts.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // Stop shuts down in order: gRPC first (calls in flight finish), then the NATS connection
@@ -97,26 +141,30 @@ func (s *devSystem) Stop() error {
 }
 
 func (s *devSystem) stopNATS() {
-	if s.conn != nil {
-		drain(s.conn)
+	for _, nc := range s.conns {
+		drain(nc)
 	}
 	s.nats.Shutdown()
 	s.nats.WaitForShutdown()
 }
 
 func printDevBanner(w io.Writer, cfg devConfig, sys *devSystem) {
+	natsAccess := " (one shared account, no authentication)"
+	if cfg.NATSAccounts {
+		natsAccess = fmt.Sprintf(" (an account per agency; nkey seeds in %s)", devCredentialsDir(cfg.DataDir))
+	}
 	fmt.Fprintf(w, `
 throughcare dev is running (data in %s)
   prison       %s
   probation    %s
   social work  %s
-  nats         %s
+  nats         %s%s
 
 Try:
   grpcurl -plaintext %s list
   grpcurl -plaintext -d '{"page_size": 10}' %s throughcare.v1.PrisonService/ListReleaseCases
 
 Ctrl-C stops; the data stays for the next start.
-`, cfg.DataDir, sys.agencies[0].Addr(), sys.agencies[1].Addr(), sys.agencies[2].Addr(), sys.nats.ClientURL(),
+`, cfg.DataDir, sys.agencies[0].Addr(), sys.agencies[1].Addr(), sys.agencies[2].Addr(), sys.nats.ClientURL(), natsAccess,
 		sys.agencies[0].Addr(), sys.agencies[0].Addr())
 }

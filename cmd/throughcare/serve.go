@@ -7,6 +7,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/natsserver"
 )
 
 // runServe runs one agency's service against an external NATS: the Kubernetes shape.
@@ -24,12 +27,22 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		return err
 	}
 	log.Info("sharing protocol", zap.String("protocol_id", sharing.ID()), zap.Uint32("version", sharing.Version()))
-	nc, err := nats.Connect(cfg.NATSURL,
-		nats.Name("throughcare-"+cfg.Service),
+	opts := []nats.Option{
+		nats.Name("throughcare-" + cfg.Service),
 		nats.MaxReconnects(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", zap.Error(err)) }),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", zap.String("url", redactURLs(c.ConnectedUrl()))) }),
-	)
+	}
+	hcfg := cfg.Handover.handoverConfig(cfg.Agency, sharing, cfg.Replicas)
+	if cfg.NATSSeed != "" {
+		auth, err := natsserver.AgencyConnectOptions(cfg.Agency, cfg.NATSSeed)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, auth...)
+		hcfg.Topology = eventbus.AccountPerAgency
+	}
+	nc, err := nats.Connect(cfg.NATSURL, opts...)
 	if err != nil {
 		return fmt.Errorf("connect to nats: %w", err)
 	}
@@ -38,7 +51,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	srv, err := startAgency(ctx, log, js, cfg.Handover.handoverConfig(cfg.Agency, sharing, cfg.Replicas), cfg.Addr)
+	srv, err := startAgency(ctx, log, js, hcfg, cfg.Addr)
 	if err != nil {
 		return err
 	}

@@ -44,6 +44,12 @@ type Config struct {
 	Inbox eventbus.ConsumerConfig
 	// Limits bound the agency's streams.
 	Limits eventbus.Limits
+	// Topology says whether the agencies share one NATS account or each has its own, in
+	// which case the inbox sources the other outboxes through imports.
+	Topology eventbus.Topology
+	// SourceAlerts decides when Run warns about the inbox's sources; a zero Interval
+	// turns the check off.
+	SourceAlerts eventbus.SourceAlerts
 	// Protocol decides what may flow; every agency runs the same one.
 	Protocol Policy
 }
@@ -71,6 +77,7 @@ func DefaultConfig(agency throughcarev1.Agency) Config {
 		DeadlineScanInterval: time.Minute,
 		Inbox:                eventbus.DefaultConsumerConfig("", ""),
 		Limits:               eventbus.DefaultLimits,
+		SourceAlerts:         eventbus.DefaultSourceAlerts,
 		Protocol:             protocol.Default(),
 	}
 }
@@ -107,7 +114,7 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 	if cfg.Protocol == nil {
 		return nil, errors.New("handover: no sharing protocol")
 	}
-	if err := eventbus.Setup(ctx, js, cfg.Agency, cfg.Limits); err != nil {
+	if err := eventbus.SetupTopology(ctx, js, cfg.Agency, cfg.Limits, cfg.Topology); err != nil {
 		return nil, err
 	}
 	replicas := records.WithReplicas(cfg.Limits.Replicas)
@@ -148,7 +155,8 @@ func (s *Service) Ledger() *ledger.Ledger { return s.ledger }
 // Protocol is the sharing protocol the agency enforces.
 func (s *Service) Protocol() *throughcarev1.SharingProtocol { return s.cfg.Protocol.Proto() }
 
-// Run processes incoming events, relays the outbox and checks deadlines until ctx ends.
+// Run processes incoming events, relays the outbox, checks deadlines and watches the
+// inbox's sources until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	relay := s.cfg.Inbox
 	stream, prefix := s.handovers.ChangeStream()
@@ -159,10 +167,13 @@ func (s *Service) Run(ctx context.Context) error {
 	inbox.OrderKey = eventbus.OrderByCase
 
 	var wg sync.WaitGroup
-	errs := make([]error, 3)
+	errs := make([]error, 4)
 	wg.Go(func() { errs[0] = eventbus.Consume(ctx, s.log, s.js, inbox, s.dead, s.handleIncoming) })
 	wg.Go(func() { errs[1] = eventbus.Consume(ctx, s.log, s.js, relay, s.dead, s.relayOutbox) })
 	wg.Go(func() { errs[2] = s.watchDeadlines(ctx) })
+	if s.cfg.SourceAlerts.Interval > 0 {
+		wg.Go(func() { errs[3] = eventbus.WatchSources(ctx, s.log, s.js, s.cfg.Agency, s.cfg.SourceAlerts) })
+	}
 	wg.Wait()
 	return errors.Join(errs...)
 }

@@ -290,7 +290,18 @@ func loadOrCreateUser(path string) (string, error) {
 // ConnectOptions are what the agency's service connects with: its own nkey and its own
 // inbox prefix, the only subjects it may subscribe to.
 func (c Credentials) ConnectOptions(a throughcarev1.Agency) ([]nats.Option, error) {
-	auth, err := nats.NkeyOptionFromSeed(c.AgencySeedFile(a))
+	return AgencyConnectOptions(a, c.AgencySeedFile(a))
+}
+
+// AgencyConnectOptions are ConnectOptions from the seed file of agency's user, as a
+// deployed service reads it. A seed file readable by others is refused.
+func AgencyConnectOptions(a throughcarev1.Agency, seedFile string) ([]nats.Option, error) {
+	if st, err := os.Stat(seedFile); err != nil {
+		return nil, fmt.Errorf("credentials of %s: %w", eventbus.Token(a), err)
+	} else if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("credentials of %s: %s is readable by others (mode %v); want 0600", eventbus.Token(a), seedFile, st.Mode().Perm())
+	}
+	auth, err := nats.NkeyOptionFromSeed(seedFile)
 	if err != nil {
 		return nil, fmt.Errorf("credentials of %s: %w", eventbus.Token(a), err)
 	}
