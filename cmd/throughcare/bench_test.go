@@ -197,7 +197,7 @@ func startTracking(b *testing.B, sys *system) *tracker {
 		}
 	})
 
-	kv, err := sys.JS.KeyValue(ctx, "probation_handovers")
+	kv, err := sys.JS[probationAgency].KeyValue(ctx, "probation_handovers")
 	if err != nil {
 		b.Fatalf("probation bucket: %v", err)
 	}
@@ -236,7 +236,7 @@ func newRawPublisher(b *testing.B, sys *system) *rawPublisher {
 	rc := openCase(b, sys.Prison)
 	id := refer(b, sys, rc.GetCaseId(), probationAgency, throughcarev1.Purpose_PURPOSE_SUPERVISION).GetHandoverId()
 	waitState(b, sys.Handovers[prisonAgency], id, stateDelivered)
-	outbox, err := sys.JS.Stream(ctx, eventbus.OutboxStream(prisonAgency))
+	outbox, err := sys.JS[prisonAgency].Stream(ctx, eventbus.OutboxStream(prisonAgency))
 	if err != nil {
 		b.Fatalf("outbox: %v", err)
 	}
@@ -245,20 +245,21 @@ func newRawPublisher(b *testing.B, sys *system) *rawPublisher {
 		b.Fatalf("read a referral: %v", err)
 	}
 	// The same kind of stream as an outbox: file storage, a duplicate window.
-	if _, err := sys.JS.CreateStream(ctx, jetstream.StreamConfig{
-		Name: "BENCH_RAW", Subjects: []string{"bench.raw.>"}, Storage: jetstream.FileStorage, Discard: jetstream.DiscardNew,
+	// In the prison's account, on a subject its user may publish to.
+	if _, err := sys.JS[prisonAgency].CreateStream(ctx, jetstream.StreamConfig{
+		Name: "BENCH_RAW", Subjects: []string{"tc.prison.bench.raw.>"}, Storage: jetstream.FileStorage, Discard: jetstream.DiscardNew,
 		MaxBytes: 1 << 30, Duplicates: 10 * time.Minute,
 	}); err != nil {
 		b.Fatalf("create raw stream: %v", err)
 	}
-	msg := &nats.Msg{Subject: "bench.raw.handover_referred", Header: nats.Header{}, Data: orig.Data}
+	msg := &nats.Msg{Subject: "tc.prison.bench.raw.handover_referred", Header: nats.Header{}, Data: orig.Data}
 	for k, v := range orig.Header {
 		msg.Header[k] = slices.Clone(v)
 	}
 	// The relay's publish expects its stream; so does this one.
 	msg.Header.Set(jetstream.ExpectedStreamHeader, "BENCH_RAW")
 	b.Logf("referral event: %d bytes body, %d headers", len(orig.Data), len(orig.Header))
-	return &rawPublisher{js: sys.JS, msg: msg}
+	return &rawPublisher{js: sys.JS[prisonAgency], msg: msg}
 }
 
 // run publishes n copies, inFlight at a time, each under a fresh message id.

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/natstest"
 )
@@ -86,12 +87,14 @@ func withLogLevel(l zapcore.Level) systemOption {
 }
 
 // system is the three agency services on one embedded NATS, as `throughcare dev` runs
-// them, each with its own NATS connection and served over real gRPC on loopback.
+// them: each agency in its own NATS account, each process with its own NATS connection
+// under its agency's credentials, served over real gRPC on loopback.
 type system struct {
 	t    testing.TB
-	NATS *natstest.Server
-	// JS is the test's own connection, for looking at and writing to streams directly.
-	JS jetstream.JetStream
+	NATS *natstest.AgencyServer
+	// JS is the test's own connection per agency, with that agency's credentials, for
+	// looking at and writing to its streams directly.
+	JS map[throughcarev1.Agency]jetstream.JetStream
 
 	Prison     throughcarev1.PrisonServiceClient
 	Probation  throughcarev1.ProbationServiceClient
@@ -126,16 +129,20 @@ func newSystem(t testing.TB, opts ...systemOption) *system {
 	}
 	sys := &system{
 		t:         t,
-		NATS:      natstest.Start(t),
+		NATS:      natstest.StartWithAgencies(t),
+		JS:        map[throughcarev1.Agency]jetstream.JetStream{},
 		Handovers: map[throughcarev1.Agency]throughcarev1.HandoverServiceClient{},
 		Delivered: &deliveries{nodes: map[string][]string{}},
 		log:       zaptest.NewLogger(t, zaptest.Level(o.level)),
 		cfg:       map[throughcarev1.Agency]handover.Config{},
 		nodes:     map[throughcarev1.Agency][]*node{},
 	}
-	sys.JS = sys.NATS.JetStream(t)
+	for _, a := range allAgencies {
+		sys.JS[a] = sys.NATS.JetStreamAs(t, a)
+	}
 	for _, a := range allAgencies {
 		cfg := testHandoverConfig(a)
+		cfg.Topology = eventbus.AccountPerAgency
 		if tune := o.tune[a]; tune != nil {
 			tune(&cfg)
 		}
@@ -190,7 +197,7 @@ func (s *system) startNode(agency throughcarev1.Agency, addr string) *node {
 
 // tryStartNode is startNode that reports an error instead of failing the test.
 func (s *system) tryStartNode(agency throughcarev1.Agency, name, addr string) (*node, error) {
-	js := s.NATS.JetStream(s.t)
+	js := s.NATS.JetStreamAs(s.t, agency)
 	log := s.log.With(zap.String("node", name)).WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewTee(c, deliveryCore{d: s.Delivered, node: name})
 	}))

@@ -439,7 +439,7 @@ func TestRecipientDownDuringDelivery(t *testing.T) {
 func waitInboxHolds(t testing.TB, sys *system, agency throughcarev1.Agency, n uint64) {
 	t.Helper()
 	eventually(t, 10*time.Second, func() (bool, string) {
-		info, err := streamInfo(t, sys, eventbus.InboxStream(agency))
+		info, err := streamInfo(t, sys, agency, eventbus.InboxStream(agency))
 		if err != nil {
 			return false, err.Error()
 		}
@@ -447,9 +447,10 @@ func waitInboxHolds(t testing.TB, sys *system, agency throughcarev1.Agency, n ui
 	})
 }
 
-func streamInfo(t testing.TB, sys *system, name string) (*jetstream.StreamInfo, error) {
+// streamInfo reads one of agency's streams, in agency's account.
+func streamInfo(t testing.TB, sys *system, agency throughcarev1.Agency, name string) (*jetstream.StreamInfo, error) {
 	t.Helper()
-	stream, err := sys.JS.Stream(testCtx(t), name)
+	stream, err := sys.JS[agency].Stream(testCtx(t), name)
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", name, err)
 	}
@@ -461,11 +462,11 @@ func streamInfo(t testing.TB, sys *system, name string) (*jetstream.StreamInfo, 
 func waitInboxProcessed(t testing.TB, sys *system, agency throughcarev1.Agency) {
 	t.Helper()
 	eventually(t, 15*time.Second, func() (bool, string) {
-		info, err := streamInfo(t, sys, eventbus.InboxStream(agency))
+		info, err := streamInfo(t, sys, agency, eventbus.InboxStream(agency))
 		if err != nil {
 			return false, err.Error()
 		}
-		cons, err := sys.JS.Consumer(testCtx(t), eventbus.InboxStream(agency), agencyName(agency)+"-inbox")
+		cons, err := sys.JS[agency].Consumer(testCtx(t), eventbus.InboxStream(agency), agencyName(agency)+"-inbox")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -491,7 +492,7 @@ func TestDuplicateEventIsProcessedOnce(t *testing.T) {
 	before := getHandover(t, probationH, id).GetHandover()
 	waitState(t, prisonH, id, stateRetrieved)
 
-	outbox, err := sys.JS.Stream(ctx, eventbus.OutboxStream(prisonAgency))
+	outbox, err := sys.JS[prisonAgency].Stream(ctx, eventbus.OutboxStream(prisonAgency))
 	if err != nil {
 		t.Fatalf("outbox stream: %v", err)
 	}
@@ -508,7 +509,7 @@ func TestDuplicateEventIsProcessedOnce(t *testing.T) {
 	}
 	// The same message again, as it was: the duplicate window absorbs it.
 	again := &nats.Msg{Subject: orig.Subject, Header: orig.Header, Data: orig.Data}
-	if ack, err := sys.JS.PublishMsg(ctx, again); err != nil || !ack.Duplicate {
+	if ack, err := sys.JS[prisonAgency].PublishMsg(ctx, again); err != nil || !ack.Duplicate {
 		t.Errorf("republish with the same msg id: got ack %+v, %v; want a duplicate", ack, err)
 	}
 	// The same bytes under a new message id, and the same event re-encoded under another.
@@ -523,7 +524,7 @@ func TestDuplicateEventIsProcessedOnce(t *testing.T) {
 	}
 	reencoded.Header.Set(jetstream.MsgIDHeader, ids.New(ids.Event))
 	for _, m := range []*nats.Msg{raw, reencoded} {
-		if ack, err := sys.JS.PublishMsg(ctx, m); err != nil || ack.Duplicate {
+		if ack, err := sys.JS[prisonAgency].PublishMsg(ctx, m); err != nil || ack.Duplicate {
 			t.Fatalf("republish under a new msg id: got ack %+v, %v; want stored", ack, err)
 		}
 	}
@@ -542,7 +543,7 @@ func TestDuplicateEventIsProcessedOnce(t *testing.T) {
 	checkDeliveredOnce(t, sys, probationAgency, []string{id})
 
 	// Every receipt again, under new message ids: the prison's view does not move.
-	receipts, err := sys.JS.Stream(ctx, eventbus.OutboxStream(probationAgency))
+	receipts, err := sys.JS[probationAgency].Stream(ctx, eventbus.OutboxStream(probationAgency))
 	if err != nil {
 		t.Fatalf("probation's outbox: %v", err)
 	}
@@ -561,7 +562,7 @@ func TestDuplicateEventIsProcessedOnce(t *testing.T) {
 			again.Header[k] = slices.Clone(v)
 		}
 		again.Header.Set(jetstream.MsgIDHeader, ids.New(ids.Event))
-		if _, err := sys.JS.PublishMsg(ctx, again); err != nil {
+		if _, err := sys.JS[probationAgency].PublishMsg(ctx, again); err != nil {
 			t.Fatalf("republish %s: %v", m.Subject, err)
 		}
 		republished++
@@ -796,7 +797,7 @@ func TestUndecodableMessagesBecomeDeadLettersWithoutBlocking(t *testing.T) {
 		t.Fatalf("encode: %v", err)
 	}
 	for _, m := range []*nats.Msg{garbage, mismatched, unmatched} {
-		if _, err := sys.JS.PublishMsg(ctx, m); err != nil {
+		if _, err := sys.JS[prisonAgency].PublishMsg(ctx, m); err != nil {
 			t.Fatalf("publish %s: %v", m.Subject, err)
 		}
 	}
@@ -925,16 +926,16 @@ func TestDeletedConsumersAreRecreated(t *testing.T) {
 	first := refer(t, sys, cases[0].GetCaseId(), probationAgency, throughcarev1.Purpose_PURPOSE_SUPERVISION).GetHandoverId()
 	waitState(t, prisonH, first, stateDelivered)
 
-	if err := sys.JS.DeleteConsumer(ctx, eventbus.InboxStream(probationAgency), "probation-inbox"); err != nil {
+	if err := sys.JS[probationAgency].DeleteConsumer(ctx, eventbus.InboxStream(probationAgency), "probation-inbox"); err != nil {
 		t.Fatalf("delete the inbox consumer: %v", err)
 	}
 	second := refer(t, sys, cases[1].GetCaseId(), probationAgency, throughcarev1.Purpose_PURPOSE_SUPERVISION).GetHandoverId()
 	waitState(t, prisonH, second, stateDelivered)
-	if _, err := sys.JS.Consumer(ctx, eventbus.InboxStream(probationAgency), "probation-inbox"); err != nil {
+	if _, err := sys.JS[probationAgency].Consumer(ctx, eventbus.InboxStream(probationAgency), "probation-inbox"); err != nil {
 		t.Errorf("inbox consumer after delivery: %v; want it recreated", err)
 	}
 
-	if err := sys.JS.DeleteConsumer(ctx, "KV_prison_handovers", "prison-outbox-relay"); err != nil {
+	if err := sys.JS[prisonAgency].DeleteConsumer(ctx, "KV_prison_handovers", "prison-outbox-relay"); err != nil {
 		t.Fatalf("delete the outbox relay: %v", err)
 	}
 	third := refer(t, sys, cases[2].GetCaseId(), probationAgency, throughcarev1.Purpose_PURPOSE_SUPERVISION).GetHandoverId()
