@@ -82,14 +82,16 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	sys := &devSystem{log: log, nats: ns}
-	for _, a := range []struct {
+	agencies := []struct {
 		agency throughcarev1.Agency
 		addr   string
 	}{
 		{throughcarev1.Agency_AGENCY_PRISON, cfg.PrisonAddr},
 		{throughcarev1.Agency_AGENCY_PROBATION, cfg.ProbationAddr},
 		{throughcarev1.Agency_AGENCY_SOCIAL_WORK, cfg.SocialWorkAddr},
-	} {
+	}
+	streams := make([]jetstream.JetStream, len(agencies))
+	for i, a := range agencies {
 		opts := []nats.Option{nats.Name("throughcare-dev-" + agencyName(a.agency)), nats.MaxReconnects(-1)}
 		if cfg.NATSAccounts {
 			auth, err := creds.ConnectOptions(a.agency)
@@ -103,13 +105,18 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 			return nil, errors.Join(fmt.Errorf("connect %s to embedded nats: %w", agencyName(a.agency), err), sys.Stop())
 		}
 		sys.conns = append(sys.conns, nc)
-		js, err := jetstream.New(nc)
-		if err != nil {
+		if streams[i], err = jetstream.New(nc); err != nil {
 			return nil, errors.Join(fmt.Errorf("jetstream: %w", err), sys.Stop())
 		}
+		// Every outbox before any inbox, so no inbox source starts on a missing stream.
+		if err := eventbus.SetupOutbox(ctx, streams[i], a.agency, cfg.Handover.handoverConfig(a.agency, sharing, 1).Limits); err != nil {
+			return nil, errors.Join(fmt.Errorf("%s: %w", agencyName(a.agency), err), sys.Stop())
+		}
+	}
+	for i, a := range agencies {
 		hcfg := cfg.Handover.handoverConfig(a.agency, sharing, 1)
 		hcfg.Topology = topology
-		srv, err := startAgency(ctx, log, js, hcfg, a.addr)
+		srv, err := startAgency(ctx, log, streams[i], hcfg, a.addr)
 		if err != nil {
 			return nil, errors.Join(err, sys.Stop())
 		}

@@ -139,14 +139,18 @@ func newSystem(t testing.TB, opts ...systemOption) *system {
 	}
 	for _, a := range allAgencies {
 		sys.JS[a] = sys.NATS.JetStreamAs(t, a)
-	}
-	for _, a := range allAgencies {
 		cfg := testHandoverConfig(a)
 		cfg.Topology = eventbus.AccountPerAgency
 		if tune := o.tune[a]; tune != nil {
 			tune(&cfg)
 		}
 		sys.cfg[a] = cfg
+		// Every outbox before any inbox, as dev does, so no source starts on a missing stream.
+		if err := eventbus.SetupOutbox(testCtx(t), sys.JS[a], a, cfg.Limits); err != nil {
+			t.Fatalf("outbox of %s: %v", agencyName(a), err)
+		}
+	}
+	for _, a := range allAgencies {
 		n := sys.startNode(a, "127.0.0.1:0")
 		sys.nodes[a] = []*node{n}
 		conn := dialAgency(t, n.addr)

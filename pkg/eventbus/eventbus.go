@@ -134,20 +134,8 @@ func Setup(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Age
 // SetupTopology is Setup for the given topology: with AccountPerAgency the inbox sources
 // each other agency's outbox through its imports (External).
 func SetupTopology(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits, topology Topology) error {
-	outbox := jetstream.StreamConfig{
-		Name:        OutboxStream(agency),
-		Description: "events " + Token(agency) + " sends to other agencies",
-		Subjects:    []string{"tc." + Token(agency) + ".out.>"},
-		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardNew,
-		MaxBytes:    limits.MaxBytes,
-		MaxAge:      limits.MaxAge,
-		Replicas:    limits.Replicas,
-		Duplicates:  10 * time.Minute,
-	}
-	if _, err := js.CreateOrUpdateStream(ctx, outbox); err != nil {
-		return fmt.Errorf("create stream %s: %w", outbox.Name, err)
+	if err := SetupOutbox(ctx, js, agency, limits); err != nil {
+		return err
 	}
 	inbox := jetstream.StreamConfig{
 		Name:        InboxStream(agency),
@@ -171,6 +159,28 @@ func SetupTopology(ctx context.Context, js jetstream.JetStream, agency throughca
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, inbox); err != nil {
 		return fmt.Errorf("create stream %s: %w", inbox.Name, err)
+	}
+	return nil
+}
+
+// SetupOutbox creates or updates the agency's outbox alone. Creating every outbox before
+// any inbox spares the inboxes' sources a failed first attempt, after which the server
+// waits seconds before trying again.
+func SetupOutbox(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits) error {
+	outbox := jetstream.StreamConfig{
+		Name:        OutboxStream(agency),
+		Description: "events " + Token(agency) + " sends to other agencies",
+		Subjects:    []string{"tc." + Token(agency) + ".out.>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxBytes:    limits.MaxBytes,
+		MaxAge:      limits.MaxAge,
+		Replicas:    limits.Replicas,
+		Duplicates:  10 * time.Minute,
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, outbox); err != nil {
+		return fmt.Errorf("create stream %s: %w", outbox.Name, err)
 	}
 	return nil
 }
