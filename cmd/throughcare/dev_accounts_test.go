@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,7 +14,9 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natsserver"
+	"github.com/throughcare/throughcare/pkg/natstest"
 )
 
 // TestDevRunsAnAccountPerAgency: `throughcare dev` generates credentials, runs the
@@ -76,4 +80,59 @@ func TestDevRunsAnAccountPerAgency(t *testing.T) {
 	waitState(t, probation, resp.GetHandover().GetHandoverId(), stateRetrieved)
 	// The first read at probation is a receipt, which travels back to the prison.
 	waitState(t, throughcarev1.NewHandoverServiceClient(dial(t, sys.agencies[0].Addr())), resp.GetHandover().GetHandoverId(), stateRetrieved)
+}
+
+// TestServeConnectsWithItsSeedIntoItsAccount runs `throughcare serve` against a server
+// configured with the agency accounts: the prison service's streams appear in the
+// prison's account, its inbox sourcing through the imports.
+func TestServeConnectsWithItsSeedIntoItsAccount(t *testing.T) {
+	srv := natstest.StartWithAgencies(t)
+	env := map[string]string{"THROUGHCARE_NATS_NKEY_SEED": srv.Creds.AgencySeedFile(prisonAgency)}
+	cfg, err := parseServeConfig([]string{"--service", "prison", "--nats-url", srv.URL(), "--addr", "127.0.0.1:0", "--log-level", "error"},
+		func(k string) string { return env[k] }, &strings.Builder{})
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	if cfg.NATSSeed != env["THROUGHCARE_NATS_NKEY_SEED"] {
+		t.Fatalf("seed file %q, want it from the environment", cfg.NATSSeed)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	served := make(chan error, 1)
+	go func() { served <- runServe(ctx, cfg) }()
+
+	js := srv.JetStreamAs(t, prisonAgency)
+	eventually(t, 20*time.Second, func() (bool, string) {
+		s, err := js.Stream(t.Context(), eventbus.InboxStream(prisonAgency))
+		if err != nil {
+			return false, err.Error()
+		}
+		info, err := s.Info(t.Context())
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, src := range info.Config.Sources {
+			if src.External == nil || src.External.APIPrefix != eventbus.External(agencyOf(src.Name), prisonAgency).APIPrefix {
+				return false, fmt.Sprintf("source %s: external %+v", src.Name, src.External)
+			}
+		}
+		if len(info.Config.Sources) != 2 {
+			return false, fmt.Sprintf("%d sources", len(info.Config.Sources))
+		}
+		// The inbox consumer exists once the service runs.
+		_, err = js.Consumer(t.Context(), eventbus.InboxStream(prisonAgency), "prison-inbox")
+		return err == nil, fmt.Sprintf("inbox consumer: %v", err)
+	})
+	cancel()
+	if err := <-served; err != nil {
+		t.Errorf("serve: %v", err)
+	}
+}
+
+func agencyOf(outbox string) throughcarev1.Agency {
+	for _, a := range eventbus.Agencies {
+		if eventbus.OutboxStream(a) == outbox {
+			return a
+		}
+	}
+	return throughcarev1.Agency_AGENCY_UNSPECIFIED
 }

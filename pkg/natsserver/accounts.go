@@ -222,7 +222,7 @@ func (c Credentials) AgencySeedFile(a throughcarev1.Agency) string {
 }
 
 // LoadOrCreateCredentials reads the user seeds under dir, creating those missing: the
-// directory 0700, each seed file 0600. A seed file readable by others is refused.
+// directory 0700, each seed file 0600. A seed file open to others is refused.
 func LoadOrCreateCredentials(dir string) (Credentials, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Credentials{}, fmt.Errorf("credentials: %w", err)
@@ -270,8 +270,8 @@ func loadOrCreateUser(path string) (string, error) {
 		return "", fmt.Errorf("credentials: %w", err)
 	} else if st, err := os.Stat(path); err != nil {
 		return "", fmt.Errorf("credentials: %w", err)
-	} else if st.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("credentials: %s is readable by others (mode %v); want 0600", path, st.Mode().Perm())
+	} else if !privateMode(st.Mode()) {
+		return "", fmt.Errorf("credentials: %s is open to others (mode %v); want 0600", path, st.Mode().Perm())
 	}
 	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
 	if err != nil {
@@ -294,12 +294,12 @@ func (c Credentials) ConnectOptions(a throughcarev1.Agency) ([]nats.Option, erro
 }
 
 // AgencyConnectOptions are ConnectOptions from the seed file of agency's user, as a
-// deployed service reads it. A seed file readable by others is refused.
+// deployed service reads it. A seed file open to others is refused.
 func AgencyConnectOptions(a throughcarev1.Agency, seedFile string) ([]nats.Option, error) {
 	if st, err := os.Stat(seedFile); err != nil {
 		return nil, fmt.Errorf("credentials of %s: %w", eventbus.Token(a), err)
-	} else if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("credentials of %s: %s is readable by others (mode %v); want 0600", eventbus.Token(a), seedFile, st.Mode().Perm())
+	} else if !privateMode(st.Mode()) {
+		return nil, fmt.Errorf("credentials of %s: %s is open to others (mode %v); want 0600 or 0400", eventbus.Token(a), seedFile, st.Mode().Perm())
 	}
 	auth, err := nats.NkeyOptionFromSeed(seedFile)
 	if err != nil {
@@ -307,6 +307,11 @@ func AgencyConnectOptions(a throughcarev1.Agency, seedFile string) ([]nats.Optio
 	}
 	return []nats.Option{auth, nats.CustomInboxPrefix(InboxPrefix(a))}, nil
 }
+
+// privateMode reports whether a seed file is closed to others: no access for others and
+// no group write. Group read is tolerated, as Kubernetes grants it to fsGroup on
+// mounted secrets; the files this package writes are 0600.
+func privateMode(m os.FileMode) bool { return m.Perm()&0o027 == 0 }
 
 // SystemConnectOptions are the system user's, for monitoring.
 func (c Credentials) SystemConnectOptions() ([]nats.Option, error) {

@@ -230,6 +230,15 @@ func TestCredentialsAreKeptPrivateAndReused(t *testing.T) {
 	if _, err := natsserver.LoadOrCreateCredentials(dir); err == nil {
 		t.Error("a world-readable seed was accepted")
 	}
+	if _, err := natsserver.AgencyConnectOptions(prison, first.AgencySeedFile(prison)); err == nil {
+		t.Error("a service accepted a world-readable seed")
+	}
+	if err := os.Chmod(first.AgencySeedFile(prison), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := natsserver.AgencyConnectOptions(prison, first.AgencySeedFile(prison)); err != nil {
+		t.Errorf("a 0400 seed: %v", err)
+	}
 }
 
 func msgs(t *testing.T, js jetstream.JetStream, stream string) uint64 {
