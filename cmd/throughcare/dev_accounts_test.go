@@ -136,3 +136,48 @@ func agencyOf(outbox string) throughcarev1.Agency {
 	}
 	return throughcarev1.Agency_AGENCY_UNSPECIFIED
 }
+
+// TestDevWithoutAccountsSharesOneOpenAccount: --nats-accounts=false keeps the former
+// shape, one account without authentication, and no credentials are generated.
+func TestDevWithoutAccountsSharesOneOpenAccount(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dataDir := t.TempDir()
+	cfg, err := parseDevConfig([]string{
+		"--data-dir", dataDir, "--nats-port", "-1", "--nats-accounts=false",
+		"--prison-addr", "127.0.0.1:0", "--probation-addr", "127.0.0.1:0", "--socialwork-addr", "127.0.0.1:0",
+	}, func(string) string { return "" }, &strings.Builder{})
+	if err != nil {
+		t.Fatalf("parse dev config: %v", err)
+	}
+	sys, err := startDev(ctx, zaptest.NewLogger(t), cfg)
+	if err != nil {
+		t.Fatalf("start dev: %v", err)
+	}
+	defer sys.Stop()
+	if _, err := os.Stat(devCredentialsDir(dataDir)); !os.IsNotExist(err) {
+		t.Errorf("credentials dir: %v; want none", err)
+	}
+	nc, err := nats.Connect(sys.nats.ClientURL())
+	if err != nil {
+		t.Fatalf("connect without credentials: %v", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bucket := range []string{"prison_cases", "probation_cases", "socialwork_cases"} {
+		if _, err := js.KeyValue(ctx, bucket); err != nil {
+			t.Errorf("bucket %s in the shared account: %v", bucket, err)
+		}
+	}
+	prison := throughcarev1.NewPrisonServiceClient(dial(t, sys.agencies[0].Addr()))
+	rc := openCase(t, prison)
+	resp, err := prison.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: rc.GetCaseId(),
+		Recipient: probationAgency, Purpose: throughcarev1.Purpose_PURPOSE_SUPERVISION})
+	if err != nil {
+		t.Fatalf("refer: %v", err)
+	}
+	waitState(t, throughcarev1.NewHandoverServiceClient(dial(t, sys.agencies[0].Addr())), resp.GetHandover().GetHandoverId(), stateDelivered)
+}
