@@ -22,8 +22,15 @@ func agencyBus(t *testing.T, tune ...func(*natsserver.Config)) (*natstest.Agency
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	js := map[throughcarev1.Agency]jetstream.JetStream{}
+	// Every outbox first, as dev does: a source that starts on a missing stream is
+	// retried only after 12s.
 	for _, a := range eventbus.Agencies {
 		js[a] = srv.JetStreamAs(t, a)
+		if err := eventbus.SetupOutbox(ctx, js[a], a, eventbus.DefaultLimits); err != nil {
+			t.Fatalf("outbox %s: %v", eventbus.Token(a), err)
+		}
+	}
+	for _, a := range eventbus.Agencies {
 		if err := eventbus.SetupTopology(ctx, js[a], a, eventbus.DefaultLimits, eventbus.AccountPerAgency); err != nil {
 			t.Fatalf("setup %s: %v", eventbus.Token(a), err)
 		}

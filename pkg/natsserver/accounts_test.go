@@ -32,6 +32,11 @@ func agencies(t *testing.T) *natstest.AgencyServer {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	for _, a := range eventbus.Agencies {
+		if err := eventbus.SetupOutbox(ctx, srv.JetStreamAs(t, a), a, eventbus.DefaultLimits); err != nil {
+			t.Fatalf("outbox %s: %v", eventbus.Token(a), err)
+		}
+	}
+	for _, a := range eventbus.Agencies {
 		if err := eventbus.SetupTopology(ctx, srv.JetStreamAs(t, a), a, eventbus.DefaultLimits, eventbus.AccountPerAgency); err != nil {
 			t.Fatalf("setup %s: %v", eventbus.Token(a), err)
 		}
