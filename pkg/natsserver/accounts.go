@@ -19,8 +19,9 @@ import (
 const SystemAccount = "SYS"
 
 // Buckets are the Key-Value buckets every agency keeps, as <agency>_<bucket>; they must
-// match the buckets cmd/throughcare and pkg/handover open.
-var Buckets = []string{"cases", "handovers", "deadletters"}
+// match the buckets cmd/throughcare, pkg/handover and pkg/signing open: an agency's user
+// may write to no other. seen_events is the replay guard of signed events (on main).
+var Buckets = []string{"cases", "handovers", "deadletters", "seen_events"}
 
 // AccountName is the NATS account an agency's service runs in, e.g. PRISON.
 func AccountName(a throughcarev1.Agency) string { return strings.ToUpper(eventbus.Token(a)) }
