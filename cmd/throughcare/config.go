@@ -15,6 +15,7 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/protocol"
+	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // logConfig is shared by every command.
@@ -52,6 +53,8 @@ func (c logConfig) logger() (*zap.Logger, error) {
 // command that runs agencies.
 type handoverFlags struct {
 	ProtocolFile         string
+	SigningKeyFile       string
+	KeyringFile          string
 	AcknowledgeWithin    time.Duration
 	AcceptBeforeRelease  time.Duration
 	DeadlineScanInterval time.Duration
@@ -59,6 +62,8 @@ type handoverFlags struct {
 
 func (c *handoverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.ProtocolFile, "protocol", "", "sharing protocol file (.textproto or .yaml); empty uses the built-in default")
+	fs.StringVar(&c.SigningKeyFile, "signing-key", "", "this agency's private signing key (serve; dev makes its own under the data dir)")
+	fs.StringVar(&c.KeyringFile, "keyring", "", "every agency's public signing keys (serve; dev makes its own under the data dir)")
 	fs.DurationVar(&c.AcknowledgeWithin, "acknowledge-within", 48*time.Hour, "how long after delivery a handover must be acknowledged")
 	fs.DurationVar(&c.AcceptBeforeRelease, "accept-before-release", 14*24*time.Hour, "how long before the expected release a handover must be accepted")
 	fs.DurationVar(&c.DeadlineScanInterval, "deadline-scan-interval", time.Minute, "how often overdue handovers are looked for")
@@ -84,6 +89,25 @@ func (c handoverFlags) loadProtocol() (*protocol.Protocol, error) {
 		return nil, fmt.Errorf("--protocol: %w", err)
 	}
 	return p, nil
+}
+
+// loadSigning reads this agency's signing key and the agencies' keyring.
+func (c handoverFlags) loadSigning(agency throughcarev1.Agency) (signing.Key, *signing.Keyring, error) {
+	if c.SigningKeyFile == "" || c.KeyringFile == "" {
+		return signing.Key{}, nil, errors.New("--signing-key and --keyring: both are required, every event is signed")
+	}
+	key, err := signing.LoadPrivateKey(c.SigningKeyFile)
+	if err != nil {
+		return signing.Key{}, nil, fmt.Errorf("--signing-key: %w", err)
+	}
+	if key.Agency != agency {
+		return signing.Key{}, nil, fmt.Errorf("--signing-key %s: the key is %s's, not %s's", c.SigningKeyFile, key.Agency, agency)
+	}
+	keyring, err := signing.LoadKeyring(c.KeyringFile)
+	if err != nil {
+		return signing.Key{}, nil, fmt.Errorf("--keyring: %w", err)
+	}
+	return key, keyring, nil
 }
 
 // handoverConfig is the agency's handover settings with these flags.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -13,7 +14,9 @@ import (
 	"go.uber.org/zap"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natsserver"
+	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // devSystem is everything `throughcare dev` runs in one process.
@@ -50,6 +53,10 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		return nil, err
 	}
 	log.Info("sharing protocol", zap.String("protocol_id", sharing.ID()), zap.Uint32("version", sharing.Version()))
+	keyring, keys, err := signing.Ensure(filepath.Join(cfg.DataDir, "keys"), eventbus.Agencies, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("signing keys: %w", err)
+	}
 	ns, err := natsserver.Start(natsserver.Config{
 		Host:       "127.0.0.1",
 		Port:       cfg.NATSPort,
@@ -79,7 +86,9 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		{throughcarev1.Agency_AGENCY_PROBATION, cfg.ProbationAddr},
 		{throughcarev1.Agency_AGENCY_SOCIAL_WORK, cfg.SocialWorkAddr},
 	} {
-		srv, err := startAgency(ctx, log, js, cfg.Handover.handoverConfig(a.agency, sharing, 1), a.addr)
+		hc := cfg.Handover.handoverConfig(a.agency, sharing, 1)
+		hc.SigningKey, hc.Keyring = keys[a.agency], keyring
+		srv, err := startAgency(ctx, log, js, hc, a.addr)
 		if err != nil {
 			return nil, errors.Join(err, sys.Stop())
 		}

@@ -23,6 +23,7 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/natstest"
+	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // Short names for the agencies, states and receipts the tests use most.
@@ -58,6 +59,8 @@ var allAgencies = []throughcarev1.Agency{prisonAgency, probationAgency, socialWo
 // enough for tests.
 func testHandoverConfig(agency throughcarev1.Agency) handover.Config {
 	c := handover.DefaultConfig(agency)
+	keyring, keys := testSigningKeys()
+	c.SigningKey, c.Keyring = keys[agency], keyring
 	c.Inbox.AckWait = 2 * time.Second
 	c.Inbox.BackOff = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond}
 	c.Inbox.MaxDeliver = 4
@@ -65,6 +68,23 @@ func testHandoverConfig(agency throughcarev1.Agency) handover.Config {
 	c.DeadlineScanInterval = 100 * time.Millisecond
 	return c
 }
+
+// testSigningKeys are every agency's signing keys, made once for all the tests.
+var testSigningKeys = sync.OnceValues(func() (*signing.Keyring, map[throughcarev1.Agency]signing.Key) {
+	keyring := new(signing.Keyring)
+	keys := map[throughcarev1.Agency]signing.Key{}
+	for _, a := range allAgencies {
+		k, err := signing.GenerateKey(a, time.Now())
+		if err != nil {
+			panic(err) // crypto/rand does not fail
+		}
+		keys[a] = k
+		if err := keyring.Add(k.Public()); err != nil {
+			panic(err)
+		}
+	}
+	return keyring, keys
+})
 
 // systemOption changes how newSystem starts the system.
 type systemOption func(*systemOptions)

@@ -24,6 +24,10 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		return err
 	}
 	log.Info("sharing protocol", zap.String("protocol_id", sharing.ID()), zap.Uint32("version", sharing.Version()))
+	key, keyring, err := cfg.Handover.loadSigning(cfg.Agency)
+	if err != nil {
+		return err
+	}
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("throughcare-"+cfg.Service),
 		nats.MaxReconnects(-1),
@@ -38,7 +42,9 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	srv, err := startAgency(ctx, log, js, cfg.Handover.handoverConfig(cfg.Agency, sharing, cfg.Replicas), cfg.Addr)
+	hc := cfg.Handover.handoverConfig(cfg.Agency, sharing, cfg.Replicas)
+	hc.SigningKey, hc.Keyring = key, keyring
+	srv, err := startAgency(ctx, log, js, hc, cfg.Addr)
 	if err != nil {
 		return err
 	}

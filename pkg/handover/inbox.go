@@ -18,12 +18,16 @@ import (
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
+	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // handleIncoming processes one event from another agency. Every branch is idempotent.
 func (s *Service) handleIncoming(ctx context.Context, msg jetstream.Msg) error {
 	ev, err := eventbus.Decode(msg.Subject(), msg.Headers(), msg.Data())
 	if err != nil {
+		return err
+	}
+	if err := s.authenticate(ctx, ev); err != nil {
 		return err
 	}
 	if ev.GetRecipient() != s.cfg.Agency {
@@ -307,6 +311,9 @@ func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
 	for _, ev := range rec.GetOutbox() {
 		if err := s.disclose(ctx, ev); err != nil {
 			return err
+		}
+		if err := signing.Sign(ev, s.cfg.SigningKey); err != nil {
+			return eventbus.Permanent(err)
 		}
 		if err := eventbus.Publish(ctx, s.js, ev); err != nil {
 			return err
