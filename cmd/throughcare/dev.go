@@ -78,6 +78,12 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		sys.stopNATS()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
+	// Every outbox first, so no inbox starts out sourcing a stream that is not there yet.
+	for _, a := range eventbus.Agencies {
+		if err := eventbus.SetupOutbox(ctx, js, a, eventbus.DefaultLimits); err != nil {
+			return nil, errors.Join(err, sys.Stop())
+		}
+	}
 	for _, a := range []struct {
 		agency throughcarev1.Agency
 		addr   string

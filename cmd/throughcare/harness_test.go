@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/natstest"
 	"github.com/throughcare/throughcare/pkg/signing"
@@ -154,6 +155,12 @@ func newSystem(t testing.TB, opts ...systemOption) *system {
 		nodes:     map[throughcarev1.Agency][]*node{},
 	}
 	sys.JS = sys.NATS.JetStream(t)
+	// As dev does: every outbox first, so no inbox waits on a missing source.
+	for _, a := range allAgencies {
+		if err := eventbus.SetupOutbox(testCtx(t), sys.JS, a, eventbus.DefaultLimits); err != nil {
+			t.Fatalf("outbox %s: %v", a, err)
+		}
+	}
 	for _, a := range allAgencies {
 		cfg := testHandoverConfig(a)
 		if tune := o.tune[a]; tune != nil {

@@ -83,8 +83,17 @@ type Limits struct {
 var DefaultLimits = Limits{MaxBytes: 1 << 30, MaxAge: 365 * 24 * time.Hour, Replicas: 1}
 
 // Setup creates or updates the agency's outbox and inbox. The inbox sources the other
-// agencies' outboxes even before they exist: sourcing waits for them.
+// agencies' outboxes even before they exist, but the server then retries only every ten
+// seconds or so: where one process starts several agencies, SetupOutbox them all first.
 func Setup(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits) error {
+	if err := SetupOutbox(ctx, js, agency, limits); err != nil {
+		return err
+	}
+	return setupInbox(ctx, js, agency, limits)
+}
+
+// SetupOutbox creates or updates the stream the agency publishes its events to.
+func SetupOutbox(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits) error {
 	outbox := jetstream.StreamConfig{
 		Name:        OutboxStream(agency),
 		Description: "events " + Token(agency) + " sends to other agencies",
@@ -100,15 +109,22 @@ func Setup(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Age
 	if _, err := js.CreateOrUpdateStream(ctx, outbox); err != nil {
 		return fmt.Errorf("create stream %s: %w", outbox.Name, err)
 	}
+	return nil
+}
+
+func setupInbox(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits) error {
 	inbox := jetstream.StreamConfig{
 		Name:        InboxStream(agency),
 		Description: "events other agencies send to " + Token(agency),
 		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardNew,
-		MaxBytes:    limits.MaxBytes,
-		MaxAge:      limits.MaxAge,
-		Replicas:    limits.Replicas,
+		// A work queue forgets a message once it is handled (stored, or refused and
+		// dead-lettered): the inbox keeps nothing the agency was told to forget or
+		// refused to hold. The sender's outbox keeps what was sent.
+		Retention: jetstream.WorkQueuePolicy,
+		Discard:   jetstream.DiscardNew,
+		MaxBytes:  limits.MaxBytes,
+		MaxAge:    limits.MaxAge,
+		Replicas:  limits.Replicas,
 	}
 	for _, other := range Agencies {
 		if other != agency {

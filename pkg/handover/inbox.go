@@ -225,7 +225,9 @@ func (s *Service) receiveConsentWithdrawn(ctx context.Context, ev *throughcarev1
 		return eventbus.Permanent(fmt.Errorf("event %s: handover %s was not sent by %s", ev.GetEventId(), h.GetHandoverId(), ev.GetSource()))
 	}
 	var purged []throughcarev1.DataCategory
+	var person []byte
 	err = s.updateCase(ctx, ev.GetCaseId(), func(rc *throughcarev1.ReleaseCase) {
+		person = personHash(rc)
 		purged = protocol.Purge(rc, withdrawn.GetCategories())
 		for _, c := range rc.GetConsents() {
 			if c.GetRecipient() == s.cfg.Agency && slices.Contains(withdrawn.GetCategories(), c.GetCategory()) && c.GetWithdrawnTime() == nil {
@@ -249,6 +251,7 @@ func (s *Service) receiveConsentWithdrawn(ctx context.Context, ev *throughcarev1
 		Actor:              ev.GetActor(),
 		Time:               timestampNow(s.now),
 		Note:               fmt.Sprintf("consent withdrawn: purged %v from the copy of case %s", withdrawn.GetCategories(), ev.GetCaseId()),
+		PersonHash:         person,
 	}
 	if _, err := s.ledger.Append(ctx, entry, "purged/"+ev.GetEventId()); err != nil {
 		return fmt.Errorf("record purge for event %s: %w", ev.GetEventId(), err)
