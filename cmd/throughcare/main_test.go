@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -10,10 +12,14 @@ import (
 
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/certs"
+	"github.com/throughcare/throughcare/pkg/natstest"
 )
 
 func testDevConfig(t *testing.T, dataDir string) devConfig {
@@ -200,5 +206,83 @@ func TestRedactURLsHidesCredentials(t *testing.T) {
 	got := redactURLs("nats://alice:secret@a:4222,nats://tok3n@b:4222,nats://c:4222")
 	if strings.Contains(got, "secret") || strings.Contains(got, "tok3n") || strings.Contains(got, "alice") || !strings.Contains(got, "c:4222") {
 		t.Errorf("redactURLs = %q; want credentials hidden and hosts kept", got)
+	}
+}
+
+// freeAddr is a loopback address nothing listens on, for a command that takes an address.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	_ = lis.Close()
+	return addr
+}
+
+// TestServeRunsOneAgencyOverMutualTLS runs `throughcare serve` as a pod would, with the
+// certificate files from a mounted secret: its own system is answered, another agency is
+// refused, and probes get health in plaintext.
+func TestServeRunsOneAgencyOverMutualTLS(t *testing.T) {
+	ns := natstest.Start(t)
+	b := testCerts(t)
+	serverCert, serverKey := b.ServerFiles("prison")
+	addr, healthAddr := freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--service", "prison", "--nats-url", ns.URL(), "--log-level", "warn",
+			"--addr", addr, "--health-addr", healthAddr}, &strings.Builder{}, func(k string) string {
+			return map[string]string{"THROUGHCARE_TLS_CA": b.CAFile(), "THROUGHCARE_TLS_CERT": serverCert, "THROUGHCARE_TLS_KEY": serverKey}[k]
+		})
+	}()
+	callCtx := testCtx(t)
+	health := healthpb.NewHealthClient(dialPlain(t, healthAddr))
+	eventually(t, 20*time.Second, func() (bool, string) {
+		resp, err := health.Check(callCtx, &healthpb.HealthCheckRequest{})
+		return resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, fmt.Sprintf("health on %s: %v, %v", healthAddr, resp.GetStatus(), err)
+	})
+	prison := throughcarev1.NewAuditServiceClient(dialAgency(t, addr, clientTLS(t, b, "prison", prisonAgency)))
+	if _, err := prison.VerifyLedger(callCtx, &throughcarev1.VerifyLedgerRequest{}); err != nil {
+		t.Errorf("the prison's own system: %v", err)
+	}
+	probation := throughcarev1.NewAuditServiceClient(dialAgency(t, addr, clientTLS(t, b, "probation", prisonAgency)))
+	if _, err := probation.VerifyLedger(callCtx, &throughcarev1.VerifyLedgerRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("probation at the prison's service: got %v, want PermissionDenied", err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop within 30s of cancel")
+	}
+}
+
+// TestCertsCommandMakesTheSetOnceAndShowsIt runs `throughcare certs` twice: the second run
+// shows the set the first made, and dev then serves with it.
+func TestCertsCommandMakesTheSetOnceAndShowsIt(t *testing.T) {
+	dir := t.TempDir()
+	var first, second strings.Builder
+	for _, out := range []*strings.Builder{&first, &second} {
+		if err := run(t.Context(), []string{"certs", "--data-dir", dir}, out, func(string) string { return "" }); err != nil {
+			t.Fatalf("certs: %v", err)
+		}
+	}
+	b, err := certs.Ensure(filepath.Join(dir, "certs"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, _ := b.ClientFiles("prison")
+	for _, want := range []string{b.CAFingerprint(), clientCert, certs.OperatorURI} {
+		if !strings.Contains(second.String(), want) {
+			t.Errorf("second run's output does not show %s:\n%s", want, second.String())
+		}
+	}
+	if first.String() != second.String() {
+		t.Errorf("the second run shows another set:\n%s\nwant\n%s", second.String(), first.String())
 	}
 }
