@@ -439,3 +439,41 @@ func TestInsecureServesPlaintextAndWarns(t *testing.T) {
 		t.Errorf("plaintext call to probation with --insecure: %v", err)
 	}
 }
+
+// API3:2023 Broken Object Property Level Authorization. The server owns a case's id, state,
+// owner and times: a client that sets them is not believed. (What each recipient may see
+// of a case is the sharing protocol's, tested with the journeys.)
+func TestAPI3ServerOwnedPropertiesAreNotTheClients(t *testing.T) {
+	sys := newSystem(t, withLogLevel(zapcore.WarnLevel))
+	req := validOpen()
+	req.ReleaseCase.CaseId = "rc_chosen_by_the_client"
+	req.ReleaseCase.State = throughcarev1.CaseState_CASE_STATE_RELEASED
+	req.ReleaseCase.Owner = probationAgency
+	resp, err := sys.Prison.OpenReleaseCase(testCtx(t), req)
+	if err != nil {
+		if status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("open with server-owned fields set: got %v, want them ignored or InvalidArgument", err)
+		}
+		return
+	}
+	rc := resp.GetReleaseCase()
+	if rc.GetCaseId() == req.GetReleaseCase().GetCaseId() || rc.GetState() != throughcarev1.CaseState_CASE_STATE_OPEN || rc.GetOwner() != prisonAgency {
+		t.Errorf("opened case %s, %s, owner %s; want a server-made id, OPEN, owned by the prison", rc.GetCaseId(), rc.GetState(), rc.GetOwner())
+	}
+}
+
+// API8:2023 Security Misconfiguration. Only TLS 1.3 is spoken, and a refusal names no
+// internals.
+func TestAPI8OnlyTLS13(t *testing.T) {
+	sys := newSystem(t, withLogLevel(zapcore.WarnLevel))
+	old := clientTLS(t, sys.Certs, "prison", prisonAgency)
+	old.MinVersion, old.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+	prison := throughcarev1.NewPrisonServiceClient(dialOnce(t, sys.nodes[prisonAgency][0].addr, credentials.NewTLS(old)))
+	if _, err := prison.ListReleaseCases(shortCtx(t), &throughcarev1.ListReleaseCasesRequest{}); status.Code(err) != codes.Unavailable {
+		t.Errorf("TLS 1.2: got %v, want Unavailable", err)
+	}
+	_, err := throughcarev1.NewPrisonServiceClient(sys.dialAs("probation", prisonAgency)).ListReleaseCases(shortCtx(t), &throughcarev1.ListReleaseCasesRequest{})
+	if msg := status.Convert(err).Message(); strings.Contains(msg, "/") || strings.Contains(msg, "spiffe") {
+		t.Errorf("a refusal says %q: want no method paths or identities beyond the agency names", msg)
+	}
+}
