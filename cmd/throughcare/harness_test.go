@@ -400,6 +400,11 @@ func (c deliveryCore) Write(_ zapcore.Entry, fields []zapcore.Field) error {
 	return nil
 }
 
+// crossAgencyWait bounds waiting for an event to reach another agency. An inbox created
+// before the outbox it sources (the prison's starts first) begins sourcing it only when
+// NATS retries, which in full runs was seen to take 10 to 13 seconds.
+const crossAgencyWait = 20 * time.Second
+
 // eventually polls cond until it holds, or fails the test with cond's last message.
 func eventually(t testing.TB, timeout time.Duration, cond func() (bool, string)) {
 	t.Helper()
