@@ -160,15 +160,18 @@ func (a *agencyServer) HealthAddr() string {
 func (a *agencyServer) Stop() error {
 	a.handovers.CloseWatches()
 	a.server.Stop()
-	served, healthServed := <-a.served, <-a.healthServed
-	if errors.Is(served, net.ErrClosed) {
-		served = nil
-	}
-	if errors.Is(healthServed, net.ErrClosed) || errors.Is(healthServed, grpc.ErrServerStopped) {
-		healthServed = nil
-	}
+	served, healthServed := stopped(<-a.served), stopped(<-a.healthServed)
 	a.stopWork()
 	return errors.Join(served, healthServed, <-a.workDone)
+}
+
+// stopped is nil for what Serve returns when the server was stopped, also when Stop came
+// before Serve had begun (a start cancelled at once).
+func stopped(served error) error {
+	if errors.Is(served, net.ErrClosed) || errors.Is(served, grpc.ErrServerStopped) {
+		return nil
+	}
+	return served
 }
 
 // stopAll stops the servers in parallel: each waits for its calls in flight.
