@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 	"github.com/throughcare/throughcare/pkg/signing"
@@ -25,6 +27,8 @@ type devSystem struct {
 	nats     *server.Server
 	conn     *nats.Conn
 	agencies []*agencyServer
+	// certs is the local PKI the agencies serve mutual TLS with; nil with --insecure.
+	certs *certs.Bundle
 }
 
 func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
@@ -34,7 +38,10 @@ func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
 	}
 	defer func() { _ = log.Sync() }()
 	log.Info("starting throughcare dev", zap.String("data_dir", cfg.DataDir), zap.Int("nats_port", cfg.NATSPort),
-		zap.String("prison_addr", cfg.PrisonAddr), zap.String("probation_addr", cfg.ProbationAddr), zap.String("socialwork_addr", cfg.SocialWorkAddr))
+		zap.String("prison_addr", cfg.PrisonAddr), zap.String("probation_addr", cfg.ProbationAddr), zap.String("socialwork_addr", cfg.SocialWorkAddr),
+		zap.String("prison_health_addr", cfg.PrisonHealthAddr), zap.String("probation_health_addr", cfg.ProbationHealthAddr),
+		zap.String("socialwork_health_addr", cfg.SocialWorkHealthAddr), zap.Bool("insecure", cfg.GRPC.Insecure),
+		zap.Duration("call_timeout", cfg.GRPC.CallTimeout), zap.Int("max_inflight_per_caller", cfg.GRPC.MaxInFlightPerCaller))
 
 	sys, err := startDev(ctx, log, cfg)
 	if err != nil {
@@ -46,11 +53,21 @@ func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
 	return sys.Stop()
 }
 
-// startDev starts the embedded NATS, then the three agency services on it.
+// startDev makes or loads the local certificates, starts the embedded NATS, then the
+// three agency services on it.
 func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, error) {
 	sharing, err := cfg.Handover.loadProtocol()
 	if err != nil {
 		return nil, err
+	}
+	var bundle *certs.Bundle
+	if cfg.GRPC.Insecure {
+		log.Warn(insecureWarning)
+	} else {
+		if bundle, err = certs.Ensure(cfg.CertsDir(), time.Now()); err != nil {
+			return nil, err
+		}
+		log.Info("certificates", zap.String("dir", bundle.Dir()), zap.String("ca_sha256", bundle.CAFingerprint()))
 	}
 	log.Info("sharing protocol", zap.String("protocol_id", sharing.ID()), zap.Uint32("version", sharing.Version()))
 	keyring, keys, err := signing.Ensure(filepath.Join(cfg.DataDir, "keys"), eventbus.Agencies, time.Now())
@@ -67,7 +84,7 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
-	sys := &devSystem{log: log, nats: ns}
+	sys := &devSystem{log: log, nats: ns, certs: bundle}
 	sys.conn, err = nats.Connect(ns.ClientURL(), nats.Name("throughcare-dev"), nats.MaxReconnects(-1))
 	if err != nil {
 		sys.stopNATS()
@@ -85,16 +102,22 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		}
 	}
 	for _, a := range []struct {
-		agency throughcarev1.Agency
-		addr   string
+		agency           throughcarev1.Agency
+		addr, healthAddr string
 	}{
-		{throughcarev1.Agency_AGENCY_PRISON, cfg.PrisonAddr},
-		{throughcarev1.Agency_AGENCY_PROBATION, cfg.ProbationAddr},
-		{throughcarev1.Agency_AGENCY_SOCIAL_WORK, cfg.SocialWorkAddr},
+		{throughcarev1.Agency_AGENCY_PRISON, cfg.PrisonAddr, cfg.PrisonHealthAddr},
+		{throughcarev1.Agency_AGENCY_PROBATION, cfg.ProbationAddr, cfg.ProbationHealthAddr},
+		{throughcarev1.Agency_AGENCY_SOCIAL_WORK, cfg.SocialWorkAddr, cfg.SocialWorkHealthAddr},
 	} {
+		var serverTLS *tls.Config
+		if bundle != nil {
+			if serverTLS, err = bundle.ServerTLS(agencyName(a.agency)); err != nil {
+				return nil, errors.Join(err, sys.Stop())
+			}
+		}
 		hc := cfg.Handover.handoverConfig(a.agency, sharing, 1)
 		hc.SigningKey, hc.Keyring = keys[a.agency], keyring
-		srv, err := startAgency(ctx, log, js, hc, a.addr)
+		srv, err := startAgency(ctx, log, js, hc, cfg.GRPC.listen(a.addr, a.healthAddr, serverTLS))
 		if err != nil {
 			return nil, errors.Join(err, sys.Stop())
 		}
@@ -120,18 +143,44 @@ func (s *devSystem) stopNATS() {
 }
 
 func printDevBanner(w io.Writer, cfg devConfig, sys *devSystem) {
-	fmt.Fprintf(w, `
-throughcare dev is running (data in %s)
-  prison       %s
-  probation    %s
-  social work  %s
-  nats         %s
+	fmt.Fprintf(w, "\nthroughcare dev is running (data in %s)\n", cfg.DataDir)
+	for i, name := range []string{"prison", "probation", "social work"} {
+		a := sys.agencies[i]
+		health := "no health port"
+		if a.HealthAddr() != "" {
+			health = "health " + a.HealthAddr() + " (plaintext)"
+		}
+		fmt.Fprintf(w, "  %-12s %-16s %s\n", name, a.Addr(), health)
+	}
+	fmt.Fprintf(w, "  %-12s %s\n", "nats", sys.nats.ClientURL())
+	prison := sys.agencies[0].Addr()
+	if sys.certs == nil {
+		fmt.Fprintf(w, `
+gRPC is PLAINTEXT (--insecure): no certificates, no authorization.
 
 Try:
   grpcurl -plaintext %s list
   grpcurl -plaintext -d '{"page_size": 10}' %s throughcare.v1.PrisonService/ListReleaseCases
 
 Ctrl-C stops; the data stays for the next start.
-`, cfg.DataDir, sys.agencies[0].Addr(), sys.agencies[1].Addr(), sys.agencies[2].Addr(), sys.nats.ClientURL(),
-		sys.agencies[0].Addr(), sys.agencies[0].Addr())
+`, prison, prison)
+		return
+	}
+	fmt.Fprintf(w, `  %-12s %s (CA SHA-256 %s)
+
+gRPC is mutual TLS: each agency's own system calls with its client certificate,
+<certs>/<agency>/client.pem; operators with <certs>/operator/client.pem.
+
+Try, as the prison's system:
+  %s %s list
+  %s -d '{"page_size": 10}' %s throughcare.v1.PrisonService/ListReleaseCases
+
+Ctrl-C stops; the data and certificates stay for the next start.
+`, "certs", sys.certs.Dir(), sys.certs.CAFingerprint(), grpcurlTLS(sys.certs, "prison"), prison, grpcurlTLS(sys.certs, "prison"), prison)
+}
+
+// grpcurlTLS is grpcurl with identity's client certificate, trusting the bundle's CA.
+func grpcurlTLS(b *certs.Bundle, identity string) string {
+	cert, key := b.ClientFiles(identity)
+	return fmt.Sprintf("grpcurl -cacert %s -cert %s -key %s", b.CAFile(), cert, key)
 }

@@ -878,14 +878,14 @@ func TestOverdueAcknowledgementIsMarkedOnBothSides(t *testing.T) {
 	onTime := refer(t, sys, rc.GetCaseId(), socialWorkAgency, throughcarev1.Purpose_PURPOSE_POST_PENAL_ASSISTANCE).GetHandoverId()
 
 	overdue := &throughcarev1.ListHandoversRequest{OverdueOnly: true}
-	eventually(t, 10*time.Second, func() (bool, string) {
+	eventually(t, crossAgencyWait, func() (bool, string) {
 		overdue.Direction = incoming
 		list, err := tryListAll(ctx, probationH, overdue)
 		ok := err == nil && len(list) == 1 && list[0].GetHandoverId() == late && list[0].GetAcknowledgeOverdue() && !list[0].GetAcceptOverdue()
 		return ok, fmt.Sprintf("probation overdue: got %v, %v; want only %s with acknowledge_overdue", list, err, late)
 	})
 	var atPrison *throughcarev1.Handover
-	eventually(t, 10*time.Second, func() (bool, string) {
+	eventually(t, crossAgencyWait, func() (bool, string) {
 		atPrison = getHandover(t, prisonH, late).GetHandover()
 		return atPrison.GetAcknowledgeOverdue(), fmt.Sprintf("prison: handover %s acknowledge_overdue %v, receipts %v; want overdue", late, atPrison.GetAcknowledgeOverdue(), receiptTypes(atPrison))
 	})
@@ -966,7 +966,7 @@ func TestWatchReplaysEveryChangeOfABusyHandover(t *testing.T) {
 		}
 		qs := asked.GetHandover().GetInformationRequests()
 		requestID := qs[len(qs)-1].GetRequestId()
-		eventually(t, 10*time.Second, func() (bool, string) {
+		eventually(t, crossAgencyWait, func() (bool, string) {
 			h := getHandover(t, prisonH, id).GetHandover()
 			return findRequest(h, requestID) != nil, fmt.Sprintf("prison has not got question %d", i+1)
 		})

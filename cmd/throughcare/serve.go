@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/throughcare/throughcare/pkg/certs"
 )
 
 // runServe runs one agency's service against an external NATS: the Kubernetes shape.
@@ -17,7 +20,15 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	}
 	defer func() { _ = log.Sync() }()
 	log.Info("starting throughcare serve", zap.String("service", cfg.Service), zap.String("nats_url", redactURLs(cfg.NATSURL)),
-		zap.String("addr", cfg.Addr), zap.Int("replicas", cfg.Replicas))
+		zap.String("addr", cfg.Addr), zap.String("health_addr", cfg.HealthAddr), zap.Int("replicas", cfg.Replicas),
+		zap.String("tls_ca", cfg.TLSCA), zap.String("tls_cert", cfg.TLSCert), zap.String("tls_key", cfg.TLSKey), zap.Bool("insecure", cfg.GRPC.Insecure),
+		zap.Duration("call_timeout", cfg.GRPC.CallTimeout), zap.Int("max_inflight_per_caller", cfg.GRPC.MaxInFlightPerCaller))
+	var serverTLS *tls.Config
+	if cfg.GRPC.Insecure {
+		log.Warn(insecureWarning)
+	} else if serverTLS, err = certs.LoadServerTLS(cfg.TLSCA, cfg.TLSCert, cfg.TLSKey); err != nil {
+		return fmt.Errorf("mutual TLS (--tls-ca, --tls-cert, --tls-key): %w", err)
+	}
 
 	sharing, err := cfg.Handover.loadProtocol()
 	if err != nil {
@@ -44,7 +55,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	}
 	hc := cfg.Handover.handoverConfig(cfg.Agency, sharing, cfg.Replicas)
 	hc.SigningKey, hc.Keyring = key, keyring
-	srv, err := startAgency(ctx, log, js, hc, cfg.Addr)
+	srv, err := startAgency(ctx, log, js, hc, cfg.GRPC.listen(cfg.Addr, cfg.HealthAddr, serverTLS))
 	if err != nil {
 		return err
 	}

@@ -804,7 +804,7 @@ func inboxEvents(t testing.TB, sys *system, agency throughcarev1.Agency) []inbox
 // auditClient is the AuditService of agency's first process.
 func auditClient(t testing.TB, sys *system, agency throughcarev1.Agency) throughcarev1.AuditServiceClient {
 	t.Helper()
-	return throughcarev1.NewAuditServiceClient(dialAgency(t, sys.nodes[agency][0].addr))
+	return throughcarev1.NewAuditServiceClient(sys.dialAs(agencyName(agency), agency))
 }
 
 // listDisclosures lists every ledger entry req matches, over every page.
