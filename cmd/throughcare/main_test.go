@@ -20,6 +20,7 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/natstest"
+	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 func testDevConfig(t *testing.T, dataDir string) devConfig {
@@ -228,18 +229,28 @@ func TestServeRunsOneAgencyOverMutualTLS(t *testing.T) {
 	ns := natstest.Start(t)
 	b := testCerts(t)
 	serverCert, serverKey := b.ServerFiles("prison")
+	keys := t.TempDir()
+	if _, _, err := signing.Ensure(keys, allAgencies, time.Now()); err != nil {
+		t.Fatalf("signing keys: %v", err)
+	}
 	addr, healthAddr := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--service", "prison", "--nats-url", ns.URL(), "--log-level", "warn",
-			"--addr", addr, "--health-addr", healthAddr}, &strings.Builder{}, func(k string) string {
+			"--addr", addr, "--health-addr", healthAddr,
+			"--signing-key", filepath.Join(keys, "prison.key"), "--keyring", filepath.Join(keys, "keyring.json")}, &strings.Builder{}, func(k string) string {
 			return map[string]string{"THROUGHCARE_TLS_CA": b.CAFile(), "THROUGHCARE_TLS_CERT": serverCert, "THROUGHCARE_TLS_KEY": serverKey}[k]
 		})
 	}()
 	callCtx := testCtx(t)
 	health := healthpb.NewHealthClient(dialPlain(t, healthAddr))
 	eventually(t, 20*time.Second, func() (bool, string) {
+		select {
+		case err := <-done:
+			t.Fatalf("serve ended before serving: %v", err)
+		default:
+		}
 		resp, err := health.Check(callCtx, &healthpb.HealthCheckRequest{})
 		return resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, fmt.Sprintf("health on %s: %v, %v", healthAddr, resp.GetStatus(), err)
 	})
