@@ -2,14 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/cases"
@@ -22,15 +26,40 @@ import (
 	"github.com/throughcare/throughcare/services/socialwork"
 )
 
+// operatorMethods are what an operator's certificate may call on any agency's service:
+// read-only views for running the system, none of them personal data beyond metadata.
+// Everything else, reflection included, is for the agency's own system only.
+var operatorMethods = []string{
+	throughcarev1.HandoverService_ListDeadLetters_FullMethodName,
+	throughcarev1.AuditService_VerifyLedger_FullMethodName,
+	throughcarev1.AuditService_GetSharingProtocol_FullMethodName,
+}
+
+// listen is where and how an agency serves gRPC.
+type listen struct {
+	Addr string
+	// HealthAddr serves health alone, in plaintext, for probes; empty serves no such port.
+	HealthAddr string
+	// TLS is the server's mutual TLS; nil serves plaintext with no caller identities and so
+	// no authorization (--insecure).
+	TLS                  *tls.Config
+	CallTimeout          time.Duration
+	MaxInFlightPerCaller int
+	// innermost run after authorization, next to the handlers: tests hold calls there.
+	innermost []grpc.UnaryServerInterceptor
+}
+
 // agencyServer is one agency's service: its stores in JetStream and its gRPC server.
 type agencyServer struct {
-	agency    throughcarev1.Agency
-	server    *grpcserver.Server
-	listener  net.Listener
-	served    chan error
-	stopWork  context.CancelFunc
-	workDone  chan error
-	handovers *handover.Service
+	agency         throughcarev1.Agency
+	server         *grpcserver.Server
+	listener       net.Listener
+	healthListener net.Listener // nil without a health port
+	served         chan error
+	healthServed   chan error
+	stopWork       context.CancelFunc
+	workDone       chan error
+	handovers      *handover.Service
 }
 
 // agencyName is the agency as it appears in bucket names, logs and flags.
@@ -39,8 +68,8 @@ func agencyName(a throughcarev1.Agency) string {
 }
 
 // startAgency opens the agency's stores and streams, registers its services, starts
-// processing events and serves gRPC on addr.
-func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, hcfg handover.Config, addr string) (*agencyServer, error) {
+// processing events and serves gRPC as l says.
+func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, hcfg handover.Config, l listen) (*agencyServer, error) {
 	agency := hcfg.Agency
 	name := agencyName(agency)
 	log = log.With(zap.String("agency", name))
@@ -52,7 +81,7 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	srv, err := grpcserver.New(log, grpcserver.Config{})
+	srv, err := grpcserver.New(log, serverConfig(agency, l))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -69,33 +98,80 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 	throughcarev1.RegisterHandoverServiceServer(srv.Server, handovers)
 	throughcarev1.RegisterAuditServiceServer(srv.Server, ledger.NewServer(handovers.Ledger(), handovers.Protocol))
 
-	lis, err := net.Listen("tcp", addr)
+	lis, err := net.Listen("tcp", l.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s: listen: %w", name, err)
 	}
+	var healthLis net.Listener
+	if l.HealthAddr != "" {
+		if healthLis, err = net.Listen("tcp", l.HealthAddr); err != nil {
+			_ = lis.Close()
+			return nil, fmt.Errorf("%s: listen for health: %w", name, err)
+		}
+	}
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
-	a := &agencyServer{agency: agency, server: srv, listener: lis, served: make(chan error, 1), stopWork: stopWork, workDone: make(chan error, 1), handovers: handovers}
+	a := &agencyServer{
+		agency: agency, server: srv, listener: lis, healthListener: healthLis,
+		served: make(chan error, 1), healthServed: make(chan error, 1),
+		stopWork: stopWork, workDone: make(chan error, 1), handovers: handovers,
+	}
 	go func() { a.workDone <- handovers.Run(workCtx) }()
 	srv.SetServing()
 	go func() { a.served <- srv.Serve(lis) }()
-	log.Info("serving gRPC", zap.String("addr", lis.Addr().String()))
+	if healthLis != nil {
+		go func() { a.healthServed <- srv.ServeHealth(healthLis) }()
+		log.Info("serving gRPC health in plaintext", zap.String("addr", healthLis.Addr().String()))
+	} else {
+		a.healthServed <- nil
+	}
+	log.Info("serving gRPC", zap.String("addr", lis.Addr().String()), zap.Bool("mutual_tls", l.TLS != nil))
 	return a, nil
+}
+
+// serverConfig is the agency's gRPC server: with mutual TLS, every caller is identified by
+// its certificate and only the agency's own system (and operators, on operatorMethods)
+// gets through.
+func serverConfig(agency throughcarev1.Agency, l listen) grpcserver.Config {
+	cfg := grpcserver.Config{CallTimeout: l.CallTimeout, MaxInFlightPerCaller: l.MaxInFlightPerCaller}
+	if l.TLS != nil {
+		authorizeUnary, authorizeStream := grpcserver.OwnAgencyOnly(agency, operatorMethods)
+		cfg.Creds = credentials.NewTLS(l.TLS)
+		cfg.IdentifyCallers = true
+		cfg.Unary = []grpc.UnaryServerInterceptor{authorizeUnary}
+		cfg.Stream = []grpc.StreamServerInterceptor{authorizeStream}
+	}
+	cfg.Unary = append(cfg.Unary, l.innermost...)
+	return cfg
 }
 
 // Addr is where the agency's gRPC server listens.
 func (a *agencyServer) Addr() string { return a.listener.Addr().String() }
+
+// HealthAddr is where the agency serves plaintext health; empty when it does not.
+func (a *agencyServer) HealthAddr() string {
+	if a.healthListener == nil {
+		return ""
+	}
+	return a.healthListener.Addr().String()
+}
 
 // Stop stops accepting calls, lets those in flight finish, then stops event processing
 // (the message in hand is finished and acknowledged) and waits for both.
 func (a *agencyServer) Stop() error {
 	a.handovers.CloseWatches()
 	a.server.Stop()
-	served := <-a.served
-	if errors.Is(served, net.ErrClosed) {
-		served = nil
-	}
+	served, healthServed := stopped(<-a.served), stopped(<-a.healthServed)
 	a.stopWork()
-	return errors.Join(served, <-a.workDone)
+	return errors.Join(served, healthServed, <-a.workDone)
+}
+
+// stopped is nil for what Serve returns when the server was stopped, also when Stop came
+// before Serve had begun (a start cancelled at once).
+func stopped(served error) error {
+	if errors.Is(served, net.ErrClosed) || errors.Is(served, grpc.ErrServerStopped) {
+		return nil
+	}
+	return served
 }
 
 // stopAll stops the servers in parallel: each waits for its calls in flight.

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/protocol"
+	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // logConfig is shared by every command.
@@ -52,6 +55,8 @@ func (c logConfig) logger() (*zap.Logger, error) {
 // command that runs agencies.
 type handoverFlags struct {
 	ProtocolFile         string
+	SigningKeyFile       string
+	KeyringFile          string
 	AcknowledgeWithin    time.Duration
 	AcceptBeforeRelease  time.Duration
 	DeadlineScanInterval time.Duration
@@ -59,6 +64,8 @@ type handoverFlags struct {
 
 func (c *handoverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.ProtocolFile, "protocol", "", "sharing protocol file (.textproto or .yaml); empty uses the built-in default")
+	fs.StringVar(&c.SigningKeyFile, "signing-key", "", "this agency's private signing key (serve; dev makes its own under the data dir)")
+	fs.StringVar(&c.KeyringFile, "keyring", "", "every agency's public signing keys (serve; dev makes its own under the data dir)")
 	fs.DurationVar(&c.AcknowledgeWithin, "acknowledge-within", 48*time.Hour, "how long after delivery a handover must be acknowledged")
 	fs.DurationVar(&c.AcceptBeforeRelease, "accept-before-release", 14*24*time.Hour, "how long before the expected release a handover must be accepted")
 	fs.DurationVar(&c.DeadlineScanInterval, "deadline-scan-interval", time.Minute, "how often overdue handovers are looked for")
@@ -86,6 +93,25 @@ func (c handoverFlags) loadProtocol() (*protocol.Protocol, error) {
 	return p, nil
 }
 
+// loadSigning reads this agency's signing key and the agencies' keyring.
+func (c handoverFlags) loadSigning(agency throughcarev1.Agency) (signing.Key, *signing.Keyring, error) {
+	if c.SigningKeyFile == "" || c.KeyringFile == "" {
+		return signing.Key{}, nil, errors.New("--signing-key and --keyring: both are required, every event is signed")
+	}
+	key, err := signing.LoadPrivateKey(c.SigningKeyFile)
+	if err != nil {
+		return signing.Key{}, nil, fmt.Errorf("--signing-key: %w", err)
+	}
+	if key.Agency != agency {
+		return signing.Key{}, nil, fmt.Errorf("--signing-key %s: the key is %s's, not %s's", c.SigningKeyFile, key.Agency, agency)
+	}
+	keyring, err := signing.LoadKeyring(c.KeyringFile)
+	if err != nil {
+		return signing.Key{}, nil, fmt.Errorf("--keyring: %w", err)
+	}
+	return key, keyring, nil
+}
+
 // handoverConfig is the agency's handover settings with these flags.
 func (c handoverFlags) handoverConfig(agency throughcarev1.Agency, p *protocol.Protocol, replicas int) handover.Config {
 	hc := handover.DefaultConfig(agency)
@@ -95,16 +121,62 @@ func (c handoverFlags) handoverConfig(agency throughcarev1.Agency, p *protocol.P
 	return hc
 }
 
-type devConfig struct {
-	DataDir        string
-	NATSPort       int
-	NATSAccounts   bool
-	PrisonAddr     string
-	ProbationAddr  string
-	SocialWorkAddr string
-	Handover       handoverFlags
-	Log            logConfig
+// Server-side bounds on gRPC calls: deadlines are the client's to set, these only stop a
+// client that sets none, or floods, from holding the service.
+const (
+	defaultCallTimeout          = 30 * time.Second
+	defaultMaxInFlightPerCaller = 64
+)
+
+// grpcFlags are how every command that runs agencies serves gRPC: mutual TLS unless
+// --insecure, and the server's bounds on calls.
+type grpcFlags struct {
+	Insecure             bool
+	CallTimeout          time.Duration
+	MaxInFlightPerCaller int
 }
+
+func (c *grpcFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&c.Insecure, "insecure", false, "serve gRPC in plaintext, with no client certificates and so no authorization: for a laptop only")
+	fs.DurationVar(&c.CallTimeout, "call-timeout", defaultCallTimeout, "longest a unary gRPC call may run, whatever the client's deadline")
+	fs.IntVar(&c.MaxInFlightPerCaller, "max-inflight-per-caller", defaultMaxInFlightPerCaller, "unary gRPC calls one caller (client certificate) may have in flight; more are refused with RESOURCE_EXHAUSTED")
+}
+
+func (c grpcFlags) validate() error {
+	if c.CallTimeout <= 0 {
+		return fmt.Errorf("--call-timeout %s: must be positive", c.CallTimeout)
+	}
+	if c.MaxInFlightPerCaller < 1 {
+		return fmt.Errorf("--max-inflight-per-caller %d: must be at least 1", c.MaxInFlightPerCaller)
+	}
+	return nil
+}
+
+// listen is where and how an agency serves gRPC: its own config for startAgency.
+func (c grpcFlags) listen(addr, healthAddr string, serverTLS *tls.Config) listen {
+	return listen{Addr: addr, HealthAddr: healthAddr, TLS: serverTLS, CallTimeout: c.CallTimeout, MaxInFlightPerCaller: c.MaxInFlightPerCaller}
+}
+
+// insecureWarning is logged once at start by a command run with --insecure.
+const insecureWarning = "gRPC is served in plaintext (--insecure): no client certificates, so every caller may call every method of every agency; use it on a laptop only"
+
+type devConfig struct {
+	DataDir              string
+	NATSPort             int
+	NATSAccounts         bool
+	PrisonAddr           string
+	ProbationAddr        string
+	SocialWorkAddr       string
+	PrisonHealthAddr     string
+	ProbationHealthAddr  string
+	SocialWorkHealthAddr string
+	GRPC                 grpcFlags
+	Handover             handoverFlags
+	Log                  logConfig
+}
+
+// CertsDir is where dev keeps its local CA and certificates.
+func (c devConfig) CertsDir() string { return filepath.Join(c.DataDir, "certs") }
 
 func parseDevConfig(args []string, getenv func(string) string, out io.Writer) (devConfig, error) {
 	var c devConfig
@@ -116,6 +188,10 @@ func parseDevConfig(args []string, getenv func(string) string, out io.Writer) (d
 	fs.StringVar(&c.PrisonAddr, "prison-addr", "127.0.0.1:7101", "gRPC address of the prison service")
 	fs.StringVar(&c.ProbationAddr, "probation-addr", "127.0.0.1:7102", "gRPC address of the probation service")
 	fs.StringVar(&c.SocialWorkAddr, "socialwork-addr", "127.0.0.1:7103", "gRPC address of the social-work service")
+	fs.StringVar(&c.PrisonHealthAddr, "prison-health-addr", "127.0.0.1:7111", "plaintext gRPC health address of the prison service (nothing else is served there)")
+	fs.StringVar(&c.ProbationHealthAddr, "probation-health-addr", "127.0.0.1:7112", "plaintext gRPC health address of the probation service")
+	fs.StringVar(&c.SocialWorkHealthAddr, "socialwork-health-addr", "127.0.0.1:7113", "plaintext gRPC health address of the social-work service")
+	c.GRPC.register(fs)
 	c.Handover.register(fs)
 	c.Log.register(fs, "console")
 	if err := parseFlags(fs, args, getenv); err != nil {
@@ -124,7 +200,29 @@ func parseDevConfig(args []string, getenv func(string) string, out io.Writer) (d
 	if c.DataDir == "" {
 		return c, errors.New("--data-dir: must not be empty")
 	}
-	return c, c.Handover.validate()
+	return c, errors.Join(c.GRPC.validate(), c.Handover.validate())
+}
+
+// certsConfig is `throughcare certs`: the local CA and certificates that dev uses.
+type certsConfig struct {
+	DataDir string
+}
+
+// CertsDir is where the certificates go: the same place as dev's.
+func (c certsConfig) CertsDir() string { return devConfig{DataDir: c.DataDir}.CertsDir() }
+
+func parseCertsConfig(args []string, getenv func(string) string, out io.Writer) (certsConfig, error) {
+	var c certsConfig
+	fs := flag.NewFlagSet("certs", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&c.DataDir, "data-dir", "./.throughcare", "data directory; the certificates go in its certs/")
+	if err := parseFlags(fs, args, getenv); err != nil {
+		return c, err
+	}
+	if c.DataDir == "" {
+		return c, errors.New("--data-dir: must not be empty")
+	}
+	return c, nil
 }
 
 type serveConfig struct {
@@ -133,11 +231,16 @@ type serveConfig struct {
 	NATSURL string
 	// NATSSeed is the agency user's nkey seed file; set, the service runs in its own
 	// NATS account (deploy/nats) and its inbox sources through imports.
-	NATSSeed string
-	Addr     string
-	Replicas int
-	Handover handoverFlags
-	Log      logConfig
+	NATSSeed   string
+	Addr       string
+	HealthAddr string
+	TLSCA      string
+	TLSCert    string
+	TLSKey     string
+	Replicas   int
+	GRPC       grpcFlags
+	Handover   handoverFlags
+	Log        logConfig
 }
 
 // agencies maps --service values to agencies.
@@ -154,8 +257,13 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	fs.StringVar(&c.Service, "service", "", "which agency's service: prison, probation or socialwork")
 	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
 	fs.StringVar(&c.NATSSeed, "nats-nkey-seed", "", "file holding the service's NATS user nkey seed (mode 0600); set when NATS runs an account per agency (deploy/nats)")
-	fs.StringVar(&c.Addr, "addr", ":7100", "gRPC listen address")
+	fs.StringVar(&c.Addr, "addr", ":7100", "gRPC listen address (mutual TLS)")
+	fs.StringVar(&c.HealthAddr, "health-addr", ":7110", "plaintext gRPC health address for probes, serving nothing else; empty for none")
+	fs.StringVar(&c.TLSCA, "tls-ca", "", "PEM file of the CA whose client certificates are accepted")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM file of the service's server certificate")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM file of the server certificate's key")
 	fs.IntVar(&c.Replicas, "replicas", 1, "JetStream replicas of the service's buckets (3 on a cluster)")
+	c.GRPC.register(fs)
 	c.Handover.register(fs)
 	c.Log.register(fs, "json")
 	if err := parseFlags(fs, args, getenv); err != nil {
@@ -169,7 +277,28 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	if c.Replicas < 1 || c.Replicas > 5 {
 		return c, fmt.Errorf("--replicas %d: want 1 to 5", c.Replicas)
 	}
-	return c, c.Handover.validate()
+	if err := c.validateTLS(); err != nil {
+		return c, err
+	}
+	return c, errors.Join(c.GRPC.validate(), c.Handover.validate())
+}
+
+// validateTLS wants all three files for mutual TLS, or none of them with --insecure.
+func (c serveConfig) validateTLS() error {
+	files := []struct{ flag, value, what string }{
+		{"tls-ca", c.TLSCA, "the CA whose client certificates are accepted"},
+		{"tls-cert", c.TLSCert, "the service's server certificate"},
+		{"tls-key", c.TLSKey, "the server certificate's key"},
+	}
+	for _, f := range files {
+		switch {
+		case c.GRPC.Insecure && f.value != "":
+			return fmt.Errorf("--%s with --insecure: choose mutual TLS or plaintext", f.flag)
+		case !c.GRPC.Insecure && f.value == "":
+			return fmt.Errorf("--%s (%s) is required: %s, PEM; or --insecure to serve plaintext", f.flag, envName(f.flag), f.what)
+		}
+	}
+	return nil
 }
 
 // parseFlags parses args, then fills every flag not given on the command line from its

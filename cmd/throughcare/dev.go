@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -14,8 +16,10 @@ import (
 	"go.uber.org/zap"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natsserver"
+	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // devSystem is everything `throughcare dev` runs in one process.
@@ -24,6 +28,8 @@ type devSystem struct {
 	nats     *server.Server
 	conns    []*nats.Conn
 	agencies []*agencyServer
+	// certs is the local PKI the agencies serve mutual TLS with; nil with --insecure.
+	certs *certs.Bundle
 }
 
 func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
@@ -32,8 +38,11 @@ func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	log.Info("starting throughcare dev", zap.String("data_dir", cfg.DataDir), zap.Int("nats_port", cfg.NATSPort), zap.Bool("nats_accounts", cfg.NATSAccounts),
-		zap.String("prison_addr", cfg.PrisonAddr), zap.String("probation_addr", cfg.ProbationAddr), zap.String("socialwork_addr", cfg.SocialWorkAddr))
+	log.Info("starting throughcare dev", zap.String("data_dir", cfg.DataDir), zap.Int("nats_port", cfg.NATSPort),
+		zap.String("prison_addr", cfg.PrisonAddr), zap.String("probation_addr", cfg.ProbationAddr), zap.String("socialwork_addr", cfg.SocialWorkAddr),
+		zap.String("prison_health_addr", cfg.PrisonHealthAddr), zap.String("probation_health_addr", cfg.ProbationHealthAddr),
+		zap.String("socialwork_health_addr", cfg.SocialWorkHealthAddr), zap.Bool("insecure", cfg.GRPC.Insecure),
+		zap.Duration("call_timeout", cfg.GRPC.CallTimeout), zap.Int("max_inflight_per_caller", cfg.GRPC.MaxInFlightPerCaller))
 
 	sys, err := startDev(ctx, log, cfg)
 	if err != nil {
@@ -45,18 +54,27 @@ func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
 	return sys.Stop()
 }
 
-// devCredentialsDir holds the nkey seeds of every NATS user, one 0600 file each.
-func devCredentialsDir(dataDir string) string { return filepath.Join(dataDir, "credentials") }
-
-// startDev starts the embedded NATS, then the three agency services on it. With
-// NATSAccounts (the default) the server runs one account per agency, configured as a
-// production server is (deploy/nats), and each agency connects with its own nkey.
+// startDev makes or loads the local certificates, starts the embedded NATS, then the
+// three agency services on it.
 func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, error) {
 	sharing, err := cfg.Handover.loadProtocol()
 	if err != nil {
 		return nil, err
 	}
+	var bundle *certs.Bundle
+	if cfg.GRPC.Insecure {
+		log.Warn(insecureWarning)
+	} else {
+		if bundle, err = certs.Ensure(cfg.CertsDir(), time.Now()); err != nil {
+			return nil, err
+		}
+		log.Info("certificates", zap.String("dir", bundle.Dir()), zap.String("ca_sha256", bundle.CAFingerprint()))
+	}
 	log.Info("sharing protocol", zap.String("protocol_id", sharing.ID()), zap.Uint32("version", sharing.Version()))
+	keyring, keys, err := signing.Ensure(filepath.Join(cfg.DataDir, "keys"), eventbus.Agencies, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("signing keys: %w", err)
+	}
 	ncfg := natsserver.Config{
 		Host:       "127.0.0.1",
 		Port:       cfg.NATSPort,
@@ -81,14 +99,14 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
-	sys := &devSystem{log: log, nats: ns}
+	sys := &devSystem{log: log, nats: ns, certs: bundle}
 	agencies := []struct {
-		agency throughcarev1.Agency
-		addr   string
+		agency           throughcarev1.Agency
+		addr, healthAddr string
 	}{
-		{throughcarev1.Agency_AGENCY_PRISON, cfg.PrisonAddr},
-		{throughcarev1.Agency_AGENCY_PROBATION, cfg.ProbationAddr},
-		{throughcarev1.Agency_AGENCY_SOCIAL_WORK, cfg.SocialWorkAddr},
+		{throughcarev1.Agency_AGENCY_PRISON, cfg.PrisonAddr, cfg.PrisonHealthAddr},
+		{throughcarev1.Agency_AGENCY_PROBATION, cfg.ProbationAddr, cfg.ProbationHealthAddr},
+		{throughcarev1.Agency_AGENCY_SOCIAL_WORK, cfg.SocialWorkAddr, cfg.SocialWorkHealthAddr},
 	}
 	streams := make([]jetstream.JetStream, len(agencies))
 	for i, a := range agencies {
@@ -114,29 +132,23 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		}
 	}
 	for i, a := range agencies {
-		hcfg := cfg.Handover.handoverConfig(a.agency, sharing, 1)
-		hcfg.Topology = topology
-		srv, err := startAgency(ctx, log, streams[i], hcfg, a.addr)
+		js := streams[i]
+		var serverTLS *tls.Config
+		if bundle != nil {
+			if serverTLS, err = bundle.ServerTLS(agencyName(a.agency)); err != nil {
+				return nil, errors.Join(err, sys.Stop())
+			}
+		}
+		hc := cfg.Handover.handoverConfig(a.agency, sharing, 1)
+		hc.SigningKey, hc.Keyring = keys[a.agency], keyring
+		hc.Topology = topology
+		srv, err := startAgency(ctx, log, js, hc, cfg.GRPC.listen(a.addr, a.healthAddr, serverTLS))
 		if err != nil {
 			return nil, errors.Join(err, sys.Stop())
 		}
 		sys.agencies = append(sys.agencies, srv)
 	}
 	return sys, nil
-}
-
-// writeDevNATSConf leaves the accounts configuration the embedded server runs with in the
-// data dir, for reading next to deploy/nats/nats-server.conf.
-func writeDevNATSConf(dataDir string, accounts natsserver.Accounts) error {
-	conf, err := accounts.Conf()
-	if err != nil {
-		return err
-	}
-	path := filepath.Join(dataDir, "nats-accounts.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
 
 // Stop shuts down in order: gRPC first (calls in flight finish), then the NATS connection
@@ -156,22 +168,65 @@ func (s *devSystem) stopNATS() {
 }
 
 func printDevBanner(w io.Writer, cfg devConfig, sys *devSystem) {
-	natsAccess := " (one shared account, no authentication)"
-	if cfg.NATSAccounts {
-		natsAccess = fmt.Sprintf(" (an account per agency; nkey seeds in %s)", devCredentialsDir(cfg.DataDir))
+	fmt.Fprintf(w, "\nthroughcare dev is running (data in %s)\n", cfg.DataDir)
+	for i, name := range []string{"prison", "probation", "social work"} {
+		a := sys.agencies[i]
+		health := "no health port"
+		if a.HealthAddr() != "" {
+			health = "health " + a.HealthAddr() + " (plaintext)"
+		}
+		fmt.Fprintf(w, "  %-12s %-16s %s\n", name, a.Addr(), health)
 	}
-	fmt.Fprintf(w, `
-throughcare dev is running (data in %s)
-  prison       %s
-  probation    %s
-  social work  %s
-  nats         %s%s
+	natsAccess := "one shared account, no authentication"
+	if cfg.NATSAccounts {
+		natsAccess = "an account per agency; nkey seeds in " + devCredentialsDir(cfg.DataDir)
+	}
+	fmt.Fprintf(w, "  %-12s %s (%s)\n", "nats", sys.nats.ClientURL(), natsAccess)
+	prison := sys.agencies[0].Addr()
+	if sys.certs == nil {
+		fmt.Fprintf(w, `
+gRPC is PLAINTEXT (--insecure): no certificates, no authorization.
 
 Try:
   grpcurl -plaintext %s list
   grpcurl -plaintext -d '{"page_size": 10}' %s throughcare.v1.PrisonService/ListReleaseCases
 
 Ctrl-C stops; the data stays for the next start.
-`, cfg.DataDir, sys.agencies[0].Addr(), sys.agencies[1].Addr(), sys.agencies[2].Addr(), sys.nats.ClientURL(), natsAccess,
-		sys.agencies[0].Addr(), sys.agencies[0].Addr())
+`, prison, prison)
+		return
+	}
+	fmt.Fprintf(w, `  %-12s %s (CA SHA-256 %s)
+
+gRPC is mutual TLS: each agency's own system calls with its client certificate,
+<certs>/<agency>/client.pem; operators with <certs>/operator/client.pem.
+
+Try, as the prison's system:
+  %s %s list
+  %s -d '{"page_size": 10}' %s throughcare.v1.PrisonService/ListReleaseCases
+
+Ctrl-C stops; the data and certificates stay for the next start.
+`, "certs", sys.certs.Dir(), sys.certs.CAFingerprint(), grpcurlTLS(sys.certs, "prison"), prison, grpcurlTLS(sys.certs, "prison"), prison)
+}
+
+// grpcurlTLS is grpcurl with identity's client certificate, trusting the bundle's CA.
+func grpcurlTLS(b *certs.Bundle, identity string) string {
+	cert, key := b.ClientFiles(identity)
+	return fmt.Sprintf("grpcurl -cacert %s -cert %s -key %s", b.CAFile(), cert, key)
+}
+
+// devCredentialsDir holds the nkey seeds of every NATS user, one 0600 file each.
+func devCredentialsDir(dataDir string) string { return filepath.Join(dataDir, "credentials") }
+
+// writeDevNATSConf leaves the accounts configuration the embedded server runs with in the
+// data dir, for reading next to deploy/nats/nats-server.conf.
+func writeDevNATSConf(dataDir string, accounts natsserver.Accounts) error {
+	conf, err := accounts.Conf()
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dataDir, "nats-accounts.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }

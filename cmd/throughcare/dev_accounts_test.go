@@ -17,6 +17,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 	"github.com/throughcare/throughcare/pkg/natstest"
+	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // TestDevRunsAnAccountPerAgency: `throughcare dev` generates credentials, runs the
@@ -69,17 +70,17 @@ func TestDevRunsAnAccountPerAgency(t *testing.T) {
 		t.Errorf("probation's credentials cannot open probation_cases: %v", err)
 	}
 
-	prison := throughcarev1.NewPrisonServiceClient(dial(t, sys.agencies[0].Addr()))
+	prison := throughcarev1.NewPrisonServiceClient(dialDev(t, sys, sys.agencies[0]))
 	rc := openCase(t, prison)
 	resp, err := prison.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: rc.GetCaseId(),
 		Recipient: probationAgency, Purpose: throughcarev1.Purpose_PURPOSE_SUPERVISION})
 	if err != nil {
 		t.Fatalf("refer: %v", err)
 	}
-	probation := throughcarev1.NewHandoverServiceClient(dial(t, sys.agencies[1].Addr()))
+	probation := throughcarev1.NewHandoverServiceClient(dialDev(t, sys, sys.agencies[1]))
 	waitState(t, probation, resp.GetHandover().GetHandoverId(), stateRetrieved)
 	// The first read at probation is a receipt, which travels back to the prison.
-	waitState(t, throughcarev1.NewHandoverServiceClient(dial(t, sys.agencies[0].Addr())), resp.GetHandover().GetHandoverId(), stateRetrieved)
+	waitState(t, throughcarev1.NewHandoverServiceClient(dialDev(t, sys, sys.agencies[0])), resp.GetHandover().GetHandoverId(), stateRetrieved)
 }
 
 // TestServeConnectsWithItsSeedIntoItsAccount runs `throughcare serve` against a server
@@ -87,8 +88,13 @@ func TestDevRunsAnAccountPerAgency(t *testing.T) {
 // prison's account, its inbox sourcing through the imports.
 func TestServeConnectsWithItsSeedIntoItsAccount(t *testing.T) {
 	srv := natstest.StartWithAgencies(t)
+	keys := t.TempDir()
+	if _, _, err := signing.Ensure(keys, eventbus.Agencies, time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	env := map[string]string{"THROUGHCARE_NATS_NKEY_SEED": srv.Creds.AgencySeedFile(prisonAgency)}
-	cfg, err := parseServeConfig([]string{"--service", "prison", "--nats-url", srv.URL(), "--addr", "127.0.0.1:0", "--log-level", "error"},
+	cfg, err := parseServeConfig([]string{"--service", "prison", "--nats-url", srv.URL(), "--addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0",
+		"--insecure", "--log-level", "error", "--signing-key", filepath.Join(keys, "prison.key"), "--keyring", filepath.Join(keys, "keyring.json")},
 		func(k string) string { return env[k] }, &strings.Builder{})
 	if err != nil {
 		t.Fatalf("parse: %v", err)
@@ -146,6 +152,7 @@ func TestDevWithoutAccountsSharesOneOpenAccount(t *testing.T) {
 	cfg, err := parseDevConfig([]string{
 		"--data-dir", dataDir, "--nats-port", "-1", "--nats-accounts=false",
 		"--prison-addr", "127.0.0.1:0", "--probation-addr", "127.0.0.1:0", "--socialwork-addr", "127.0.0.1:0",
+		"--prison-health-addr", "127.0.0.1:0", "--probation-health-addr", "127.0.0.1:0", "--socialwork-health-addr", "127.0.0.1:0",
 	}, func(string) string { return "" }, &strings.Builder{})
 	if err != nil {
 		t.Fatalf("parse dev config: %v", err)
@@ -172,12 +179,12 @@ func TestDevWithoutAccountsSharesOneOpenAccount(t *testing.T) {
 			t.Errorf("bucket %s in the shared account: %v", bucket, err)
 		}
 	}
-	prison := throughcarev1.NewPrisonServiceClient(dial(t, sys.agencies[0].Addr()))
+	prison := throughcarev1.NewPrisonServiceClient(dialDev(t, sys, sys.agencies[0]))
 	rc := openCase(t, prison)
 	resp, err := prison.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: rc.GetCaseId(),
 		Recipient: probationAgency, Purpose: throughcarev1.Purpose_PURPOSE_SUPERVISION})
 	if err != nil {
 		t.Fatalf("refer: %v", err)
 	}
-	waitState(t, throughcarev1.NewHandoverServiceClient(dial(t, sys.agencies[0].Addr())), resp.GetHandover().GetHandoverId(), stateDelivered)
+	waitState(t, throughcarev1.NewHandoverServiceClient(dialDev(t, sys, sys.agencies[0])), resp.GetHandover().GetHandoverId(), stateDelivered)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"slices"
@@ -17,13 +18,15 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/natstest"
+	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // Short names for the agencies, states and receipts the tests use most.
@@ -59,6 +62,8 @@ var allAgencies = []throughcarev1.Agency{prisonAgency, probationAgency, socialWo
 // enough for tests.
 func testHandoverConfig(agency throughcarev1.Agency) handover.Config {
 	c := handover.DefaultConfig(agency)
+	keyring, keys := testSigningKeys()
+	c.SigningKey, c.Keyring = keys[agency], keyring
 	c.Inbox.AckWait = 2 * time.Second
 	c.Inbox.BackOff = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond}
 	c.Inbox.MaxDeliver = 4
@@ -67,17 +72,47 @@ func testHandoverConfig(agency throughcarev1.Agency) handover.Config {
 	return c
 }
 
+// testSigningKeys are every agency's signing keys, made once for all the tests.
+var testSigningKeys = sync.OnceValues(func() (*signing.Keyring, map[throughcarev1.Agency]signing.Key) {
+	keyring := new(signing.Keyring)
+	keys := map[throughcarev1.Agency]signing.Key{}
+	for _, a := range allAgencies {
+		k, err := signing.GenerateKey(a, time.Now())
+		if err != nil {
+			panic(err) // crypto/rand does not fail
+		}
+		keys[a] = k
+		if err := keyring.Add(k.Public()); err != nil {
+			panic(err)
+		}
+	}
+	return keyring, keys
+})
+
 // systemOption changes how newSystem starts the system.
 type systemOption func(*systemOptions)
 
 type systemOptions struct {
-	tune  map[throughcarev1.Agency]func(*handover.Config)
-	level zapcore.Level
+	tune      map[throughcarev1.Agency]func(*handover.Config)
+	level     zapcore.Level
+	grpc      grpcFlags
+	innermost []grpc.UnaryServerInterceptor
 }
 
 // withConfig changes one agency's handover configuration.
 func withConfig(agency throughcarev1.Agency, tune func(*handover.Config)) systemOption {
 	return func(o *systemOptions) { o.tune[agency] = tune }
+}
+
+// withGRPC serves gRPC with flags in place of the shipped defaults.
+func withGRPC(flags grpcFlags) systemOption {
+	return func(o *systemOptions) { o.grpc = flags }
+}
+
+// withInnermost runs interceptors on every agency's server after authorization, next to
+// the handlers: a test holds calls there.
+func withInnermost(interceptors ...grpc.UnaryServerInterceptor) systemOption {
+	return func(o *systemOptions) { o.innermost = append(o.innermost, interceptors...) }
 }
 
 // withLogLevel sets the level of the test log, e.g. warn for the load tests, whose info
@@ -87,14 +122,16 @@ func withLogLevel(l zapcore.Level) systemOption {
 }
 
 // system is the three agency services on one embedded NATS, as `throughcare dev` runs
-// them: each agency in its own NATS account, each process with its own NATS connection
-// under its agency's credentials, served over real gRPC on loopback.
+// them, each with its own NATS connection and served over real gRPC on loopback.
 type system struct {
 	t    testing.TB
 	NATS *natstest.AgencyServer
 	// JS is the test's own connection per agency, with that agency's credentials, for
 	// looking at and writing to its streams directly.
 	JS map[throughcarev1.Agency]jetstream.JetStream
+	// Certs is the local PKI every agency serves mutual TLS with; every client below calls
+	// as its agency's own system.
+	Certs *certs.Bundle
 
 	Prison     throughcarev1.PrisonServiceClient
 	Probation  throughcarev1.ProbationServiceClient
@@ -107,6 +144,7 @@ type system struct {
 
 	log   *zap.Logger
 	cfg   map[throughcarev1.Agency]handover.Config
+	opts  systemOptions
 	mu    sync.Mutex
 	nodes map[throughcarev1.Agency][]*node
 }
@@ -123,7 +161,11 @@ type node struct {
 // newSystem starts NATS and the three agencies. Everything stops when the test ends.
 func newSystem(t testing.TB, opts ...systemOption) *system {
 	t.Helper()
-	o := systemOptions{tune: map[throughcarev1.Agency]func(*handover.Config){}, level: zapcore.InfoLevel}
+	o := systemOptions{
+		tune:  map[throughcarev1.Agency]func(*handover.Config){},
+		level: zapcore.InfoLevel,
+		grpc:  grpcFlags{CallTimeout: defaultCallTimeout, MaxInFlightPerCaller: defaultMaxInFlightPerCaller},
+	}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -135,7 +177,9 @@ func newSystem(t testing.TB, opts ...systemOption) *system {
 		Delivered: &deliveries{nodes: map[string][]string{}},
 		log:       zaptest.NewLogger(t, zaptest.Level(o.level)),
 		cfg:       map[throughcarev1.Agency]handover.Config{},
+		opts:      o,
 		nodes:     map[throughcarev1.Agency][]*node{},
+		Certs:     testCerts(t),
 	}
 	for _, a := range allAgencies {
 		sys.JS[a] = sys.NATS.JetStreamAs(t, a)
@@ -145,15 +189,15 @@ func newSystem(t testing.TB, opts ...systemOption) *system {
 			tune(&cfg)
 		}
 		sys.cfg[a] = cfg
-		// Every outbox before any inbox, as dev does, so no source starts on a missing stream.
+		// As dev does: every outbox first, so no inbox waits on a missing source.
 		if err := eventbus.SetupOutbox(testCtx(t), sys.JS[a], a, cfg.Limits); err != nil {
-			t.Fatalf("outbox of %s: %v", agencyName(a), err)
+			t.Fatalf("outbox %s: %v", a, err)
 		}
 	}
 	for _, a := range allAgencies {
 		n := sys.startNode(a, "127.0.0.1:0")
 		sys.nodes[a] = []*node{n}
-		conn := dialAgency(t, n.addr)
+		conn := dialAgency(t, n.addr, clientTLS(t, sys.Certs, agencyName(a), a))
 		sys.Handovers[a] = throughcarev1.NewHandoverServiceClient(conn)
 		switch a {
 		case prisonAgency:
@@ -167,12 +211,52 @@ func newSystem(t testing.TB, opts ...systemOption) *system {
 	return sys
 }
 
-// dialAgency connects to an agency's gRPC server. Calls wait for the server to be up and
-// reconnecting is quick, so a client outlives a restart of the server on the same address.
-func dialAgency(t testing.TB, addr string) *grpc.ClientConn {
+// testCerts is a fresh local PKI, as `throughcare certs` makes it.
+func testCerts(t testing.TB) *certs.Bundle {
+	t.Helper()
+	b, err := certs.Ensure(t.TempDir(), time.Now())
+	if err != nil {
+		t.Fatalf("certs: %v", err)
+	}
+	return b
+}
+
+// clientTLS is identity's client configuration (an agency's name or certs.Operator) from
+// b, for calling server's service: what an agency's system, or an operator, dials with.
+func clientTLS(t testing.TB, b *certs.Bundle, identity string, server throughcarev1.Agency) *tls.Config {
+	t.Helper()
+	cfg, err := b.ClientTLS(identity)
+	if err != nil {
+		t.Fatalf("client TLS of %s: %v", identity, err)
+	}
+	cfg.ServerName = agencyName(server)
+	return cfg
+}
+
+// serverTLS is agency's server configuration from b.
+func serverTLS(t testing.TB, b *certs.Bundle, agency throughcarev1.Agency) *tls.Config {
+	t.Helper()
+	cfg, err := b.ServerTLS(agencyName(agency))
+	if err != nil {
+		t.Fatalf("server TLS of %s: %v", agencyName(agency), err)
+	}
+	return cfg
+}
+
+// dialAs connects to agency's (first) service as identity: its own system, another
+// agency's or certs.Operator.
+func (s *system) dialAs(identity string, agency throughcarev1.Agency) *grpc.ClientConn {
+	s.t.Helper()
+	return dialAgency(s.t, s.nodes[agency][0].addr, clientTLS(s.t, s.Certs, identity, agency))
+}
+
+// dialAgency connects to an agency's gRPC server over mutual TLS. Calls wait for the
+// server to be up and reconnecting is quick, so a client outlives a restart of the server
+// on the same address.
+func dialAgency(t testing.TB, addr string, clientTLS *tls.Config) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 200 * time.Millisecond},
 			MinConnectTimeout: time.Second,
@@ -205,7 +289,9 @@ func (s *system) tryStartNode(agency throughcarev1.Agency, name, addr string) (*
 	log := s.log.With(zap.String("node", name)).WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewTee(c, deliveryCore{d: s.Delivered, node: name})
 	}))
-	srv, err := startAgency(s.t.Context(), log, js, s.cfg[agency], addr)
+	l := s.opts.grpc.listen(addr, "", serverTLS(s.t, s.Certs, agency))
+	l.innermost = s.opts.innermost
+	srv, err := startAgency(s.t.Context(), log, js, s.cfg[agency], l)
 	if err != nil {
 		js.Conn().Close()
 		return nil, err
@@ -263,7 +349,7 @@ func (s *system) StartReplica(agency throughcarev1.Agency) throughcarev1.Handove
 	s.mu.Lock()
 	s.nodes[agency] = append(s.nodes[agency], n)
 	s.mu.Unlock()
-	return throughcarev1.NewHandoverServiceClient(dialAgency(s.t, n.addr))
+	return throughcarev1.NewHandoverServiceClient(dialAgency(s.t, n.addr, clientTLS(s.t, s.Certs, agencyName(agency), agency)))
 }
 
 // RestartNATS stops the NATS server and starts it again on the same port and store, then
@@ -343,6 +429,11 @@ func (c deliveryCore) Write(_ zapcore.Entry, fields []zapcore.Field) error {
 	}
 	return nil
 }
+
+// crossAgencyWait bounds waiting for an event to reach another agency. An inbox created
+// before the outbox it sources (the prison's starts first) begins sourcing it only when
+// NATS retries, which in full runs was seen to take 10 to 13 seconds.
+const crossAgencyWait = 20 * time.Second
 
 // eventually polls cond until it holds, or fails the test with cond's last message.
 func eventually(t testing.TB, timeout time.Duration, cond func() (bool, string)) {

@@ -420,7 +420,7 @@ func TestRecipientDownDuringDelivery(t *testing.T) {
 	sys.Stop(probationAgency)
 	during := referAll(t, sys, cases[4:], probationAgency, 6)
 	// While probation is down the referrals wait in its inbox, not delivered.
-	waitInboxHolds(t, sys, probationAgency, uint64(len(cases)))
+	waitInboxReceived(t, sys, probationAgency, uint64(len(cases)))
 	for _, id := range during {
 		if h := getHandover(t, sys.Handovers[prisonAgency], id).GetHandover(); h.GetState() != stateReferred {
 			t.Errorf("handover %s while probation is down: got %s, want REFERRED", id, h.GetState())
@@ -435,15 +435,16 @@ func TestRecipientDownDuringDelivery(t *testing.T) {
 	checkDeliveredOnce(t, sys, probationAgency, all)
 }
 
-// waitInboxHolds waits until agency's inbox stream holds at least n messages.
-func waitInboxHolds(t testing.TB, sys *system, agency throughcarev1.Agency, n uint64) {
+// waitInboxReceived waits until agency's inbox stream has received at least n messages.
+// The inbox is a work queue, so it counts what arrived, not what it still holds.
+func waitInboxReceived(t testing.TB, sys *system, agency throughcarev1.Agency, n uint64) {
 	t.Helper()
 	eventually(t, 10*time.Second, func() (bool, string) {
 		info, err := streamInfo(t, sys, agency, eventbus.InboxStream(agency))
 		if err != nil {
 			return false, err.Error()
 		}
-		return info.State.Msgs >= n, fmt.Sprintf("%s holds %d messages, want %d", eventbus.InboxStream(agency), info.State.Msgs, n)
+		return info.State.LastSeq >= n, fmt.Sprintf("%s has received %d messages, want %d", eventbus.InboxStream(agency), info.State.LastSeq, n)
 	})
 }
 
@@ -528,7 +529,7 @@ func TestDuplicateEventIsProcessedOnce(t *testing.T) {
 			t.Fatalf("republish under a new msg id: got ack %+v, %v; want stored", ack, err)
 		}
 	}
-	waitInboxHolds(t, sys, probationAgency, 3)
+	waitInboxReceived(t, sys, probationAgency, 3)
 	waitInboxProcessed(t, sys, probationAgency)
 
 	if after := getHandover(t, probationH, id).GetHandover(); !proto.Equal(after, before) {
@@ -570,7 +571,7 @@ func TestDuplicateEventIsProcessedOnce(t *testing.T) {
 	if republished != 3 {
 		t.Errorf("probation's outbox held %d receipts, want 3", republished)
 	}
-	waitInboxHolds(t, sys, prisonAgency, uint64(2*republished))
+	waitInboxReceived(t, sys, prisonAgency, uint64(2*republished))
 	waitInboxProcessed(t, sys, prisonAgency)
 	if after := getHandover(t, prisonH, id).GetHandover(); !proto.Equal(after, senderView) {
 		t.Errorf("prison after duplicate receipts: got revision %d %v, want unchanged revision %d", after.GetRevision(), receiptTypes(after), senderView.GetRevision())
@@ -878,14 +879,14 @@ func TestOverdueAcknowledgementIsMarkedOnBothSides(t *testing.T) {
 	onTime := refer(t, sys, rc.GetCaseId(), socialWorkAgency, throughcarev1.Purpose_PURPOSE_POST_PENAL_ASSISTANCE).GetHandoverId()
 
 	overdue := &throughcarev1.ListHandoversRequest{OverdueOnly: true}
-	eventually(t, 10*time.Second, func() (bool, string) {
+	eventually(t, crossAgencyWait, func() (bool, string) {
 		overdue.Direction = incoming
 		list, err := tryListAll(ctx, probationH, overdue)
 		ok := err == nil && len(list) == 1 && list[0].GetHandoverId() == late && list[0].GetAcknowledgeOverdue() && !list[0].GetAcceptOverdue()
 		return ok, fmt.Sprintf("probation overdue: got %v, %v; want only %s with acknowledge_overdue", list, err, late)
 	})
 	var atPrison *throughcarev1.Handover
-	eventually(t, 10*time.Second, func() (bool, string) {
+	eventually(t, crossAgencyWait, func() (bool, string) {
 		atPrison = getHandover(t, prisonH, late).GetHandover()
 		return atPrison.GetAcknowledgeOverdue(), fmt.Sprintf("prison: handover %s acknowledge_overdue %v, receipts %v; want overdue", late, atPrison.GetAcknowledgeOverdue(), receiptTypes(atPrison))
 	})
@@ -966,7 +967,7 @@ func TestWatchReplaysEveryChangeOfABusyHandover(t *testing.T) {
 		}
 		qs := asked.GetHandover().GetInformationRequests()
 		requestID := qs[len(qs)-1].GetRequestId()
-		eventually(t, 10*time.Second, func() (bool, string) {
+		eventually(t, crossAgencyWait, func() (bool, string) {
 			h := getHandover(t, prisonH, id).GetHandover()
 			return findRequest(h, requestID) != nil, fmt.Sprintf("prison has not got question %d", i+1)
 		})

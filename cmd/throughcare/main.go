@@ -29,7 +29,8 @@ const usage = `usage: throughcare <command> [flags]
 
 commands:
   dev     run the whole system in one process: embedded NATS and the three agency services
-  serve   run one agency's service against an external NATS (--service, --nats-url)
+  serve   run one agency's service against an external NATS (--service, --nats-url, --tls-*)
+  certs   create the local CA and certificates that dev uses (in <data-dir>/certs), or show them
 
 Run 'throughcare <command> -h' for the flags of a command. Every flag can also be set with
 an environment variable: --data-dir is THROUGHCARE_DATA_DIR.
@@ -55,6 +56,12 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 			return err
 		}
 		return runServe(ctx, cfg)
+	case "certs":
+		cfg, err := parseCertsConfig(args[1:], getenv, stdout)
+		if err != nil {
+			return err
+		}
+		return runCerts(cfg, stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

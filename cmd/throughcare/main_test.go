@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -9,10 +12,15 @@ import (
 
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/certs"
+	"github.com/throughcare/throughcare/pkg/natstest"
+	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 func testDevConfig(t *testing.T, dataDir string) devConfig {
@@ -20,6 +28,7 @@ func testDevConfig(t *testing.T, dataDir string) devConfig {
 	cfg, err := parseDevConfig([]string{
 		"--data-dir", dataDir, "--nats-port", "-1",
 		"--prison-addr", "127.0.0.1:0", "--probation-addr", "127.0.0.1:0", "--socialwork-addr", "127.0.0.1:0",
+		"--prison-health-addr", "127.0.0.1:0", "--probation-health-addr", "127.0.0.1:0", "--socialwork-health-addr", "127.0.0.1:0",
 	}, func(string) string { return "" }, &strings.Builder{})
 	if err != nil {
 		t.Fatalf("parse dev config: %v", err)
@@ -27,7 +36,8 @@ func testDevConfig(t *testing.T, dataDir string) devConfig {
 	return cfg
 }
 
-func dial(t *testing.T, addr string) *grpc.ClientConn {
+// dialPlain connects without TLS: to a health port, or to a server run with --insecure.
+func dialPlain(t *testing.T, addr string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -37,8 +47,15 @@ func dial(t *testing.T, addr string) *grpc.ClientConn {
 	return conn
 }
 
+// dialDev connects to a dev agency as its own system, with the certificate dev made.
+func dialDev(t *testing.T, sys *devSystem, a *agencyServer) *grpc.ClientConn {
+	t.Helper()
+	return dialAgency(t, a.Addr(), clientTLS(t, sys.certs, agencyName(a.agency), a.agency))
+}
+
 // TestDevServesAllAgenciesAndKeepsDataAcrossRestart runs the system the README's run
-// command runs, on random ports, twice over the same data dir.
+// command runs, on random ports, twice over the same data dir: the certificates it made
+// at the first start serve the second.
 func TestDevServesAllAgenciesAndKeepsDataAcrossRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -49,12 +66,13 @@ func TestDevServesAllAgenciesAndKeepsDataAcrossRestart(t *testing.T) {
 		t.Fatalf("start dev: %v", err)
 	}
 	for _, a := range sys.agencies {
-		resp, err := healthpb.NewHealthClient(dial(t, a.Addr())).Check(ctx, &healthpb.HealthCheckRequest{})
+		resp, err := healthpb.NewHealthClient(dialDev(t, sys, a)).Check(ctx, &healthpb.HealthCheckRequest{})
 		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 			t.Fatalf("%s health: got %v, %v; want SERVING", agencyName(a.agency), resp.GetStatus(), err)
 		}
 	}
-	prison := throughcarev1.NewPrisonServiceClient(dial(t, sys.agencies[0].Addr()))
+	fingerprint := sys.certs.CAFingerprint()
+	prison := throughcarev1.NewPrisonServiceClient(dialDev(t, sys, sys.agencies[0]))
 	opened, err := prison.OpenReleaseCase(ctx, &throughcarev1.OpenReleaseCaseRequest{
 		Actor: "worker-1",
 		ReleaseCase: &throughcarev1.ReleaseCase{
@@ -74,7 +92,10 @@ func TestDevServesAllAgenciesAndKeepsDataAcrossRestart(t *testing.T) {
 		t.Fatalf("restart dev: %v", err)
 	}
 	defer sys.Stop()
-	prison = throughcarev1.NewPrisonServiceClient(dial(t, sys.agencies[0].Addr()))
+	if got := sys.certs.CAFingerprint(); got != fingerprint {
+		t.Errorf("CA after restart: got %s, want the first start's %s", got, fingerprint)
+	}
+	prison = throughcarev1.NewPrisonServiceClient(dialDev(t, sys, sys.agencies[0]))
 	got, err := prison.GetReleaseCase(ctx, &throughcarev1.GetReleaseCaseRequest{CaseId: opened.GetReleaseCase().GetCaseId()})
 	if err != nil {
 		t.Fatalf("get case after restart: %v", err)
@@ -110,10 +131,13 @@ func TestRunDevPrintsBannerAndStopsOnCancel(t *testing.T) {
 	var out syncBuffer
 	go func() {
 		done <- run(ctx, []string{"dev", "--data-dir", dir, "--nats-port", "-1", "--log-level", "warn",
-			"--prison-addr", "127.0.0.1:0", "--probation-addr", "127.0.0.1:0", "--socialwork-addr", "127.0.0.1:0"}, &out, func(string) string { return "" })
+			"--prison-addr", "127.0.0.1:0", "--probation-addr", "127.0.0.1:0", "--socialwork-addr", "127.0.0.1:0",
+			"--prison-health-addr", "127.0.0.1:0", "--probation-health-addr", "127.0.0.1:0", "--socialwork-health-addr", "127.0.0.1:0"}, &out, func(string) string { return "" })
 	}()
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(out.String(), "grpcurl -plaintext 127.0.0.1:") {
+	wantTry := "grpcurl -cacert " + filepath.Join(dir, "certs", "ca.pem") + " -cert " + filepath.Join(dir, "certs", "prison", "client.pem") +
+		" -key " + filepath.Join(dir, "certs", "prison", "client-key.pem") + " 127.0.0.1:"
+	for !strings.Contains(out.String(), wantTry) {
 		select {
 		case err := <-done:
 			t.Fatalf("run dev ended before serving: %v", err)
@@ -136,13 +160,23 @@ func TestRunDevPrintsBannerAndStopsOnCancel(t *testing.T) {
 }
 
 func TestConfigFlagsWinOverEnvironmentOverDefaults(t *testing.T) {
-	env := map[string]string{"THROUGHCARE_NATS_URL": "nats://env:4222", "THROUGHCARE_ADDR": ":9000", "THROUGHCARE_SERVICE": "probation"}
+	env := map[string]string{
+		"THROUGHCARE_NATS_URL": "nats://env:4222", "THROUGHCARE_ADDR": ":9000", "THROUGHCARE_SERVICE": "probation",
+		"THROUGHCARE_TLS_CA": "/etc/tc/ca.pem", "THROUGHCARE_TLS_CERT": "/etc/tc/tls.crt", "THROUGHCARE_TLS_KEY": "/etc/tc/tls.key",
+		"THROUGHCARE_MAX_INFLIGHT_PER_CALLER": "8",
+	}
 	cfg, err := parseServeConfig([]string{"--addr", ":8000"}, func(k string) string { return env[k] }, &strings.Builder{})
 	if err != nil {
 		t.Fatalf("parse: %v", err)
 	}
 	if cfg.Addr != ":8000" || cfg.NATSURL != "nats://env:4222" || cfg.Agency != throughcarev1.Agency_AGENCY_PROBATION || cfg.Replicas != 1 {
 		t.Errorf("got %+v; want addr from flag, nats url and service from env, replicas default", cfg)
+	}
+	if cfg.TLSCA != "/etc/tc/ca.pem" || cfg.TLSCert != "/etc/tc/tls.crt" || cfg.TLSKey != "/etc/tc/tls.key" || cfg.GRPC.Insecure {
+		t.Errorf("got TLS %q %q %q insecure %v; want the files from env, mutual TLS", cfg.TLSCA, cfg.TLSCert, cfg.TLSKey, cfg.GRPC.Insecure)
+	}
+	if cfg.HealthAddr != ":7110" || cfg.GRPC.CallTimeout != 30*time.Second || cfg.GRPC.MaxInFlightPerCaller != 8 {
+		t.Errorf("got health %q, call timeout %s, max in flight %d; want :7110, 30s by default, 8 from env", cfg.HealthAddr, cfg.GRPC.CallTimeout, cfg.GRPC.MaxInFlightPerCaller)
 	}
 }
 
@@ -155,6 +189,12 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{[]string{"--service", "police"}, nil, "--service"},
 		{nil, map[string]string{"THROUGHCARE_SERVICE": "prison", "THROUGHCARE_REPLICAS": "many"}, "THROUGHCARE_REPLICAS"},
 		{[]string{"--service", "prison", "--replicas", "9"}, nil, "--replicas"},
+		{[]string{"--service", "prison"}, nil, "--tls-ca (THROUGHCARE_TLS_CA) is required"},
+		{[]string{"--service", "prison", "--tls-ca", "ca.pem", "--tls-key", "k.pem"}, nil, "--tls-cert (THROUGHCARE_TLS_CERT) is required"},
+		{[]string{"--service", "prison", "--tls-ca", "ca.pem", "--tls-cert", "c.pem"}, nil, "--tls-key"},
+		{[]string{"--service", "prison", "--insecure", "--tls-cert", "c.pem"}, nil, "--tls-cert with --insecure"},
+		{[]string{"--service", "prison", "--insecure", "--max-inflight-per-caller", "0"}, nil, "--max-inflight-per-caller"},
+		{[]string{"--service", "prison", "--insecure", "--call-timeout", "0s"}, nil, "--call-timeout"},
 	} {
 		_, err := parseServeConfig(tc.args, func(k string) string { return tc.env[k] }, &strings.Builder{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -167,5 +207,93 @@ func TestRedactURLsHidesCredentials(t *testing.T) {
 	got := redactURLs("nats://alice:secret@a:4222,nats://tok3n@b:4222,nats://c:4222")
 	if strings.Contains(got, "secret") || strings.Contains(got, "tok3n") || strings.Contains(got, "alice") || !strings.Contains(got, "c:4222") {
 		t.Errorf("redactURLs = %q; want credentials hidden and hosts kept", got)
+	}
+}
+
+// freeAddr is a loopback address nothing listens on, for a command that takes an address.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	_ = lis.Close()
+	return addr
+}
+
+// TestServeRunsOneAgencyOverMutualTLS runs `throughcare serve` as a pod would, with the
+// certificate files from a mounted secret: its own system is answered, another agency is
+// refused, and probes get health in plaintext.
+func TestServeRunsOneAgencyOverMutualTLS(t *testing.T) {
+	ns := natstest.Start(t)
+	b := testCerts(t)
+	serverCert, serverKey := b.ServerFiles("prison")
+	keys := t.TempDir()
+	if _, _, err := signing.Ensure(keys, allAgencies, time.Now()); err != nil {
+		t.Fatalf("signing keys: %v", err)
+	}
+	addr, healthAddr := freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--service", "prison", "--nats-url", ns.URL(), "--log-level", "warn",
+			"--addr", addr, "--health-addr", healthAddr,
+			"--signing-key", filepath.Join(keys, "prison.key"), "--keyring", filepath.Join(keys, "keyring.json")}, &strings.Builder{}, func(k string) string {
+			return map[string]string{"THROUGHCARE_TLS_CA": b.CAFile(), "THROUGHCARE_TLS_CERT": serverCert, "THROUGHCARE_TLS_KEY": serverKey}[k]
+		})
+	}()
+	callCtx := testCtx(t)
+	health := healthpb.NewHealthClient(dialPlain(t, healthAddr))
+	eventually(t, 20*time.Second, func() (bool, string) {
+		select {
+		case err := <-done:
+			t.Fatalf("serve ended before serving: %v", err)
+		default:
+		}
+		resp, err := health.Check(callCtx, &healthpb.HealthCheckRequest{})
+		return resp.GetStatus() == healthpb.HealthCheckResponse_SERVING, fmt.Sprintf("health on %s: %v, %v", healthAddr, resp.GetStatus(), err)
+	})
+	prison := throughcarev1.NewAuditServiceClient(dialAgency(t, addr, clientTLS(t, b, "prison", prisonAgency)))
+	if _, err := prison.VerifyLedger(callCtx, &throughcarev1.VerifyLedgerRequest{}); err != nil {
+		t.Errorf("the prison's own system: %v", err)
+	}
+	probation := throughcarev1.NewAuditServiceClient(dialAgency(t, addr, clientTLS(t, b, "probation", prisonAgency)))
+	if _, err := probation.VerifyLedger(callCtx, &throughcarev1.VerifyLedgerRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("probation at the prison's service: got %v, want PermissionDenied", err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop within 30s of cancel")
+	}
+}
+
+// TestCertsCommandMakesTheSetOnceAndShowsIt runs `throughcare certs` twice: the second run
+// shows the set the first made, and dev then serves with it.
+func TestCertsCommandMakesTheSetOnceAndShowsIt(t *testing.T) {
+	dir := t.TempDir()
+	var first, second strings.Builder
+	for _, out := range []*strings.Builder{&first, &second} {
+		if err := run(t.Context(), []string{"certs", "--data-dir", dir}, out, func(string) string { return "" }); err != nil {
+			t.Fatalf("certs: %v", err)
+		}
+	}
+	b, err := certs.Ensure(filepath.Join(dir, "certs"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, _ := b.ClientFiles("prison")
+	for _, want := range []string{b.CAFingerprint(), clientCert, certs.OperatorURI} {
+		if !strings.Contains(second.String(), want) {
+			t.Errorf("second run's output does not show %s:\n%s", want, second.String())
+		}
+	}
+	if first.String() != second.String() {
+		t.Errorf("the second run shows another set:\n%s\nwant\n%s", second.String(), first.String())
 	}
 }

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 )
@@ -20,27 +22,40 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	}
 	defer func() { _ = log.Sync() }()
 	log.Info("starting throughcare serve", zap.String("service", cfg.Service), zap.String("nats_url", redactURLs(cfg.NATSURL)),
-		zap.String("addr", cfg.Addr), zap.Int("replicas", cfg.Replicas))
+		zap.String("addr", cfg.Addr), zap.String("health_addr", cfg.HealthAddr), zap.Int("replicas", cfg.Replicas),
+		zap.String("tls_ca", cfg.TLSCA), zap.String("tls_cert", cfg.TLSCert), zap.String("tls_key", cfg.TLSKey), zap.Bool("insecure", cfg.GRPC.Insecure),
+		zap.Duration("call_timeout", cfg.GRPC.CallTimeout), zap.Int("max_inflight_per_caller", cfg.GRPC.MaxInFlightPerCaller))
+	var serverTLS *tls.Config
+	if cfg.GRPC.Insecure {
+		log.Warn(insecureWarning)
+	} else if serverTLS, err = certs.LoadServerTLS(cfg.TLSCA, cfg.TLSCert, cfg.TLSKey); err != nil {
+		return fmt.Errorf("mutual TLS (--tls-ca, --tls-cert, --tls-key): %w", err)
+	}
 
 	sharing, err := cfg.Handover.loadProtocol()
 	if err != nil {
 		return err
 	}
 	log.Info("sharing protocol", zap.String("protocol_id", sharing.ID()), zap.Uint32("version", sharing.Version()))
+	key, keyring, err := cfg.Handover.loadSigning(cfg.Agency)
+	if err != nil {
+		return err
+	}
 	opts := []nats.Option{
 		nats.Name("throughcare-" + cfg.Service),
 		nats.MaxReconnects(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", zap.Error(err)) }),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", zap.String("url", redactURLs(c.ConnectedUrl()))) }),
 	}
-	hcfg := cfg.Handover.handoverConfig(cfg.Agency, sharing, cfg.Replicas)
+	hc := cfg.Handover.handoverConfig(cfg.Agency, sharing, cfg.Replicas)
+	hc.SigningKey, hc.Keyring = key, keyring
 	if cfg.NATSSeed != "" {
 		auth, err := natsserver.AgencyConnectOptions(cfg.Agency, cfg.NATSSeed)
 		if err != nil {
 			return err
 		}
 		opts = append(opts, auth...)
-		hcfg.Topology = eventbus.AccountPerAgency
+		hc.Topology = eventbus.AccountPerAgency
 	}
 	nc, err := nats.Connect(cfg.NATSURL, opts...)
 	if err != nil {
@@ -51,7 +66,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	srv, err := startAgency(ctx, log, js, hcfg, cfg.Addr)
+	srv, err := startAgency(ctx, log, js, hc, cfg.GRPC.listen(cfg.Addr, cfg.HealthAddr, serverTLS))
 	if err != nil {
 		return err
 	}

@@ -72,7 +72,8 @@ func (c ConsumerConfig) backoff(delivery uint64) time.Duration {
 }
 
 // DeadLetters keeps the messages an agency could never process: metadata only, never the
-// payload. The messages themselves stay in their stream for inspection.
+// payload (the inbox, a work queue, forgets the message itself; the sender's outbox keeps
+// what was sent).
 type DeadLetters struct {
 	store *records.Store[*throughcarev1.DeadLetter]
 }

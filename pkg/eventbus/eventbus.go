@@ -125,8 +125,9 @@ func External(source, recipient throughcarev1.Agency) ExternalSource {
 }
 
 // Setup creates or updates the agency's outbox and inbox, with every agency in one
-// account. The inbox sources the other agencies' outboxes even before they exist:
-// sourcing waits for them.
+// account. The inbox sources the other agencies' outboxes even before they exist, but the
+// server then retries only every ten seconds or so: where one process starts several
+// agencies, SetupOutbox them all first.
 func Setup(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits) error {
 	return SetupTopology(ctx, js, agency, limits, SharedAccount)
 }
@@ -141,11 +142,14 @@ func SetupTopology(ctx context.Context, js jetstream.JetStream, agency throughca
 		Name:        InboxStream(agency),
 		Description: "events other agencies send to " + Token(agency),
 		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardNew,
-		MaxBytes:    limits.MaxBytes,
-		MaxAge:      limits.MaxAge,
-		Replicas:    limits.Replicas,
+		// A work queue forgets a message once it is handled (stored, or refused and
+		// dead-lettered): the inbox keeps nothing the agency was told to forget or
+		// refused to hold. The sender's outbox keeps what was sent.
+		Retention: jetstream.WorkQueuePolicy,
+		Discard:   jetstream.DiscardNew,
+		MaxBytes:  limits.MaxBytes,
+		MaxAge:    limits.MaxAge,
+		Replicas:  limits.Replicas,
 	}
 	for _, other := range Agencies {
 		if other != agency {
@@ -163,9 +167,7 @@ func SetupTopology(ctx context.Context, js jetstream.JetStream, agency throughca
 	return nil
 }
 
-// SetupOutbox creates or updates the agency's outbox alone. Creating every outbox before
-// any inbox spares the inboxes' sources a failed first attempt, after which the server
-// waits seconds before trying again.
+// SetupOutbox creates or updates the stream the agency publishes its events to.
 func SetupOutbox(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits) error {
 	outbox := jetstream.StreamConfig{
 		Name:        OutboxStream(agency),

@@ -1,10 +1,13 @@
 // Package grpcserver builds the gRPC server every agency service runs on: one interceptor
-// chain (recovery, logging, error mapping, validation, then the caller's own), health and
-// reflection. The mapping from domain errors to status codes lives here and nowhere else.
+// chain (recovery, logging, error mapping, authentication, limits, validation, then the
+// caller's own: authorization), health and reflection, and a plaintext port that serves
+// health alone. The mapping from domain errors to status codes lives here and nowhere else.
 package grpcserver
 
 import (
 	"fmt"
+	"net"
+	"time"
 
 	"buf.build/go/protovalidate"
 	"go.uber.org/zap"
@@ -25,15 +28,29 @@ type Config struct {
 	MaxRecvMsgSize int
 	// Creds secures the transport; nil serves plaintext.
 	Creds credentials.TransportCredentials
+	// IdentifyCallers requires every call but a health check to come with a verified
+	// client certificate naming a throughcare identity, and hands the caller on (see
+	// Identify). It runs after error mapping and before validation, so that a stranger
+	// learns nothing about the shape of a valid request.
+	IdentifyCallers bool
+	// MaxInFlightPerCaller bounds the unary calls one caller may have in flight; one more
+	// is refused with ResourceExhausted, so that a flood from one caller does not starve
+	// the others. 0 means no bound. Without IdentifyCallers every call is one caller's.
+	MaxInFlightPerCaller int
+	// CallTimeout caps how long a unary call may run, whatever deadline its client set
+	// (or did not set); 0 means no cap. Streams are not capped: a watch lasts.
+	CallTimeout time.Duration
 	// Unary and Stream run after validation, innermost: authorization and the like.
 	Unary  []grpc.UnaryServerInterceptor
 	Stream []grpc.StreamServerInterceptor
 }
 
-// Server is a gRPC server with health and reflection registered.
+// Server is a gRPC server with health and reflection registered, and a second,
+// plaintext server that shares its health and serves nothing else (see ServeHealth).
 type Server struct {
 	*grpc.Server
-	Health *health.Server
+	Health     *health.Server
+	healthOnly *grpc.Server
 }
 
 // New returns a server with the standard interceptor chain. Register services on it, then
@@ -46,18 +63,21 @@ func New(log *zap.Logger, cfg Config) (*Server, error) {
 	if cfg.MaxRecvMsgSize == 0 {
 		cfg.MaxRecvMsgSize = DefaultMaxRecvMsgSize
 	}
-	unary := append([]grpc.UnaryServerInterceptor{
-		recoverUnary(log),
-		logUnary(log),
-		mapErrorsUnary(log),
-		validateUnary(validator),
-	}, cfg.Unary...)
-	stream := append([]grpc.StreamServerInterceptor{
-		recoverStream(log),
-		logStream(log),
-		mapErrorsStream(log),
-		validateStream(validator),
-	}, cfg.Stream...)
+	unary := []grpc.UnaryServerInterceptor{recoverUnary(log), logUnary(log), mapErrorsUnary(log)}
+	stream := []grpc.StreamServerInterceptor{recoverStream(log), logStream(log), mapErrorsStream(log)}
+	if cfg.IdentifyCallers {
+		identifyUnary, identifyStream := Identify()
+		unary = append(unary, identifyUnary)
+		stream = append(stream, identifyStream)
+	}
+	if cfg.MaxInFlightPerCaller > 0 {
+		unary = append(unary, LimitPerCaller(cfg.MaxInFlightPerCaller))
+	}
+	if cfg.CallTimeout > 0 {
+		unary = append(unary, CapDuration(cfg.CallTimeout))
+	}
+	unary = append(append(unary, validateUnary(validator)), cfg.Unary...)
+	stream = append(append(stream, validateStream(validator)), cfg.Stream...)
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.ChainUnaryInterceptor(unary...),
@@ -66,10 +86,25 @@ func New(log *zap.Logger, cfg Config) (*Server, error) {
 	if cfg.Creds != nil {
 		opts = append(opts, grpc.Creds(cfg.Creds))
 	}
-	s := &Server{Server: grpc.NewServer(opts...), Health: health.NewServer()}
+	s := &Server{
+		Server: grpc.NewServer(opts...),
+		Health: health.NewServer(),
+		// A health check is a few bytes; nothing bigger has any business on this port.
+		healthOnly: grpc.NewServer(grpc.MaxRecvMsgSize(maxHealthMsgSize)),
+	}
 	healthpb.RegisterHealthServer(s.Server, s.Health)
 	reflection.Register(s.Server)
+	healthpb.RegisterHealthServer(s.healthOnly, s.Health)
 	return s, nil
+}
+
+const maxHealthMsgSize = 4 << 10
+
+// ServeHealth serves the health service, and nothing else, in plaintext on lis until
+// Stop: Kubernetes gRPC probes cannot present a client certificate. It answers as the
+// main server's health does, since both share Health. It returns nil once stopped.
+func (s *Server) ServeHealth(lis net.Listener) error {
+	return s.healthOnly.Serve(lis)
 }
 
 // SetServing marks every registered service, and the server as a whole, as serving.
@@ -80,8 +115,10 @@ func (s *Server) SetServing() {
 	}
 }
 
-// Stop marks the server not serving, lets calls in flight finish, then stops.
+// Stop marks the server not serving, lets calls in flight finish, then stops, and stops
+// the health port with it.
 func (s *Server) Stop() {
 	s.Health.Shutdown()
 	s.GracefulStop()
+	s.healthOnly.Stop()
 }

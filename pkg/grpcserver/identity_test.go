@@ -78,12 +78,12 @@ func startPrison(t *testing.T, b *certs.Bundle) (string, *auditStub) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	identifyUnary, identifyStream := grpcserver.Identify()
 	authorizeUnary, authorizeStream := grpcserver.OwnAgencyOnly(prison, []string{getProtocol})
 	srv, err := grpcserver.New(zaptest.NewLogger(t), grpcserver.Config{
-		Creds:  credentials.NewTLS(serverTLS),
-		Unary:  []grpc.UnaryServerInterceptor{identifyUnary, authorizeUnary},
-		Stream: []grpc.StreamServerInterceptor{identifyStream, authorizeStream},
+		Creds:           credentials.NewTLS(serverTLS),
+		IdentifyCallers: true,
+		Unary:           []grpc.UnaryServerInterceptor{authorizeUnary},
+		Stream:          []grpc.StreamServerInterceptor{authorizeStream},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -28,6 +28,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
+	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // Config is one agency's handover settings.
@@ -52,6 +53,12 @@ type Config struct {
 	SourceAlerts eventbus.SourceAlerts
 	// Protocol decides what may flow; every agency runs the same one.
 	Protocol Policy
+	// SigningKey signs every event this agency sends.
+	SigningKey signing.Key
+	// Keyring holds every agency's public keys, old ones included, to verify what arrives.
+	Keyring *signing.Keyring
+	// ReplayWindow is how old an arriving event may be; older ones are refused as replays.
+	ReplayWindow time.Duration
 }
 
 // Policy is the sharing protocol as handovers use it; *protocol.Protocol is the one
@@ -79,6 +86,7 @@ func DefaultConfig(agency throughcarev1.Agency) Config {
 		Limits:               eventbus.DefaultLimits,
 		SourceAlerts:         eventbus.DefaultSourceAlerts,
 		Protocol:             protocol.Default(),
+		ReplayWindow:         30 * 24 * time.Hour,
 	}
 }
 
@@ -92,6 +100,8 @@ type Service struct {
 	cases     *cases.Store
 	dead      *eventbus.DeadLetters
 	ledger    *ledger.Ledger
+	verifier  *signing.Verifier
+	replays   *signing.ReplayGuard
 	now       func() time.Time
 	// closing ends open watches at shutdown, so a graceful stop does not wait on them.
 	closing   chan struct{}
@@ -114,6 +124,9 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 	if cfg.Protocol == nil {
 		return nil, errors.New("handover: no sharing protocol")
 	}
+	if cfg.SigningKey.Agency != cfg.Agency || cfg.Keyring == nil {
+		return nil, fmt.Errorf("handover: %s needs its own signing key and the agencies' keyring", name)
+	}
 	if err := eventbus.SetupTopology(ctx, js, cfg.Agency, cfg.Limits, cfg.Topology); err != nil {
 		return nil, err
 	}
@@ -130,6 +143,11 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 	if err != nil {
 		return nil, err
 	}
+	// Clocks drift: an event may seem to come from up to five minutes ahead.
+	replays, err := signing.NewReplayGuard(ctx, js, name+"_seen_events", cfg.ReplayWindow, 5*time.Minute, nil)
+	if err != nil {
+		return nil, err
+	}
 	cfg.Inbox.Stream = eventbus.InboxStream(cfg.Agency)
 	cfg.Inbox.Durable = name + "-inbox"
 	return &Service{
@@ -140,6 +158,8 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 		cases:     caseStore,
 		dead:      dead,
 		ledger:    book,
+		verifier:  signing.NewVerifier(cfg.Keyring),
+		replays:   replays,
 		now:       time.Now,
 		closing:   make(chan struct{}),
 	}, nil

@@ -18,12 +18,16 @@ import (
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
+	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // handleIncoming processes one event from another agency. Every branch is idempotent.
 func (s *Service) handleIncoming(ctx context.Context, msg jetstream.Msg) error {
 	ev, err := eventbus.Decode(msg.Subject(), msg.Headers(), msg.Data())
 	if err != nil {
+		return err
+	}
+	if err := s.authenticate(ctx, ev); err != nil {
 		return err
 	}
 	if ev.GetRecipient() != s.cfg.Agency {
@@ -221,7 +225,9 @@ func (s *Service) receiveConsentWithdrawn(ctx context.Context, ev *throughcarev1
 		return eventbus.Permanent(fmt.Errorf("event %s: handover %s was not sent by %s", ev.GetEventId(), h.GetHandoverId(), ev.GetSource()))
 	}
 	var purged []throughcarev1.DataCategory
+	var person []byte
 	err = s.updateCase(ctx, ev.GetCaseId(), func(rc *throughcarev1.ReleaseCase) {
+		person = personHash(rc)
 		purged = protocol.Purge(rc, withdrawn.GetCategories())
 		for _, c := range rc.GetConsents() {
 			if c.GetRecipient() == s.cfg.Agency && slices.Contains(withdrawn.GetCategories(), c.GetCategory()) && c.GetWithdrawnTime() == nil {
@@ -245,6 +251,7 @@ func (s *Service) receiveConsentWithdrawn(ctx context.Context, ev *throughcarev1
 		Actor:              ev.GetActor(),
 		Time:               timestampNow(s.now),
 		Note:               fmt.Sprintf("consent withdrawn: purged %v from the copy of case %s", withdrawn.GetCategories(), ev.GetCaseId()),
+		PersonHash:         person,
 	}
 	if _, err := s.ledger.Append(ctx, entry, "purged/"+ev.GetEventId()); err != nil {
 		return fmt.Errorf("record purge for event %s: %w", ev.GetEventId(), err)
@@ -307,6 +314,9 @@ func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
 	for _, ev := range rec.GetOutbox() {
 		if err := s.disclose(ctx, ev); err != nil {
 			return err
+		}
+		if err := signing.Sign(ev, s.cfg.SigningKey); err != nil {
+			return eventbus.Permanent(err)
 		}
 		if err := eventbus.Publish(ctx, s.js, ev); err != nil {
 			return err

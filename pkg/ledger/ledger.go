@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
@@ -112,8 +113,9 @@ func Open(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agen
 	return &Ledger{js: js, stream: stream, name: cfg.Name, subject: cfg.Subjects[0]}, nil
 }
 
-// Append chains d onto the ledger and returns the stored entry, with Sequence and
-// EntryHash set; d itself is not modified. dedupeID names the disclosure (e.g.
+// Append chains d onto the ledger and returns the stored entry, with Sequence, Time and
+// EntryHash set; d itself is not modified. The time is taken in sequence order, so entry
+// times never run backwards along the chain. dedupeID names the disclosure (e.g.
 // "shared/"+event id): an append retried with the same id within ten minutes, say after a
 // crash, is stored once and returns the entry stored the first time.
 func (l *Ledger) Append(ctx context.Context, d *throughcarev1.Disclosure, dedupeID string) (*throughcarev1.Disclosure, error) {
@@ -133,6 +135,7 @@ func (l *Ledger) Append(ctx context.Context, d *throughcarev1.Disclosure, dedupe
 		}
 		entry := proto.CloneOf(d)
 		entry.Sequence = l.tailSeq + 1
+		entry.Time = timestamppb.Now()
 		entry.EntryHash = nil
 		hash, err := entryHash(l.tailHash, entry)
 		if err != nil {

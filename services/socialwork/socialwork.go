@@ -4,93 +4,54 @@ package socialwork
 
 import (
 	"context"
-	"errors"
-	"time"
 
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/cases"
-	"github.com/throughcare/throughcare/pkg/fault"
 )
 
-// Handovers is this agency's side of the handover protocol (package handover): what its
-// system may read of the copies it holds, and sharing plans back.
-type Handovers interface {
-	Readable(ctx context.Context, copies ...*throughcarev1.ReleaseCase) ([]*throughcarev1.ReleaseCase, error)
-	SharePlan(ctx context.Context, actor, caseID string, plan *throughcarev1.PlanShared) error
-}
+// Handovers is social work's side of the handover protocol that its service calls.
+type Handovers = cases.Sharing
 
 // Server implements throughcare.v1.SocialWorkService.
 type Server struct {
 	throughcarev1.UnimplementedSocialWorkServiceServer
-	log       *zap.Logger
-	cases     *cases.Store
-	handovers Handovers
-	now       func() time.Time
+	log    *zap.Logger
+	copies *cases.Copies
 }
 
 var _ throughcarev1.SocialWorkServiceServer = (*Server)(nil)
 
-// New returns the social-work service over its store of received cases and its side of the handovers.
+// New returns the social-work service over its store of received cases and its side of the
+// handovers.
 func New(log *zap.Logger, store *cases.Store, handovers Handovers) *Server {
-	return &Server{log: log, cases: store, handovers: handovers, now: time.Now}
+	return &Server{log: log, copies: cases.NewCopies(store, handovers)}
 }
 
 func (s *Server) GetAssistanceCase(ctx context.Context, req *throughcarev1.GetAssistanceCaseRequest) (*throughcarev1.GetAssistanceCaseResponse, error) {
-	rc, err := s.cases.Get(ctx, req.GetCaseId())
+	rc, err := s.copies.Get(ctx, req.GetCaseId())
 	if err != nil {
 		return nil, err
 	}
-	readable, err := s.handovers.Readable(ctx, rc)
-	if err != nil {
-		return nil, err
-	}
-	return &throughcarev1.GetAssistanceCaseResponse{ReleaseCase: readable[0]}, nil
+	return &throughcarev1.GetAssistanceCaseResponse{ReleaseCase: rc}, nil
 }
 
 func (s *Server) ListAssistanceCases(ctx context.Context, req *throughcarev1.ListAssistanceCasesRequest) (*throughcarev1.ListAssistanceCasesResponse, error) {
-	page, next, err := s.cases.List(ctx, cases.Filter{State: req.GetState()}, req.GetPageSize(), req.GetPageToken())
+	page, next, err := s.copies.List(ctx, req.GetState(), req.GetPageSize(), req.GetPageToken())
 	if err != nil {
-		return nil, err
-	}
-	if page, err = s.handovers.Readable(ctx, page...); err != nil {
 		return nil, err
 	}
 	return &throughcarev1.ListAssistanceCasesResponse{ReleaseCases: page, NextPageToken: next}, nil
 }
 
-// RecordAssistancePlan shares the assistance plan back along the accepted handover of the case, then
-// keeps it on this agency's copy. Recording it again replaces it and shares it again.
+// RecordAssistancePlan shares the assistance plan with the prison along the accepted
+// handover, then keeps it on social work's copy.
 func (s *Server) RecordAssistancePlan(ctx context.Context, req *throughcarev1.RecordAssistancePlanRequest) (*throughcarev1.RecordAssistancePlanResponse, error) {
-	rc, err := s.cases.Get(ctx, req.GetCaseId())
+	rc, err := s.copies.RecordPlan(ctx, req.GetActor(), req.GetCaseId(), &throughcarev1.PlanShared{AssistancePlan: req.GetAssistancePlan()})
 	if err != nil {
 		return nil, err
 	}
-	// Sharing first: a case with no accepted handover is refused before anything changes.
-	if err := s.handovers.SharePlan(ctx, req.GetActor(), rc.GetCaseId(), &throughcarev1.PlanShared{AssistancePlan: req.GetAssistancePlan()}); err != nil {
-		return nil, err
-	}
-	for {
-		rc.AssistancePlan = req.GetAssistancePlan()
-		rc.UpdateTime = timestamppb.New(s.now())
-		updated, err := s.cases.Update(ctx, rc, rc.GetRevision())
-		if errors.Is(err, fault.ErrConflict) {
-			// An incoming event changed the case meanwhile: apply the plan to the new one.
-			if rc, err = s.cases.Get(ctx, req.GetCaseId()); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		s.log.Info("assistance plan recorded", zap.String("case_id", rc.GetCaseId()), zap.String("actor", req.GetActor()))
-		readable, err := s.handovers.Readable(ctx, updated)
-		if err != nil {
-			return nil, err
-		}
-		return &throughcarev1.RecordAssistancePlanResponse{ReleaseCase: readable[0]}, nil
-	}
+	s.log.Info("assistance plan recorded", zap.String("case_id", rc.GetCaseId()), zap.String("actor", req.GetActor()))
+	return &throughcarev1.RecordAssistancePlanResponse{ReleaseCase: rc}, nil
 }

@@ -222,7 +222,8 @@ type Disclosure struct {
 	ProtocolVersion    uint32                 `protobuf:"varint,11,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
 	Actor              string                 `protobuf:"bytes,12,opt,name=actor,proto3" json:"actor,omitempty"`
 	Time               *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=time,proto3" json:"time,omitempty"`
-	// SHA-256 of the payload as sent.
+	// SHA-256 of the event as sent, without its signature and key id: the bytes the
+	// signature covers.
 	PayloadHash []byte `protobuf:"bytes,14,opt,name=payload_hash,json=payloadHash,proto3" json:"payload_hash,omitempty"`
 	// SHA-256 of the previous entry's hash and this entry.
 	EntryHash []byte         `protobuf:"bytes,15,opt,name=entry_hash,json=entryHash,proto3" json:"entry_hash,omitempty"`
