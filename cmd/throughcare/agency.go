@@ -19,6 +19,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/cases"
 	"github.com/throughcare/throughcare/pkg/grpcserver"
 	"github.com/throughcare/throughcare/pkg/handover"
+	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/records"
 	"github.com/throughcare/throughcare/services/prison"
@@ -81,7 +82,7 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	srv, err := grpcserver.New(log, serverConfig(agency, l))
+	srv, err := grpcserver.New(log, serverConfig(agency, l, recordWrite(agency, handovers.Ledger())))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -131,7 +132,9 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 // serverConfig is the agency's gRPC server: with mutual TLS, every caller is identified by
 // its certificate and only the agency's own system (and operators, on operatorMethods)
 // gets through.
-func serverConfig(agency throughcarev1.Agency, l listen) grpcserver.Config {
+// Every write must declare its purpose, and is recorded in the agency's ledger with its
+// actor and purpose once it succeeds.
+func serverConfig(agency throughcarev1.Agency, l listen, record func(context.Context, grpcserver.Write) error) grpcserver.Config {
 	cfg := grpcserver.Config{CallTimeout: l.CallTimeout, MaxInFlightPerCaller: l.MaxInFlightPerCaller}
 	if l.TLS != nil {
 		authorizeUnary, authorizeStream := grpcserver.OwnAgencyOnly(agency, operatorMethods)
@@ -140,8 +143,32 @@ func serverConfig(agency throughcarev1.Agency, l listen) grpcserver.Config {
 		cfg.Unary = []grpc.UnaryServerInterceptor{authorizeUnary}
 		cfg.Stream = []grpc.StreamServerInterceptor{authorizeStream}
 	}
+	cfg.Unary = append(cfg.Unary, grpcserver.RequirePurpose(), grpcserver.AuditWrites(record))
 	cfg.Unary = append(cfg.Unary, l.innermost...)
 	return cfg
+}
+
+// recordWrite appends a write to the agency's ledger: the method, the actor and the
+// purpose, and the case or handover it touched.
+func recordWrite(agency throughcarev1.Agency, book *ledger.Ledger) func(context.Context, grpcserver.Write) error {
+	return func(ctx context.Context, w grpcserver.Write) error {
+		note := "write " + w.Method
+		if w.HandoverID != "" {
+			note += " on handover " + w.HandoverID
+		}
+		_, err := book.Append(ctx, &throughcarev1.Disclosure{
+			Kind:    throughcarev1.DisclosureKind_DISCLOSURE_KIND_WRITE,
+			CaseId:  w.CaseID,
+			Sender:  agency,
+			Purpose: w.Purpose,
+			Actor:   w.Actor,
+			Note:    note,
+		}, "write/"+ids.New(ids.Event))
+		if err != nil {
+			return fmt.Errorf("record %s in the ledger: %w", w.Method, err)
+		}
+		return nil
+	}
 }
 
 // Addr is where the agency's gRPC server listens.

@@ -3,16 +3,19 @@ package main
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/grpcserver"
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/signing"
@@ -136,5 +139,57 @@ func TestUnauthenticEventsAreRefusedAndRecorded(t *testing.T) {
 	}
 	if v, err := book.Verify(ctx); err != nil || !v.GetIntact() {
 		t.Errorf("social work's ledger: %v, %v; want intact", v, err)
+	}
+}
+
+// TestWritesDeclareTheirPurposeAndAreRecorded: a write without a purpose is refused,
+// naming the header, and changes nothing; a write with one is recorded in the agency's
+// ledger with its actor and purpose. Reads need no purpose.
+func TestWritesDeclareTheirPurposeAndAreRecorded(t *testing.T) {
+	sys := newSystem(t)
+	ctx := testCtx(t)
+	casesNow := func() int {
+		t.Helper()
+		resp, err := sys.Prison.ListReleaseCases(ctx, &throughcarev1.ListReleaseCasesRequest{PageSize: 500})
+		if err != nil {
+			t.Fatalf("list cases: %v", err)
+		}
+		return len(resp.GetReleaseCases())
+	}
+	before := casesNow()
+
+	for _, purpose := range []string{"", "PURPOSE_UNSPECIFIED", "surveillance"} {
+		callCtx := metadata.AppendToOutgoingContext(ctx, grpcserver.PurposeHeader, purpose)
+		if purpose == "" {
+			callCtx = metadata.NewOutgoingContext(ctx, metadata.Pairs(grpcserver.PurposeHeader, "")) // the client adds none over an empty one
+		}
+		_, err := sys.Prison.OpenReleaseCase(callCtx, &throughcarev1.OpenReleaseCaseRequest{Actor: "prison-worker-1", ReleaseCase: fullReleaseCase(1)})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), grpcserver.PurposeHeader) {
+			t.Errorf("open with purpose %q: got %v, want InvalidArgument naming %s", purpose, err, grpcserver.PurposeHeader)
+		}
+	}
+	if got := casesNow(); got != before {
+		t.Fatalf("refused writes stored cases: %d, want %d", got, before)
+	}
+
+	opened, err := sys.Prison.OpenReleaseCase(metadata.AppendToOutgoingContext(ctx, grpcserver.PurposeHeader, "PURPOSE_POST_PENAL_ASSISTANCE"),
+		&throughcarev1.OpenReleaseCaseRequest{Actor: "prison-worker-7", ReleaseCase: fullReleaseCase(2)})
+	if err != nil {
+		t.Fatalf("open with a purpose: %v", err)
+	}
+	caseID := opened.GetReleaseCase().GetCaseId()
+	entries, err := auditClient(t, sys, prisonAgency).ListDisclosures(ctx, &throughcarev1.ListDisclosuresRequest{CaseId: caseID})
+	if err != nil {
+		t.Fatalf("list disclosures: %v", err)
+	}
+	var writes []*throughcarev1.Disclosure
+	for _, d := range entries.GetDisclosures() {
+		if d.GetKind() == throughcarev1.DisclosureKind_DISCLOSURE_KIND_WRITE {
+			writes = append(writes, d)
+		}
+	}
+	if len(writes) != 1 || writes[0].GetActor() != "prison-worker-7" || writes[0].GetPurpose() != purposeAssistance ||
+		!strings.Contains(writes[0].GetNote(), "OpenReleaseCase") {
+		t.Errorf("ledger writes for case %s: got %v; want one OpenReleaseCase by prison-worker-7 for post-penal assistance", caseID, writes)
 	}
 }

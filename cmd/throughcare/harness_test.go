@@ -19,11 +19,13 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/grpcserver"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/natstest"
 	"github.com/throughcare/throughcare/pkg/signing"
@@ -250,6 +252,14 @@ func (s *system) dialAs(identity string, agency throughcarev1.Agency) *grpc.Clie
 	return dialAgency(s.t, s.nodes[agency][0].addr, clientTLS(s.t, s.Certs, identity, agency))
 }
 
+// declarePurpose adds the purpose every write must carry, unless the call set one itself.
+func declarePurpose(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if md, _ := metadata.FromOutgoingContext(ctx); len(md.Get(grpcserver.PurposeHeader)) == 0 {
+		ctx = metadata.AppendToOutgoingContext(ctx, grpcserver.PurposeHeader, "PURPOSE_SUPERVISION")
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
 // dialAgency connects to an agency's gRPC server over mutual TLS. Calls wait for the
 // server to be up and reconnecting is quick, so a client outlives a restart of the server
 // on the same address.
@@ -261,7 +271,8 @@ func dialAgency(t testing.TB, addr string, clientTLS *tls.Config) *grpc.ClientCo
 			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 200 * time.Millisecond},
 			MinConnectTimeout: time.Second,
 		}),
-		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)))
+		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)),
+		grpc.WithUnaryInterceptor(declarePurpose))
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}

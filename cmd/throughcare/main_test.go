@@ -39,7 +39,7 @@ func testDevConfig(t *testing.T, dataDir string) devConfig {
 // dialPlain connects without TLS: to a health port, or to a server run with --insecure.
 func dialPlain(t *testing.T, addr string) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithUnaryInterceptor(declarePurpose))
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}

@@ -37,7 +37,7 @@ import (
 // made, so that a refused handshake shows as Unavailable instead of a wait.
 func dialOnce(t *testing.T, addr string, creds credentials.TransportCredentials) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithUnaryInterceptor(declarePurpose))
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}

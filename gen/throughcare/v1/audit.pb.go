@@ -36,6 +36,8 @@ const (
 	DisclosureKind_DISCLOSURE_KIND_EXPIRED DisclosureKind = 3
 	// This agency refused an event carrying data the protocol does not allow it.
 	DisclosureKind_DISCLOSURE_KIND_REFUSED DisclosureKind = 4
+	// A case worker changed this agency's records: the method in note, with actor and purpose.
+	DisclosureKind_DISCLOSURE_KIND_WRITE DisclosureKind = 5
 )
 
 // Enum value maps for DisclosureKind.
@@ -46,6 +48,7 @@ var (
 		2: "DISCLOSURE_KIND_PURGED",
 		3: "DISCLOSURE_KIND_EXPIRED",
 		4: "DISCLOSURE_KIND_REFUSED",
+		5: "DISCLOSURE_KIND_WRITE",
 	}
 	DisclosureKind_value = map[string]int32{
 		"DISCLOSURE_KIND_UNSPECIFIED": 0,
@@ -53,6 +56,7 @@ var (
 		"DISCLOSURE_KIND_PURGED":      2,
 		"DISCLOSURE_KIND_EXPIRED":     3,
 		"DISCLOSURE_KIND_REFUSED":     4,
+		"DISCLOSURE_KIND_WRITE":       5,
 	}
 )
 
@@ -636,13 +640,14 @@ const file_throughcare_v1_audit_proto_rawDesc = "" +
 	"\aproblem\x18\x04 \x01(\tB\x04\xd0\xf3\x18\x01R\aproblem\"\x1b\n" +
 	"\x19GetSharingProtocolRequest\"_\n" +
 	"\x1aGetSharingProtocolResponse\x12A\n" +
-	"\bprotocol\x18\x01 \x01(\v2\x1f.throughcare.v1.SharingProtocolB\x04\xd0\xf3\x18\x01R\bprotocol*\xa3\x01\n" +
+	"\bprotocol\x18\x01 \x01(\v2\x1f.throughcare.v1.SharingProtocolB\x04\xd0\xf3\x18\x01R\bprotocol*\xbe\x01\n" +
 	"\x0eDisclosureKind\x12\x1f\n" +
 	"\x1bDISCLOSURE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DISCLOSURE_KIND_SHARED\x10\x01\x12\x1a\n" +
 	"\x16DISCLOSURE_KIND_PURGED\x10\x02\x12\x1b\n" +
 	"\x17DISCLOSURE_KIND_EXPIRED\x10\x03\x12\x1b\n" +
-	"\x17DISCLOSURE_KIND_REFUSED\x10\x042\xba\x02\n" +
+	"\x17DISCLOSURE_KIND_REFUSED\x10\x04\x12\x19\n" +
+	"\x15DISCLOSURE_KIND_WRITE\x10\x052\xba\x02\n" +
 	"\fAuditService\x12b\n" +
 	"\x0fListDisclosures\x12&.throughcare.v1.ListDisclosuresRequest\x1a'.throughcare.v1.ListDisclosuresResponse\x12Y\n" +
 	"\fVerifyLedger\x12#.throughcare.v1.VerifyLedgerRequest\x1a$.throughcare.v1.VerifyLedgerResponse\x12k\n" +
