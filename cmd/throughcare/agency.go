@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/cases"
+	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/grpcserver"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/ids"
@@ -63,16 +63,11 @@ type agencyServer struct {
 	handovers      *handover.Service
 }
 
-// agencyName is the agency as it appears in bucket names, logs and flags.
-func agencyName(a throughcarev1.Agency) string {
-	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(a.String(), "AGENCY_")), "_", "")
-}
-
 // startAgency opens the agency's stores and streams, registers its services, starts
 // processing events and serves gRPC as l says.
 func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, hcfg handover.Config, l listen) (*agencyServer, error) {
 	agency := hcfg.Agency
-	name := agencyName(agency)
+	name := eventbus.Token(agency)
 	log = log.With(zap.String("agency", name))
 	store, err := cases.Open(ctx, js, name+"_cases", records.WithReplicas(hcfg.Limits.Replicas))
 	if err != nil {

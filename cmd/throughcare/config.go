@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/signing"
@@ -243,13 +244,6 @@ type serveConfig struct {
 	Log        logConfig
 }
 
-// agencies maps --service values to agencies.
-var agencies = map[string]throughcarev1.Agency{
-	"prison":     throughcarev1.Agency_AGENCY_PRISON,
-	"probation":  throughcarev1.Agency_AGENCY_PROBATION,
-	"socialwork": throughcarev1.Agency_AGENCY_SOCIAL_WORK,
-}
-
 func parseServeConfig(args []string, getenv func(string) string, out io.Writer) (serveConfig, error) {
 	var c serveConfig
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -269,7 +263,7 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	if err := parseFlags(fs, args, getenv); err != nil {
 		return c, err
 	}
-	agency, ok := agencies[c.Service]
+	agency, ok := eventbus.AgencyOf(c.Service)
 	if !ok {
 		return c, fmt.Errorf("--service %q: want prison, probation or socialwork", c.Service)
 	}

@@ -110,7 +110,7 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 	}
 	streams := make([]jetstream.JetStream, len(agencies))
 	for i, a := range agencies {
-		opts := []nats.Option{nats.Name("throughcare-dev-" + agencyName(a.agency)), nats.MaxReconnects(-1)}
+		opts := []nats.Option{nats.Name("throughcare-dev-" + eventbus.Token(a.agency)), nats.MaxReconnects(-1)}
 		if cfg.NATSAccounts {
 			auth, err := creds.ConnectOptions(a.agency)
 			if err != nil {
@@ -120,7 +120,7 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		}
 		nc, err := nats.Connect(ns.ClientURL(), opts...)
 		if err != nil {
-			return nil, errors.Join(fmt.Errorf("connect %s to embedded nats: %w", agencyName(a.agency), err), sys.Stop())
+			return nil, errors.Join(fmt.Errorf("connect %s to embedded nats: %w", eventbus.Token(a.agency), err), sys.Stop())
 		}
 		sys.conns = append(sys.conns, nc)
 		if streams[i], err = jetstream.New(nc); err != nil {
@@ -128,14 +128,14 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		}
 		// Every outbox before any inbox, so no inbox source starts on a missing stream.
 		if err := eventbus.SetupOutbox(ctx, streams[i], a.agency, cfg.Handover.handoverConfig(a.agency, sharing, 1).Limits); err != nil {
-			return nil, errors.Join(fmt.Errorf("%s: %w", agencyName(a.agency), err), sys.Stop())
+			return nil, errors.Join(fmt.Errorf("%s: %w", eventbus.Token(a.agency), err), sys.Stop())
 		}
 	}
 	for i, a := range agencies {
 		js := streams[i]
 		var serverTLS *tls.Config
 		if bundle != nil {
-			if serverTLS, err = bundle.ServerTLS(agencyName(a.agency)); err != nil {
+			if serverTLS, err = bundle.ServerTLS(eventbus.Token(a.agency)); err != nil {
 				return nil, errors.Join(err, sys.Stop())
 			}
 		}

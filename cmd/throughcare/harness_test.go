@@ -199,7 +199,7 @@ func newSystem(t testing.TB, opts ...systemOption) *system {
 	for _, a := range allAgencies {
 		n := sys.startNode(a, "127.0.0.1:0")
 		sys.nodes[a] = []*node{n}
-		conn := dialAgency(t, n.addr, clientTLS(t, sys.Certs, agencyName(a), a))
+		conn := dialAgency(t, n.addr, clientTLS(t, sys.Certs, eventbus.Token(a), a))
 		sys.Handovers[a] = throughcarev1.NewHandoverServiceClient(conn)
 		switch a {
 		case prisonAgency:
@@ -231,16 +231,16 @@ func clientTLS(t testing.TB, b *certs.Bundle, identity string, server throughcar
 	if err != nil {
 		t.Fatalf("client TLS of %s: %v", identity, err)
 	}
-	cfg.ServerName = agencyName(server)
+	cfg.ServerName = eventbus.Token(server)
 	return cfg
 }
 
 // serverTLS is agency's server configuration from b.
 func serverTLS(t testing.TB, b *certs.Bundle, agency throughcarev1.Agency) *tls.Config {
 	t.Helper()
-	cfg, err := b.ServerTLS(agencyName(agency))
+	cfg, err := b.ServerTLS(eventbus.Token(agency))
 	if err != nil {
-		t.Fatalf("server TLS of %s: %v", agencyName(agency), err)
+		t.Fatalf("server TLS of %s: %v", eventbus.Token(agency), err)
 	}
 	return cfg
 }
@@ -285,7 +285,7 @@ func dialAgency(t testing.TB, addr string, clientTLS *tls.Config) *grpc.ClientCo
 func (s *system) startNode(agency throughcarev1.Agency, addr string) *node {
 	s.t.Helper()
 	s.mu.Lock()
-	name := fmt.Sprintf("%s-%d", agencyName(agency), len(s.nodes[agency])+1)
+	name := fmt.Sprintf("%s-%d", eventbus.Token(agency), len(s.nodes[agency])+1)
 	s.mu.Unlock()
 	n, err := s.tryStartNode(agency, name, addr)
 	if err != nil {
@@ -360,7 +360,7 @@ func (s *system) StartReplica(agency throughcarev1.Agency) throughcarev1.Handove
 	s.mu.Lock()
 	s.nodes[agency] = append(s.nodes[agency], n)
 	s.mu.Unlock()
-	return throughcarev1.NewHandoverServiceClient(dialAgency(s.t, n.addr, clientTLS(s.t, s.Certs, agencyName(agency), agency)))
+	return throughcarev1.NewHandoverServiceClient(dialAgency(s.t, n.addr, clientTLS(s.t, s.Certs, eventbus.Token(agency), agency)))
 }
 
 // RestartNATS stops the NATS server and starts it again on the same port and store, then

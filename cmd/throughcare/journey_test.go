@@ -467,7 +467,7 @@ func waitInboxProcessed(t testing.TB, sys *system, agency throughcarev1.Agency) 
 		if err != nil {
 			return false, err.Error()
 		}
-		cons, err := sys.JS[agency].Consumer(testCtx(t), eventbus.InboxStream(agency), agencyName(agency)+"-inbox")
+		cons, err := sys.JS[agency].Consumer(testCtx(t), eventbus.InboxStream(agency), eventbus.Token(agency)+"-inbox")
 		if err != nil {
 			return false, err.Error()
 		}

@@ -19,6 +19,7 @@ import (
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/certs"
+	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natstest"
 	"github.com/throughcare/throughcare/pkg/signing"
 )
@@ -50,7 +51,7 @@ func dialPlain(t *testing.T, addr string) *grpc.ClientConn {
 // dialDev connects to a dev agency as its own system, with the certificate dev made.
 func dialDev(t *testing.T, sys *devSystem, a *agencyServer) *grpc.ClientConn {
 	t.Helper()
-	return dialAgency(t, a.Addr(), clientTLS(t, sys.certs, agencyName(a.agency), a.agency))
+	return dialAgency(t, a.Addr(), clientTLS(t, sys.certs, eventbus.Token(a.agency), a.agency))
 }
 
 // TestDevServesAllAgenciesAndKeepsDataAcrossRestart runs the system the README's run
@@ -68,7 +69,7 @@ func TestDevServesAllAgenciesAndKeepsDataAcrossRestart(t *testing.T) {
 	for _, a := range sys.agencies {
 		resp, err := healthpb.NewHealthClient(dialDev(t, sys, a)).Check(ctx, &healthpb.HealthCheckRequest{})
 		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-			t.Fatalf("%s health: got %v, %v; want SERVING", agencyName(a.agency), resp.GetStatus(), err)
+			t.Fatalf("%s health: got %v, %v; want SERVING", eventbus.Token(a.agency), resp.GetStatus(), err)
 		}
 	}
 	fingerprint := sys.certs.CAFingerprint()

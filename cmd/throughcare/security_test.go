@@ -31,6 +31,7 @@ import (
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/certs"
+	"github.com/throughcare/throughcare/pkg/eventbus"
 )
 
 // dialOnce connects with creds and fails calls at once when the connection cannot be
@@ -391,7 +392,7 @@ func TestHealthPortServesHealthAloneInPlaintext(t *testing.T) {
 		for _, service := range []string{"", "throughcare.v1.HandoverService"} {
 			resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: service})
 			if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-				t.Errorf("%s health of %q on %s: got %v, %v; want SERVING", agencyName(a.agency), service, a.HealthAddr(), resp.GetStatus(), err)
+				t.Errorf("%s health of %q on %s: got %v, %v; want SERVING", eventbus.Token(a.agency), service, a.HealthAddr(), resp.GetStatus(), err)
 			}
 		}
 	}

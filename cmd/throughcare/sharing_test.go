@@ -804,7 +804,7 @@ func inboxEvents(t testing.TB, sys *system, agency throughcarev1.Agency) []inbox
 // auditClient is the AuditService of agency's first process.
 func auditClient(t testing.TB, sys *system, agency throughcarev1.Agency) throughcarev1.AuditServiceClient {
 	t.Helper()
-	return throughcarev1.NewAuditServiceClient(sys.dialAs(agencyName(agency), agency))
+	return throughcarev1.NewAuditServiceClient(sys.dialAs(eventbus.Token(agency), agency))
 }
 
 // listDisclosures lists every ledger entry req matches, over every page.
@@ -948,20 +948,20 @@ func categoriesIn(m proto.Message) []throughcarev1.DataCategory {
 func storedCopy(t testing.TB, sys *system, agency throughcarev1.Agency, caseID string) (*throughcarev1.ReleaseCase, bool) {
 	t.Helper()
 	ctx := testCtx(t)
-	kv, err := sys.JS[agency].KeyValue(ctx, agencyName(agency)+"_cases")
+	kv, err := sys.JS[agency].KeyValue(ctx, eventbus.Token(agency)+"_cases")
 	if err != nil {
-		t.Fatalf("%s cases bucket: %v", agencyName(agency), err)
+		t.Fatalf("%s cases bucket: %v", eventbus.Token(agency), err)
 	}
 	entry, err := kv.Get(ctx, caseID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, false
 	}
 	if err != nil {
-		t.Fatalf("%s: read case %s: %v", agencyName(agency), caseID, err)
+		t.Fatalf("%s: read case %s: %v", eventbus.Token(agency), caseID, err)
 	}
 	rc := new(throughcarev1.ReleaseCase)
 	if err := proto.Unmarshal(entry.Value(), rc); err != nil {
-		t.Fatalf("%s: decode case %s: %v", agencyName(agency), caseID, err)
+		t.Fatalf("%s: decode case %s: %v", eventbus.Token(agency), caseID, err)
 	}
 	return rc, true
 }
@@ -970,20 +970,20 @@ func storedCopy(t testing.TB, sys *system, agency throughcarev1.Agency, caseID s
 func checkNoHistory(t testing.TB, sys *system, agency throughcarev1.Agency, caseID string) {
 	t.Helper()
 	ctx := testCtx(t)
-	kv, err := sys.JS[agency].KeyValue(ctx, agencyName(agency)+"_cases")
+	kv, err := sys.JS[agency].KeyValue(ctx, eventbus.Token(agency)+"_cases")
 	if err != nil {
-		t.Fatalf("%s cases bucket: %v", agencyName(agency), err)
+		t.Fatalf("%s cases bucket: %v", eventbus.Token(agency), err)
 	}
 	history, err := kv.History(ctx, caseID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return
 	}
 	if err != nil {
-		t.Fatalf("%s: history of case %s: %v", agencyName(agency), caseID, err)
+		t.Fatalf("%s: history of case %s: %v", eventbus.Token(agency), caseID, err)
 	}
 	for _, e := range history {
 		if e.Operation() == jetstream.KeyValuePut || len(e.Value()) > 0 {
-			t.Errorf("%s: case %s still has revision %d with %d bytes in its history", agencyName(agency), caseID, e.Revision(), len(e.Value()))
+			t.Errorf("%s: case %s still has revision %d with %d bytes in its history", eventbus.Token(agency), caseID, e.Revision(), len(e.Value()))
 		}
 	}
 }

@@ -46,6 +46,16 @@ func Token(a throughcarev1.Agency) string {
 	return ""
 }
 
+// AgencyOf is the agency a token names, the inverse of Token.
+func AgencyOf(token string) (throughcarev1.Agency, bool) {
+	for _, a := range Agencies {
+		if Token(a) == token {
+			return a, true
+		}
+	}
+	return throughcarev1.Agency_AGENCY_UNSPECIFIED, false
+}
+
 // OutboxStream and InboxStream name an agency's streams.
 func OutboxStream(a throughcarev1.Agency) string { return "OUTBOX_" + strings.ToUpper(Token(a)) }
 func InboxStream(a throughcarev1.Agency) string  { return "INBOX_" + strings.ToUpper(Token(a)) }
