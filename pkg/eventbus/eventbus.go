@@ -136,8 +136,9 @@ func External(source, recipient throughcarev1.Agency) ExternalSource {
 
 // Setup creates or updates the agency's outbox and inbox, with every agency in one
 // account. The inbox sources the other agencies' outboxes even before they exist, but the
-// server then retries only every ten seconds or so: where one process starts several
-// agencies, SetupOutbox them all first.
+// server then retries a missing one only after 12s, backing off by 10s a failure up to 2
+// minutes: where one process starts several agencies, SetupOutbox them all first. What
+// such an outbox stores meanwhile is delayed, not lost (see OptStartSeq below).
 func Setup(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits) error {
 	return SetupTopology(ctx, js, agency, limits, SharedAccount)
 }
@@ -163,7 +164,16 @@ func SetupTopology(ctx context.Context, js jetstream.JetStream, agency throughca
 	}
 	for _, other := range Agencies {
 		if other != agency {
-			src := &jetstream.StreamSource{Name: OutboxStream(other), FilterSubject: outboxFilter(other, agency)}
+			// OptStartSeq 1: a source the inbox has no sequence for yet (it never
+			// delivered, or the server restarted before it did) starts at the beginning
+			// of the outbox. Without it nats-server starts such a source at the time of
+			// the inbox's last message whenever the inbox's first sequence is above 1,
+			// which a work queue reaches with the first message it handles: whatever
+			// the outbox stored before that time is skipped for good, at lag 0
+			// (trySetupSourceConsumer, server/stream.go). A source that has delivered
+			// resumes after its last sequence, which the inbox keeps even when the
+			// messages are gone, so this replays nothing.
+			src := &jetstream.StreamSource{Name: OutboxStream(other), FilterSubject: outboxFilter(other, agency), OptStartSeq: 1}
 			if topology == AccountPerAgency {
 				ext := External(other, agency)
 				src.External = &jetstream.ExternalStream{APIPrefix: ext.APIPrefix, DeliverPrefix: ext.DeliverPrefix}
