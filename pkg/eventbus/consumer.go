@@ -87,20 +87,18 @@ func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, bucket string,
 	return &DeadLetters{store: s}, nil
 }
 
-// List returns up to limit dead letters after the key afterKey, oldest first, and the key
-// of the last one returned when more follow.
-func (d *DeadLetters) List(ctx context.Context, afterKey string, limit int) ([]*throughcarev1.DeadLetter, string, error) {
-	var page []*throughcarev1.DeadLetter
-	var last, next string
-	err := d.store.List(ctx, afterKey, func(key string, dl *throughcarev1.DeadLetter, _ uint64) (bool, error) {
-		if len(page) == limit {
-			next = last
-			return false, nil
-		}
-		page, last = append(page, dl), key
-		return true, nil
-	})
-	return page, next, err
+// List returns up to limit dead letters recorded after the bucket revision afterRevision,
+// oldest first, and the revision to resume after when more may follow (0 at the end).
+func (d *DeadLetters) List(ctx context.Context, afterRevision uint64, limit int) ([]*throughcarev1.DeadLetter, uint64, error) {
+	recs, resume, err := d.store.Records(ctx, afterRevision, limit)
+	if err != nil {
+		return nil, 0, err
+	}
+	page := make([]*throughcarev1.DeadLetter, len(recs))
+	for i, r := range recs {
+		page[i] = r.Msg
+	}
+	return page, resume, nil
 }
 
 func (d *DeadLetters) add(ctx context.Context, stream string, dl *throughcarev1.DeadLetter) error {

@@ -109,7 +109,7 @@ func (b *bus) consume(t *testing.T, handle eventbus.Handler) (stop func()) {
 // deadLetters lists every dead letter.
 func (b *bus) deadLetters(t *testing.T) []*throughcarev1.DeadLetter {
 	t.Helper()
-	dl, _, err := b.dead.List(t.Context(), "", 100)
+	dl, _, err := b.dead.List(t.Context(), 0, 100)
 	if err != nil {
 		t.Fatalf("list dead letters: %v", err)
 	}

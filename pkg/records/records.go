@@ -8,13 +8,9 @@
 package records
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
-	"sort"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,12 +28,23 @@ var (
 
 const maxKeyLen = 128
 
-// Store holds records of one proto message type in one bucket. It is safe for
-// concurrent use.
+// Store holds records of one proto message type in one bucket, beside the index entries
+// that point at them (keys with dots, such as ix.case.rc_1.in.ho_2; record keys have
+// none). It is safe for concurrent use.
 type Store[T proto.Message] struct {
-	kv     jetstream.KeyValue
+	*bucket
 	newMsg func() T
 }
+
+// bucket is the untyped part of a Store: its stream and how to reach it.
+type bucket struct {
+	js     jetstream.JetStream
+	kv     jetstream.KeyValue
+	name   string
+	stream string
+}
+
+func (b *bucket) subject(key string) string { return "$KV." + b.name + "." + key }
 
 type options struct {
 	replicas int
@@ -62,10 +69,8 @@ type historyOption int64
 
 func (n historyOption) apply(o *options) { o.history = int64(n) }
 
-// WithHistory keeps the last n revisions of every key (default 1), so Watch can replay
-// every change after a revision and a consumer of the change stream sees every write, not
-// only the latest value. Above the Key-Value API's limit of 64 the bucket's stream is
-// created directly, with the same settings the API would give it.
+// WithHistory keeps the last n revisions of every key (default 1, at most 64), so Watch
+// can replay the changes after a revision.
 func WithHistory(n int64) Option {
 	return historyOption(n)
 }
@@ -73,65 +78,56 @@ func WithHistory(n int64) Option {
 // Open creates the bucket, or updates its configuration, and returns a store
 // for it. newMsg returns an empty message to decode into, e.g.
 // func() *pb.ReleaseCase { return new(pb.ReleaseCase) }.
-func Open[T proto.Message](ctx context.Context, js jetstream.JetStream, bucket string, newMsg func() T, opts ...Option) (*Store[T], error) {
+//
+// The bucket's stream is created directly, with the settings the Key-Value API gives a
+// bucket and two more: atomic batches (a record and its index entries are one write) and
+// per-message TTLs (a removed key's marker expires, so removed keys cost nothing).
+func Open[T proto.Message](ctx context.Context, js jetstream.JetStream, name string, newMsg func() T, opts ...Option) (*Store[T], error) {
 	o := options{replicas: 1, history: 1}
 	for _, opt := range opts {
 		opt.apply(&o)
 	}
-	if !validName(bucket) {
-		return nil, fmt.Errorf("open bucket %q: name must be letters, digits, '_' or '-'", bucket)
+	if !validName(name) {
+		return nil, fmt.Errorf("open bucket %q: name must be letters, digits, '_' or '-'", name)
 	}
-	if o.history < 1 {
-		return nil, fmt.Errorf("open bucket %s: history %d < 1", bucket, o.history)
+	if o.history < 1 || o.history > jetstream.KeyValueMaxHistory {
+		return nil, fmt.Errorf("open bucket %s: history %d not in 1..%d", name, o.history, jetstream.KeyValueMaxHistory)
 	}
 	if o.replicas < 1 {
-		return nil, fmt.Errorf("open bucket %s: replicas %d < 1", bucket, o.replicas)
+		return nil, fmt.Errorf("open bucket %s: replicas %d < 1", name, o.replicas)
 	}
-	description := fmt.Sprintf("%s records", newMsg().ProtoReflect().Descriptor().FullName())
-	var kv jetstream.KeyValue
-	var err error
-	if o.history <= jetstream.KeyValueMaxHistory {
-		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      bucket,
-			Description: description,
-			History:     uint8(o.history),
-			Storage:     jetstream.FileStorage,
-			Replicas:    o.replicas,
-		})
-	} else {
-		kv, err = openLongHistory(ctx, js, bucket, description, o)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open bucket %s: %w", bucket, err)
-	}
-	return &Store[T]{kv: kv, newMsg: newMsg}, nil
-}
-
-// openLongHistory creates a bucket whose stream keeps more revisions per key than the
-// Key-Value API allows, with the settings that API gives a bucket's stream, and binds to it.
-func openLongHistory(ctx context.Context, js jetstream.JetStream, bucket, description string, o options) (jetstream.KeyValue, error) {
+	stream := "KV_" + name
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              "KV_" + bucket,
-		Description:       description,
-		Subjects:          []string{"$KV." + bucket + ".>"},
-		MaxMsgsPerSubject: o.history,
-		MaxBytes:          -1,
-		MaxMsgSize:        -1,
-		MaxMsgs:           -1,
-		MaxConsumers:      -1,
-		Storage:           jetstream.FileStorage,
-		Replicas:          o.replicas,
-		AllowRollup:       true,
-		DenyDelete:        true,
-		Duplicates:        2 * time.Minute,
-		AllowDirect:       true,
-		Discard:           jetstream.DiscardNew,
+		Name:               stream,
+		Description:        fmt.Sprintf("%s records", newMsg().ProtoReflect().Descriptor().FullName()),
+		Subjects:           []string{"$KV." + name + ".>"},
+		MaxMsgsPerSubject:  o.history,
+		MaxBytes:           -1,
+		MaxMsgSize:         -1,
+		MaxMsgs:            -1,
+		MaxConsumers:       -1,
+		Storage:            jetstream.FileStorage,
+		Replicas:           o.replicas,
+		AllowRollup:        true,
+		DenyDelete:         true,
+		Duplicates:         2 * time.Minute,
+		AllowDirect:        true,
+		Discard:            jetstream.DiscardNew,
+		AllowAtomicPublish: true,
+		AllowMsgTTL:        true,
 	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("open bucket %s: %w", name, err)
 	}
-	return js.KeyValue(ctx, bucket)
+	kv, err := js.KeyValue(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", name, err)
+	}
+	return &Store[T]{bucket: &bucket{js: js, kv: kv, name: name, stream: stream}, newMsg: newMsg}, nil
 }
+
+// Batch starts an atomic batch of writes to the bucket.
+func (s *Store[T]) Batch() *Batch { return &Batch{store: s.bucket} }
 
 // Create stores msg under a new key and returns its revision, or ErrExists.
 func (s *Store[T]) Create(ctx context.Context, key string, msg T) (uint64, error) {
@@ -213,41 +209,6 @@ func (s *Store[T]) conflict(ctx context.Context, key string) error {
 	}
 }
 
-// List calls fn for each record in ascending key order (byte-wise), starting
-// strictly after afterKey ("" starts at the first key), until fn returns
-// more == false or an error, which List returns.
-//
-// It reads the bucket in one pass with a watcher that delivers the latest
-// value of every key and skips deleted ones, rather than listing keys and
-// getting each: that is one stream read instead of a round trip per key, and
-// every value comes from the same pass, so a key removed midway cannot turn
-// into a not-found. The stream is in revision order, so records are held in
-// memory and sorted; that is fine for thousands of records.
-func (s *Store[T]) List(ctx context.Context, afterKey string, fn func(key string, msg T, rev uint64) (more bool, err error)) error {
-	entries, err := s.latest(ctx)
-	if err != nil {
-		return fmt.Errorf("list: %w", err)
-	}
-	slices.SortFunc(entries, func(a, b jetstream.KeyValueEntry) int {
-		return cmp.Compare(a.Key(), b.Key())
-	})
-	start := sort.Search(len(entries), func(i int) bool { return entries[i].Key() > afterKey })
-	for _, entry := range entries[start:] {
-		msg, err := s.unmarshal(entry.Value())
-		if err != nil {
-			return fmt.Errorf("list %s: %w", entry.Key(), err)
-		}
-		more, err := fn(entry.Key(), msg, entry.Revision())
-		if err != nil {
-			return err
-		}
-		if !more {
-			return nil
-		}
-	}
-	return nil
-}
-
 // Purge removes key and every earlier revision of it, if it is still at expectedRevision:
 // data removed for retention or erasure must not linger in the bucket's history.
 func (s *Store[T]) Purge(ctx context.Context, key string, expectedRevision uint64) error {
@@ -272,7 +233,7 @@ func (s *Store[T]) Watch(ctx context.Context, afterRevision uint64, fn func(key 
 	if afterRevision > 0 {
 		opts = append(opts, jetstream.ResumeFromRevision(afterRevision+1))
 	}
-	watcher, err := s.kv.WatchAll(ctx, opts...)
+	watcher, err := s.kv.Watch(ctx, "*", opts...) // records only, not index entries
 	if err != nil {
 		return fmt.Errorf("watch: %w", err)
 	}
@@ -314,41 +275,6 @@ func (s *Store[T]) ChangeStream() (stream, keyPrefix string) {
 
 // Decode reads a record from a raw message of the change stream.
 func (s *Store[T]) Decode(data []byte) (T, error) { return s.unmarshal(data) }
-
-// latest returns the current entry of every key, one per key.
-func (s *Store[T]) latest(ctx context.Context) ([]jetstream.KeyValueEntry, error) {
-	watcher, err := s.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("watch: %w", err)
-	}
-	defer func() {
-		_ = watcher.Stop()
-		// The watcher's delivery goroutine blocks on a full channel; draining
-		// lets it finish, and the channel closes once the subscription is gone.
-		go func() {
-			for range watcher.Updates() {
-			}
-		}()
-	}()
-
-	// A write during the pass can deliver a key twice; the later one wins.
-	byKey := make(map[string]jetstream.KeyValueEntry)
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case entry, ok := <-watcher.Updates():
-			if !ok {
-				return nil, errors.New("watcher closed")
-			}
-			// nil marks the end of the current values.
-			if entry == nil {
-				return slices.Collect(maps.Values(byKey)), nil
-			}
-			byKey[entry.Key()] = entry
-		}
-	}
-}
 
 func (s *Store[T]) unmarshal(data []byte) (T, error) {
 	msg := s.newMsg()
@@ -399,4 +325,64 @@ func isWrongLastSequence(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
 		errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// Record is a decoded record with its key and revision.
+type Record[T proto.Message] struct {
+	Key      string
+	Msg      T
+	Revision uint64
+}
+
+// Records returns up to limit records (not index entries) written after afterRevision, in
+// revision order, and the revision to resume after (0 at the end); see bucket.Page.
+func (s *Store[T]) Records(ctx context.Context, afterRevision uint64, limit int) ([]Record[T], uint64, error) {
+	entries, resume, err := s.bucket.Page(ctx, "*", afterRevision, limit)
+	if err != nil {
+		return nil, 0, err
+	}
+	out, err := s.decodeAll(entries)
+	return out, resume, err
+}
+
+// GetMany returns the records under keys that exist, in revision order, in one request.
+func (s *Store[T]) GetMany(ctx context.Context, keys ...string) ([]Record[T], error) {
+	for _, k := range keys {
+		if err := validateKey(k); err != nil {
+			return nil, err
+		}
+	}
+	entries, err := s.Latest(ctx, keys...)
+	if err != nil {
+		return nil, err
+	}
+	return s.decodeAll(entries)
+}
+
+func (s *Store[T]) decodeAll(entries []Entry) ([]Record[T], error) {
+	out := make([]Record[T], 0, len(entries))
+	for _, e := range entries {
+		msg, err := s.unmarshal(e.Data)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", e.Key, err)
+		}
+		out = append(out, Record[T]{Key: e.Key, Msg: msg, Revision: e.Revision})
+	}
+	return out, nil
+}
+
+// GetRaw returns the bytes under a key that holds no record (a checkpoint, say) and its
+// revision, or ErrNotFound.
+func (s *bucket) GetRaw(ctx context.Context, key string) ([]byte, uint64, error) {
+	if err := validateIndexKey(key); err != nil {
+		return nil, 0, err
+	}
+	entry, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, fmt.Errorf("get %s: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("get %s: %w", key, err)
+	}
+	return entry.Value(), entry.Revision(), nil
 }

@@ -208,34 +208,36 @@ func TestConcurrentReadModifyWriteLosesNothing(t *testing.T) {
 	}
 }
 
-type listed struct {
-	key   string
-	value string
-	rev   uint64
-}
-
-func listAll(t *testing.T, store *records.Store[*wrapperspb.StringValue], afterKey string, limit int) []listed {
+// recordsAll reads every record through Records, limit at a time.
+func recordsAll(t *testing.T, store *records.Store[*wrapperspb.StringValue], limit int) []records.Record[*wrapperspb.StringValue] {
 	t.Helper()
-	var got []listed
-	err := store.List(testContext(t), afterKey, func(key string, msg *wrapperspb.StringValue, rev uint64) (bool, error) {
-		got = append(got, listed{key: key, value: msg.GetValue(), rev: rev})
-		return len(got) < limit, nil
-	})
-	if err != nil {
-		t.Fatalf("list after %q: %v", afterKey, err)
+	var got []records.Record[*wrapperspb.StringValue]
+	var after uint64
+	for range 10000 {
+		page, resume, err := store.Records(testContext(t), after, limit)
+		if err != nil {
+			t.Fatalf("records after %d: %v", after, err)
+		}
+		got = append(got, page...)
+		if resume == 0 {
+			return got
+		}
+		after = resume
 	}
-	return got
+	t.Fatal("paging does not end")
+	return nil
 }
 
-func TestListOrderAndPaging(t *testing.T) {
+// TestRecordsPageInRevisionOrder lists records oldest write first: an updated record moves
+// to the end, a page resumes after the last revision it returned, and index entries are
+// never listed as records.
+func TestRecordsPageInRevisionOrder(t *testing.T) {
 	ctx := testContext(t)
 	store := openStrings(t, natstest.Start(t).JetStream(t))
 
-	if got := listAll(t, store, "", 10); len(got) != 0 {
-		t.Fatalf("list empty bucket = %v", got)
+	if got := recordsAll(t, store, 10); len(got) != 0 {
+		t.Fatalf("records of an empty bucket = %v", got)
 	}
-
-	// Created out of order; one key updated so its revision is newest.
 	keys := []string{"c", "a", "B", "b-2", "b_1", "b"}
 	revs := map[string]uint64{}
 	for _, key := range keys {
@@ -245,68 +247,31 @@ func TestListOrderAndPaging(t *testing.T) {
 		}
 		revs[key] = rev
 	}
+	if _, err := store.Batch().Set("ix.all.a", nil).Commit(ctx); err != nil {
+		t.Fatalf("index entry: %v", err)
+	}
 	rev, err := store.Update(ctx, "a", wrapperspb.String("value-a2"), revs["a"])
 	if err != nil {
 		t.Fatalf("update: %v", err)
 	}
 	revs["a"] = rev
 
-	want := slices.Sorted(slices.Values(keys)) // B a b b-2 b_1 c
-	all := listAll(t, store, "", len(keys)+1)
-	var gotKeys []string
-	for _, item := range all {
-		gotKeys = append(gotKeys, item.key)
-		wantValue := "value-" + item.key
-		if item.key == "a" {
-			wantValue = "value-a2"
+	want := []string{"c", "B", "b-2", "b_1", "b", "a"}
+	for _, limit := range []int{1, 2, 100} {
+		var got []string
+		for _, r := range recordsAll(t, store, limit) {
+			got = append(got, r.Key)
+			wantValue := "value-" + r.Key
+			if r.Key == "a" {
+				wantValue = "value-a2"
+			}
+			if r.Msg.GetValue() != wantValue || r.Revision != revs[r.Key] {
+				t.Errorf("record %s = %q@%d, want %q@%d", r.Key, r.Msg.GetValue(), r.Revision, wantValue, revs[r.Key])
+			}
 		}
-		if item.value != wantValue || item.rev != revs[item.key] {
-			t.Errorf("listed %s = %q@%d, want %q@%d", item.key, item.value, item.rev, wantValue, revs[item.key])
+		if !slices.Equal(got, want) {
+			t.Errorf("pages of %d: keys = %v, want %v", limit, got, want)
 		}
-	}
-	if !slices.Equal(gotKeys, want) {
-		t.Fatalf("keys = %v, want %v", gotKeys, want)
-	}
-
-	// Page through two at a time, resuming after the last key seen.
-	var paged []string
-	after := ""
-	for {
-		page := listAll(t, store, after, 2)
-		if len(page) == 0 {
-			break
-		}
-		for _, item := range page {
-			paged = append(paged, item.key)
-		}
-		after = page[len(page)-1].key
-	}
-	if !slices.Equal(paged, want) {
-		t.Errorf("paged keys = %v, want %v", paged, want)
-	}
-
-	// afterKey need not exist: start at the next key that does.
-	if got := listAll(t, store, "b0", 10); len(got) != 2 || got[0].key != "b_1" {
-		t.Errorf("list after b0 = %v, want b_1 and c", got)
-	}
-}
-
-func TestListReturnsCallbackError(t *testing.T) {
-	ctx := testContext(t)
-	store := openStrings(t, natstest.Start(t).JetStream(t))
-	for _, key := range []string{"a", "b"} {
-		if _, err := store.Create(ctx, key, wrapperspb.String(key)); err != nil {
-			t.Fatalf("create %s: %v", key, err)
-		}
-	}
-	stop := errors.New("stop")
-	calls := 0
-	err := store.List(ctx, "", func(string, *wrapperspb.StringValue, uint64) (bool, error) {
-		calls++
-		return true, stop
-	})
-	if !errors.Is(err, stop) || calls != 1 {
-		t.Errorf("list = %v after %d calls, want %v after 1", err, calls, stop)
 	}
 }
 
@@ -325,7 +290,7 @@ func TestInvalidKeysRejected(t *testing.T) {
 			t.Errorf("update %q: err = %v, want ErrInvalidKey", key, err)
 		}
 	}
-	if got := listAll(t, store, "", 10); len(got) != 0 {
+	if got := recordsAll(t, store, 10); len(got) != 0 {
 		t.Errorf("bucket holds %v after invalid writes", got)
 	}
 	longest := string(slices.Repeat([]byte("k"), 128))
@@ -367,24 +332,23 @@ func TestRecordsSurviveRestart(t *testing.T) {
 	}
 }
 
-func TestListManyRecords(t *testing.T) {
+func TestManyRecordsInPages(t *testing.T) {
 	const count = 1000
 	ctx := testContext(t)
 	store := openStrings(t, natstest.Start(t).JetStream(t))
 	for i := range count {
-		key := fmt.Sprintf("case-%04d", count-1-i)
+		key := fmt.Sprintf("case-%04d", i)
 		if _, err := store.Create(ctx, key, wrapperspb.String(key)); err != nil {
 			t.Fatalf("create %s: %v", key, err)
 		}
 	}
-
-	got := listAll(t, store, "", count+1)
+	got := recordsAll(t, store, 300)
 	if len(got) != count {
 		t.Fatalf("listed %d records, want %d", len(got), count)
 	}
-	for i, item := range got {
-		if want := fmt.Sprintf("case-%04d", i); item.key != want || item.value != want {
-			t.Fatalf("record %d = %s:%q, want %s", i, item.key, item.value, want)
+	for i, r := range got {
+		if want := fmt.Sprintf("case-%04d", i); r.Key != want || r.Msg.GetValue() != want {
+			t.Fatalf("record %d = %s:%q, want %s", i, r.Key, r.Msg.GetValue(), want)
 		}
 	}
 }

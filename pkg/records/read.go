@@ -1,0 +1,222 @@
+package records
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Entry is one key as a read found it. A removed key is not returned.
+type Entry struct {
+	Key      string
+	Data     []byte
+	Revision uint64
+}
+
+// maxLatest is the server's limit on the keys one Latest answers with.
+const maxLatest = 1024
+
+// Latest returns the current value of every key that matches one of patterns (keys, or
+// key paths ending in * or >), in revision order, in one request. A pattern such as
+// ix.case.rc_1.> reads one case's index entries and nothing else.
+func (s *bucket) Latest(ctx context.Context, patterns ...string) ([]Entry, error) {
+	if len(patterns) == 0 {
+		return nil, nil
+	}
+	subjects := make([]string, len(patterns))
+	for i, p := range patterns {
+		subjects[i] = s.subject(p)
+	}
+	entries, err := s.directGet(ctx, map[string]any{"multi_last": subjects})
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", strings.Join(patterns, " "), err)
+	}
+	return entries, nil
+}
+
+// Page returns up to limit entries whose key matches pattern and whose revision is after
+// afterRevision, in revision order, and the revision to resume after. Removed keys are
+// skipped but still move the position on, so a page may hold fewer than limit entries
+// while more follow; the end is a page whose resume position is 0.
+func (s *bucket) Page(ctx context.Context, pattern string, afterRevision uint64, limit int) ([]Entry, uint64, error) {
+	if limit <= 0 {
+		return nil, 0, nil
+	}
+	req := map[string]any{"seq": afterRevision + 1, "next_by_subj": s.subject(pattern), "batch": limit}
+	raw, pending, err := s.directGetRaw(ctx, req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("page %s: %w", pattern, err)
+	}
+	var out []Entry
+	var resume uint64
+	for _, m := range raw {
+		resume = m.Revision
+		if !m.removed {
+			out = append(out, m.Entry)
+		}
+	}
+	if pending == 0 {
+		resume = 0 // the server has no more
+	}
+	return out, resume, nil
+}
+
+type rawEntry struct {
+	Entry
+	removed bool
+}
+
+func (s *bucket) directGet(ctx context.Context, req map[string]any) ([]Entry, error) {
+	raw, _, err := s.directGetRaw(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Entry, 0, len(raw))
+	for _, m := range raw {
+		if !m.removed {
+			out = append(out, m.Entry)
+		}
+	}
+	return out, nil
+}
+
+// directGetRaw sends one batched direct-get request and collects its answers up to the
+// end-of-batch marker, which says how many more match (pending).
+func (s *bucket) directGetRaw(ctx context.Context, req map[string]any) (entries []rawEntry, pending uint64, err error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	nc := s.js.Conn()
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+s.stream, inbox, body); err != nil {
+		return nil, 0, err
+	}
+	prefix := s.subject("")
+	var out []rawEntry
+	for {
+		msg, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		switch status := msg.Header.Get("Status"); status {
+		case "":
+		case "204": // end of batch
+			pending, err := strconv.ParseUint(msg.Header.Get("Nats-Num-Pending"), 10, 64)
+			if err != nil {
+				return nil, 0, fmt.Errorf("end of batch without a pending count: %w", err)
+			}
+			return out, pending, nil
+		case "404": // nothing matches
+			return out, 0, nil
+		case "408":
+			return nil, 0, errors.New("request timed out on the server")
+		case "413":
+			return nil, 0, fmt.Errorf("more than %d keys match", maxLatest)
+		default:
+			return nil, 0, fmt.Errorf("server answered %s %s", status, msg.Header.Get("Description"))
+		}
+		seq, err := strconv.ParseUint(msg.Header.Get(nats.JSSequence), 10, 64)
+		if err != nil {
+			return nil, 0, fmt.Errorf("answer without a sequence: %w", err)
+		}
+		op := msg.Header.Get("KV-Operation")
+		out = append(out, rawEntry{
+			Entry:   Entry{Key: strings.TrimPrefix(msg.Header.Get(nats.JSSubject), prefix), Data: msg.Data, Revision: seq},
+			removed: op == "DEL" || op == "PURGE",
+		})
+	}
+}
+
+// PageAny is Page over several patterns at once: the entries matching any of them, in
+// revision order, and the revision to resume after (0 at the end).
+func (s *bucket) PageAny(ctx context.Context, patterns []string, afterRevision uint64, limit int) ([]Entry, uint64, error) {
+	if len(patterns) == 1 {
+		return s.Page(ctx, patterns[0], afterRevision, limit)
+	}
+	var all []Entry
+	// Every pattern has been read up to bound; past it only some have.
+	bound := uint64(math.MaxUint64)
+	for _, p := range patterns {
+		entries, resume, err := s.Page(ctx, p, afterRevision, limit)
+		if err != nil {
+			return nil, 0, err
+		}
+		all = append(all, entries...)
+		if resume != 0 {
+			bound = min(bound, resume)
+		}
+	}
+	slices.SortFunc(all, func(a, b Entry) int { return cmp.Compare(a.Revision, b.Revision) })
+	var out []Entry
+	for _, e := range all {
+		if e.Revision > bound || len(out) == limit {
+			break
+		}
+		out = append(out, e)
+	}
+	switch {
+	case len(out) == limit:
+		return out, out[len(out)-1].Revision, nil
+	case bound == math.MaxUint64:
+		return out, 0, nil
+	default:
+		return out, bound, nil
+	}
+}
+
+// RemovedAt reports whether key was removed and its marker is still there, and the marker's
+// revision: a new record under the key must expect that revision, not 0.
+func (s *bucket) RemovedAt(ctx context.Context, key string) (uint64, bool, error) {
+	raw, _, err := s.directGetRaw(ctx, map[string]any{"multi_last": []string{s.subject(key)}})
+	if err != nil || len(raw) == 0 || !raw[0].removed {
+		return 0, false, err
+	}
+	return raw[0].Revision, true, nil
+}
+
+// maxExamined bounds the index entries one page reads looking for matches.
+const maxExamined = 2000
+
+// Matching pages through the entries matching patterns after afterRevision, keeping those
+// that keep returns (it sees a batch at a time and returns the matching ones, in order),
+// until it has limit of them and knows whether more follow. It returns them and the
+// revision to resume after: 0 when the index holds no more matches. A page reads at most
+// about maxExamined entries, so a page of sparse matches may come back short with a
+// revision to resume after.
+func (s *bucket) Matching(ctx context.Context, patterns []string, afterRevision uint64, limit int, keep func(context.Context, []Entry) ([]Entry, error)) ([]Entry, uint64, error) {
+	var kept []Entry
+	for examined := 0; examined < maxExamined; {
+		entries, resume, err := s.PageAny(ctx, patterns, afterRevision, limit+1)
+		if err != nil {
+			return nil, 0, err
+		}
+		examined += len(entries)
+		matching, err := keep(ctx, entries)
+		if err != nil {
+			return nil, 0, err
+		}
+		kept = append(kept, matching...)
+		if len(kept) > limit {
+			return kept[:limit], kept[limit-1].Revision, nil
+		}
+		if resume == 0 {
+			return kept, 0, nil
+		}
+		afterRevision = resume
+	}
+	return kept, afterRevision, nil
+}
