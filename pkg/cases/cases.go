@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -32,15 +34,61 @@ func Open(ctx context.Context, js jetstream.JetStream, bucket string, opts ...re
 	return &Store{records: rs}, nil
 }
 
-// Create stores a new case under its case_id and returns it with its revision.
-func (s *Store) Create(ctx context.Context, rc *throughcarev1.ReleaseCase) (*throughcarev1.ReleaseCase, error) {
+// Each case has index entries beside it in its bucket, written in the same atomic batch as
+// the case, so listings read only what they return:
+//
+//	ix.all.<case>                        every case, in creation order
+//	ix.state.<state>.<case>              by state
+//	ix.release.<yyyy>.<mm>.<dd>.<case>   by expected release date
+func indexKeys(rc *throughcarev1.ReleaseCase) []string {
+	if rc == nil {
+		return nil
+	}
+	id := rc.GetCaseId()
+	keys := []string{"ix.all." + id, "ix.state." + stateToken(rc.GetState()) + "." + id}
+	if d := rc.GetReleasePlan().GetExpectedReleaseDate(); d != nil {
+		keys = append(keys, fmt.Sprintf("ix.release.%04d.%02d.%02d.%s", d.GetYear(), d.GetMonth(), d.GetDay(), id))
+	}
+	return keys
+}
+
+func stateToken(st throughcarev1.CaseState) string {
+	return strings.ToLower(strings.TrimPrefix(st.String(), "CASE_STATE_"))
+}
+
+// write stores rc if its key is still at expectedRevision (0: if it is new), with the
+// index entries it needs in place of those of was.
+func (s *Store) write(ctx context.Context, rc, was *throughcarev1.ReleaseCase, expectedRevision uint64) (*throughcarev1.ReleaseCase, error) {
 	rc.Revision = 0 // the revision lives in the store, not in the stored bytes
-	rev, err := s.records.Create(ctx, rc.GetCaseId(), rc)
+	batch := s.records.Batch().Put(rc.GetCaseId(), rc, expectedRevision)
+	have, want := indexKeys(was), indexKeys(rc)
+	for _, k := range want {
+		if !slices.Contains(have, k) {
+			batch.Set(k, nil)
+		}
+	}
+	for _, k := range have {
+		if !slices.Contains(want, k) {
+			batch.Remove(k)
+		}
+	}
+	revs, err := batch.Commit(ctx)
+	if errors.Is(err, records.ErrExists) {
+		// A case removed a moment ago leaves a marker for a while: write after it.
+		if rev, removed, rerr := s.records.RemovedAt(ctx, rc.GetCaseId()); rerr == nil && removed {
+			return s.write(ctx, rc, nil, rev)
+		}
+	}
 	if err != nil {
 		return nil, domainError(rc.GetCaseId(), err)
 	}
-	rc.Revision = rev
+	rc.Revision = revs[0]
 	return rc, nil
+}
+
+// Create stores a new case under its case_id and returns it with its revision.
+func (s *Store) Create(ctx context.Context, rc *throughcarev1.ReleaseCase) (*throughcarev1.ReleaseCase, error) {
+	return s.write(ctx, rc, nil, 0)
 }
 
 // Get returns the case with its current revision.
@@ -56,18 +104,28 @@ func (s *Store) Get(ctx context.Context, caseID string) (*throughcarev1.ReleaseC
 // Update replaces the case if it is still at expectedRevision, atomically; otherwise it
 // changes nothing and returns fault.ErrConflict.
 func (s *Store) Update(ctx context.Context, rc *throughcarev1.ReleaseCase, expectedRevision uint64) (*throughcarev1.ReleaseCase, error) {
-	rc.Revision = 0
-	rev, err := s.records.Update(ctx, rc.GetCaseId(), rc, expectedRevision)
+	was, err := s.Get(ctx, rc.GetCaseId())
 	if err != nil {
-		return nil, domainError(rc.GetCaseId(), err)
+		return nil, err
 	}
-	rc.Revision = rev
-	return rc, nil
+	if was.GetRevision() != expectedRevision {
+		return nil, domainError(rc.GetCaseId(), records.ErrRevisionMismatch)
+	}
+	return s.write(ctx, rc, was, expectedRevision)
 }
 
-// Purge removes the case and its history if it is still at expectedRevision.
+// Purge removes the case, its history and its index entries if it is still at
+// expectedRevision.
 func (s *Store) Purge(ctx context.Context, caseID string, expectedRevision uint64) error {
-	if err := s.records.Purge(ctx, caseID, expectedRevision); err != nil {
+	was, err := s.Get(ctx, caseID)
+	if err != nil {
+		return err
+	}
+	batch := s.records.Batch().RemoveAt(caseID, expectedRevision)
+	for _, k := range indexKeys(was) {
+		batch.Remove(k)
+	}
+	if _, err := batch.Commit(ctx); err != nil {
 		return domainError(caseID, err)
 	}
 	return nil
@@ -97,36 +155,80 @@ func (f Filter) matches(rc *throughcarev1.ReleaseCase) bool {
 	return f.ExpectedTo == nil || CompareDates(expected, f.ExpectedTo) <= 0
 }
 
-// List returns up to pageSize matching cases in id order (which is creation order) after
-// the position pageToken names, and the token of the next page, empty on the last one.
+// patterns are the index entries a listing reads: the narrowest index the filter allows.
+func (f Filter) patterns() []string {
+	if f.ExpectedFrom == nil && f.ExpectedTo == nil {
+		if f.State != throughcarev1.CaseState_CASE_STATE_UNSPECIFIED {
+			return []string{"ix.state." + stateToken(f.State) + ".*"}
+		}
+		return []string{"ix.all.*"}
+	}
+	from, to := f.ExpectedFrom.GetYear(), f.ExpectedTo.GetYear()
+	if f.ExpectedFrom == nil || f.ExpectedTo == nil || to-from >= maxYearsByYear {
+		return []string{"ix.release.>"}
+	}
+	var out []string
+	for y := from; y <= to; y++ {
+		out = append(out, fmt.Sprintf("ix.release.%04d.>", y))
+	}
+	return out
+}
+
+// maxYearsByYear is the widest date range read one year's index at a time; a wider or
+// open range reads the whole date index in order, a page at a time.
+const maxYearsByYear = 5
+
+// List returns up to pageSize matching cases after the position pageToken names, and the
+// token of the next page, empty on the last one. Cases come in the order of the index
+// entry read: creation order, or the order they entered their state or got their date. A
+// page whose matches are sparse may come back short with a token (records.Matching).
 func (s *Store) List(ctx context.Context, f Filter, pageSize int32, pageToken string) ([]*throughcarev1.ReleaseCase, string, error) {
-	after, err := records.DecodePageToken(pageToken)
+	after, err := records.DecodeRevisionToken(pageToken)
 	if err != nil {
 		return nil, "", err
 	}
 	if pageSize <= 0 {
 		pageSize = DefaultPageSize
 	}
-	var page []*throughcarev1.ReleaseCase
-	var next string
-	err = s.records.List(ctx, after, func(key string, rc *throughcarev1.ReleaseCase, rev uint64) (bool, error) {
-		if !f.matches(rc) {
-			return true, nil
+	found := map[string]records.Record[*throughcarev1.ReleaseCase]{}
+	entries, resume, err := s.records.Matching(ctx, f.patterns(), after, int(pageSize), func(ctx context.Context, entries []records.Entry) ([]records.Entry, error) {
+		ids := make([]string, len(entries))
+		for i, e := range entries {
+			ids[i] = lastToken(e.Key)
 		}
-		if len(page) == int(pageSize) {
-			// One more match exists: the page is full and is not the last.
-			next = records.EncodePageToken(page[len(page)-1].GetCaseId())
-			return false, nil
+		recs, err := s.records.GetMany(ctx, ids...)
+		if err != nil {
+			return nil, err
 		}
-		rc.Revision = rev
-		page = append(page, rc)
-		return true, nil
+		for _, r := range recs {
+			found[r.Key] = r
+		}
+		var matching []records.Entry
+		for _, e := range entries {
+			// A case removed meanwhile, or outside the filter's other conditions, is skipped.
+			if r, ok := found[lastToken(e.Key)]; ok && f.matches(r.Msg) {
+				matching = append(matching, e)
+			}
+		}
+		return matching, nil
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("list cases: %w", err)
 	}
+	page := make([]*throughcarev1.ReleaseCase, len(entries))
+	for i, e := range entries {
+		r := found[lastToken(e.Key)]
+		r.Msg.Revision = r.Revision
+		page[i] = r.Msg
+	}
+	var next string
+	if resume != 0 {
+		next = records.EncodeRevisionToken(resume)
+	}
 	return page, next, nil
 }
+
+func lastToken(key string) string { return key[strings.LastIndexByte(key, '.')+1:] }
 
 // CompareDates orders dates by calendar day.
 func CompareDates(a, b *throughcarev1.Date) int {

@@ -2,12 +2,17 @@ package handover
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
 
 	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/records"
 )
 
 // watchDeadlines checks deadlines and retention now and then every DeadlineScanInterval
@@ -33,20 +38,11 @@ func (s *Service) watchDeadlines(ctx context.Context) error {
 // CheckDeadlines marks every handover whose acknowledgement or acceptance is overdue.
 // For an incoming handover the recipient tells the sender with an overdue receipt; for an
 // outgoing one the sender marks its own view, so it learns even when the recipient is down.
+// It reads only the deadlines filed under the hours since its last pass.
 func (s *Service) CheckDeadlines(ctx context.Context) error {
 	now := s.now()
-	var due []*throughcarev1.Handover
-	err := s.each(ctx, func(rec *storev1.HandoverRecord) error {
-		if ack, accept := overdue(rec.GetHandover(), now); ack || accept {
-			due = append(due, rec.GetHandover())
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, h := range due {
-		_, err := s.mutate(ctx, h.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+	return s.sweep(ctx, "due", now, func(ctx context.Context, handoverID string) error {
+		_, err := s.mutate(ctx, handoverID, func(rec *storev1.HandoverRecord) error {
 			h := rec.GetHandover()
 			ack, accept := overdue(h, now)
 			if !ack && !accept {
@@ -62,12 +58,58 @@ func (s *Service) CheckDeadlines(ctx context.Context) error {
 			}
 			return nil
 		})
-		if err != nil {
-			return err
+		if errors.Is(err, fault.ErrNotFound) {
+			return nil
 		}
+		return err
+	})
+}
+
+// sweep calls handle for each handover filed in the index ix.<kind>.<hour> for every hour
+// from the last sweep's checkpoint up to now's, then moves the checkpoint on. Entries are
+// removed by the writes that settle them, so the hours behind the checkpoint are empty and
+// a sweep reads what is due and what falls due later in the current hour, nothing else.
+// The checkpoint stays an hour behind, so a writer whose clock is a little behind files
+// nothing where a sweep no longer reads.
+func (s *Service) sweep(ctx context.Context, kind string, now time.Time, handle func(ctx context.Context, handoverID string) error) error {
+	checkpointKey := "cp." + kind
+	until := hourOf(now)
+	from := until - 1
+	if cp, _, err := s.handovers.GetRaw(ctx, checkpointKey); err == nil {
+		if h, perr := strconv.ParseInt(string(cp), 10, 64); perr == nil && h < from {
+			from = h
+		}
+	} else if !errors.Is(err, records.ErrNotFound) {
+		return err
+	}
+	for hour := from; hour <= until; hour++ {
+		pattern := "ix." + kind + "." + hourToken(hour) + ".*"
+		var after uint64
+		for {
+			entries, resume, err := s.handovers.Page(ctx, pattern, after, sweepBatch)
+			if err != nil {
+				return fmt.Errorf("sweep %s: %w", kind, err)
+			}
+			for _, e := range entries {
+				if err := handle(ctx, handoverOfIndexKey(e.Key)); err != nil {
+					return err
+				}
+			}
+			if resume == 0 {
+				break
+			}
+			after = resume
+		}
+	}
+	if until-1 > from {
+		_, err := s.handovers.Batch().Set(checkpointKey, []byte(strconv.FormatInt(until-1, 10))).Commit(ctx)
+		return err
 	}
 	return nil
 }
+
+// sweepBatch is how many index entries a sweep reads at a time.
+const sweepBatch = 256
 
 func (s *Service) raiseOverdue(rec *storev1.HandoverRecord, t throughcarev1.ReceiptType) {
 	h := rec.GetHandover()
@@ -80,10 +122,16 @@ func (s *Service) raiseOverdue(rec *storev1.HandoverRecord, t throughcarev1.Rece
 
 // overdue reports which not-yet-marked deadlines of h have passed.
 func overdue(h *throughcarev1.Handover, now time.Time) (ack, accept bool) {
-	waitingForAck := h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_REFERRED ||
-		h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED ||
-		h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_RETRIEVED
-	ack = waitingForAck && !h.GetAcknowledgeOverdue() && h.GetAcknowledgeDueTime() != nil && now.After(h.GetAcknowledgeDueTime().AsTime())
+	ack = waitingForAcknowledgement(h) && !h.GetAcknowledgeOverdue() && h.GetAcknowledgeDueTime() != nil && now.After(h.GetAcknowledgeDueTime().AsTime())
 	accept = !finished(h) && !h.GetAcceptOverdue() && h.GetAcceptDueTime() != nil && now.After(h.GetAcceptDueTime().AsTime())
 	return ack, accept
+}
+
+// waitingForAcknowledgement reports whether h has not been acknowledged yet.
+func waitingForAcknowledgement(h *throughcarev1.Handover) bool {
+	switch h.GetState() {
+	case throughcarev1.HandoverState_HANDOVER_STATE_REFERRED, throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED, throughcarev1.HandoverState_HANDOVER_STATE_RETRIEVED:
+		return true
+	}
+	return false
 }

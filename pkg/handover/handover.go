@@ -110,10 +110,11 @@ type Service struct {
 
 var _ throughcarev1.HandoverServiceServer = (*Service)(nil)
 
-// historyKept is how many revisions of a handover the bucket keeps: in practice all of
-// them, so the outbox relay sees every write however far behind it is, and WatchHandovers
-// replays every change after any cursor.
-const historyKept = 1 << 20
+// historyKept is how many revisions of a handover the bucket keeps, so WatchHandovers can
+// replay a handover's changes. The protocol bounds the writes one handover takes (20
+// questions, each answered, and a receipt for each step), and events and index entries are
+// keys of their own, so this keeps every change while a handover costs O(1) storage.
+const historyKept = 64
 
 // Open creates the agency's streams and buckets. Call Run to start processing events.
 func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStore *cases.Store, cfg Config) (*Service, error) {
@@ -180,9 +181,9 @@ func (s *Service) Protocol() *throughcarev1.SharingProtocol { return s.cfg.Proto
 func (s *Service) Run(ctx context.Context) error {
 	relay := s.cfg.Inbox
 	stream, prefix := s.handovers.ChangeStream()
-	relay.Stream, relay.Durable, relay.FilterSubject = stream, eventbus.Token(s.cfg.Agency)+"-outbox-relay", prefix+">"
-	relay.MaxDeliver = 0                                                     // an outbox is never given up on
-	relay.OrderKey = func(msg jetstream.Msg) string { return msg.Subject() } // per handover
+	relay.Stream, relay.Durable, relay.FilterSubject = stream, eventbus.Token(s.cfg.Agency)+"-outbox-relay", prefix+outboxPrefix+">"
+	relay.MaxDeliver = 0 // an outbox is never given up on
+	relay.OrderKey = func(msg jetstream.Msg) string { return handoverOfOutboxSubject(msg.Subject()) }
 	inbox := s.cfg.Inbox
 	inbox.OrderKey = eventbus.OrderByCase
 
@@ -214,7 +215,8 @@ func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec
 		if err != nil {
 			return nil, handoverError(handoverID, err)
 		}
-		rec.Outbox = nil // the previous revision's events were that revision's
+		indexed := s.indexKeys(rec)
+		rec.Outbox = nil
 		if err := change(rec); errors.Is(err, errUnchanged) {
 			return rec, nil
 		} else if err != nil {
@@ -222,7 +224,7 @@ func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec
 		}
 		rec.Handover.Revision++
 		rec.Handover.UpdateTime = timestampNow(s.now)
-		_, err = s.handovers.Update(ctx, handoverID, rec, rev)
+		_, err = s.write(ctx, rec, rev, indexed)
 		if errors.Is(err, records.ErrRevisionMismatch) {
 			continue
 		}
@@ -234,6 +236,35 @@ func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec
 	return nil, fmt.Errorf("handover %s: %w: too many concurrent writes", handoverID, fault.ErrConflict)
 }
 
+// write stores rec if its key is still at rev (0: if it is new), with the index entries it
+// needs in place of indexed, and each event of its outbox under a key of its own, in one
+// atomic batch. It returns the record's new revision.
+func (s *Service) write(ctx context.Context, rec *storev1.HandoverRecord, rev uint64, indexed []string) (uint64, error) {
+	events := rec.Outbox
+	rec.Outbox = nil
+	defer func() { rec.Outbox = events }()
+	batch := s.handovers.Batch().Put(rec.GetHandover().GetHandoverId(), rec, rev)
+	added, removed := diffKeys(indexed, s.indexKeys(rec))
+	for _, k := range added {
+		batch.Set(k, nil)
+	}
+	for _, k := range removed {
+		batch.Remove(k)
+	}
+	for _, ev := range events {
+		data, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
+		if err != nil {
+			return 0, fmt.Errorf("encode event %s: %w", ev.GetEventId(), err)
+		}
+		batch.Set(outboxKey(ev), data)
+	}
+	revs, err := batch.Commit(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return revs[0], nil
+}
+
 // get loads a handover record.
 func (s *Service) get(ctx context.Context, handoverID string) (*storev1.HandoverRecord, error) {
 	rec, _, err := s.handovers.Get(ctx, handoverID)
@@ -241,13 +272,6 @@ func (s *Service) get(ctx context.Context, handoverID string) (*storev1.Handover
 		return nil, handoverError(handoverID, err)
 	}
 	return rec, nil
-}
-
-// each calls fn for every handover record in id order.
-func (s *Service) each(ctx context.Context, fn func(rec *storev1.HandoverRecord) error) error {
-	return s.handovers.List(ctx, "", func(_ string, rec *storev1.HandoverRecord, _ uint64) (bool, error) {
-		return true, fn(rec)
-	})
 }
 
 func handoverError(handoverID string, err error) error {

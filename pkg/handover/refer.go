@@ -3,6 +3,8 @@ package handover
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -57,7 +59,7 @@ func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient thr
 	ev.Withholdings = report.Withheld
 	ev.Payload = &throughcarev1.Event_HandoverReferred{HandoverReferred: &throughcarev1.HandoverReferred{Handover: proto.CloneOf(h), ReleaseCase: shared}}
 	rec := &storev1.HandoverRecord{Handover: h, Outbox: []*throughcarev1.Event{ev}}
-	if _, err := s.handovers.Create(ctx, h.GetHandoverId(), rec); err != nil {
+	if _, err := s.write(ctx, rec, 0, nil); err != nil {
 		return nil, nil, handoverError(h.GetHandoverId(), err)
 	}
 	s.log.Info("handover referred", zap.String("handover_id", h.GetHandoverId()), zap.String("case_id", caseID),
@@ -79,8 +81,8 @@ func (s *Service) acceptDue(rc *throughcarev1.ReleaseCase) *timestamppb.Timestam
 // NotifyRelease tells every agency that accepted a handover of the case that the person
 // has left prison. Calling it again sends the same event ids, which change nothing.
 func (s *Service) NotifyRelease(ctx context.Context, actor, caseID string, release *throughcarev1.Release) (int, error) {
-	accepted, err := s.find(ctx, func(h *throughcarev1.Handover) bool {
-		return h.GetCaseId() == caseID && !s.incoming(h) && h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_ACCEPTED
+	accepted, err := s.find(ctx, caseID, false, func(h *throughcarev1.Handover) bool {
+		return h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_ACCEPTED
 	})
 	if err != nil {
 		return 0, err
@@ -104,8 +106,8 @@ func (s *Service) NotifyRelease(ctx context.Context, actor, caseID string, relea
 // SharePlan sends this agency's plan for a case back to the agency that referred it. The
 // handover must have been accepted.
 func (s *Service) SharePlan(ctx context.Context, actor, caseID string, plan *throughcarev1.PlanShared) error {
-	accepted, err := s.find(ctx, func(h *throughcarev1.Handover) bool {
-		return h.GetCaseId() == caseID && s.incoming(h) && h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_ACCEPTED
+	accepted, err := s.find(ctx, caseID, true, func(h *throughcarev1.Handover) bool {
+		return h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_ACCEPTED
 	})
 	if err != nil {
 		return err
@@ -128,19 +130,39 @@ func (s *Service) SharePlan(ctx context.Context, actor, caseID string, plan *thr
 	return nil
 }
 
-// find returns the handovers that match.
-func (s *Service) find(ctx context.Context, match func(*throughcarev1.Handover) bool) ([]*throughcarev1.Handover, error) {
+// find returns the handovers of a case, received or sent, that match, from the case's
+// index entries.
+func (s *Service) find(ctx context.Context, caseID string, incoming bool, match func(*throughcarev1.Handover) bool) ([]*throughcarev1.Handover, error) {
+	recs, err := s.ofCase(ctx, caseID, incoming)
+	if err != nil {
+		return nil, err
+	}
 	var found []*throughcarev1.Handover
-	err := s.each(ctx, func(rec *storev1.HandoverRecord) error {
+	for _, rec := range recs {
 		if match(rec.GetHandover()) {
 			found = append(found, rec.GetHandover())
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list handovers: %w", err)
 	}
 	return found, nil
+}
+
+// ofCase returns the handovers of a case in one direction, oldest first.
+func (s *Service) ofCase(ctx context.Context, caseID string, incoming bool) ([]*storev1.HandoverRecord, error) {
+	if !ids.Valid(caseID) {
+		return nil, fault.InvalidField("case_id", "is not a case id")
+	}
+	entries, err := s.handovers.Latest(ctx, "ix.case."+caseID+"."+dirToken(incoming)+".*")
+	if err != nil {
+		return nil, fmt.Errorf("handovers of case %s: %w", caseID, err)
+	}
+	recs, err := s.getMany(ctx, entries)
+	if err != nil {
+		return nil, fmt.Errorf("handovers of case %s: %w", caseID, err)
+	}
+	slices.SortFunc(recs, func(a, b *storev1.HandoverRecord) int {
+		return strings.Compare(a.GetHandover().GetHandoverId(), b.GetHandover().GetHandoverId())
+	})
+	return recs, nil
 }
 
 // WithdrawConsent tells every agency this agency referred the case to as recipient that the
@@ -148,8 +170,8 @@ func (s *Service) find(ctx context.Context, match func(*throughcarev1.Handover) 
 // a PURGED receipt. A recipient that declined still holds the copy it was sent, so it is
 // told too.
 func (s *Service) WithdrawConsent(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, categories []throughcarev1.DataCategory) (int, error) {
-	referred, err := s.find(ctx, func(h *throughcarev1.Handover) bool {
-		return h.GetCaseId() == caseID && !s.incoming(h) && h.GetRecipient() == recipient
+	referred, err := s.find(ctx, caseID, false, func(h *throughcarev1.Handover) bool {
+		return h.GetRecipient() == recipient
 	})
 	if err != nil {
 		return 0, err

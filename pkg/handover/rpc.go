@@ -19,7 +19,7 @@ import (
 )
 
 func (s *Service) ListHandovers(ctx context.Context, req *throughcarev1.ListHandoversRequest) (*throughcarev1.ListHandoversResponse, error) {
-	after, err := records.DecodePageToken(req.GetPageToken())
+	after, err := records.DecodeRevisionToken(req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -27,29 +27,80 @@ func (s *Service) ListHandovers(ctx context.Context, req *throughcarev1.ListHand
 	if size == 0 {
 		size = cases.DefaultPageSize
 	}
-	var page []*throughcarev1.Handover
-	var next string
-	err = s.handovers.List(ctx, after, func(key string, rec *storev1.HandoverRecord, _ uint64) (bool, error) {
-		h := rec.GetHandover()
-		if !matches(req, s.direction(h), h) {
-			return true, nil
+	found := map[string]*storev1.HandoverRecord{}
+	entries, resume, err := s.handovers.Matching(ctx, listPatterns(req), after, size, func(ctx context.Context, entries []records.Entry) ([]records.Entry, error) {
+		recs, err := s.getMany(ctx, entries)
+		if err != nil {
+			return nil, err
 		}
-		if len(page) == size {
-			next = records.EncodePageToken(page[len(page)-1].GetHandoverId())
-			return false, nil
+		for _, rec := range recs {
+			found[rec.GetHandover().GetHandoverId()] = rec
 		}
-		page = append(page, h)
-		return true, nil
+		var matching []records.Entry
+		for _, e := range entries {
+			if rec, ok := found[handoverOfIndexKey(e.Key)]; ok && matches(req, s.direction(rec.GetHandover()), rec.GetHandover()) {
+				matching = append(matching, e)
+			}
+		}
+		return matching, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list handovers: %w", err)
 	}
-	for i, h := range page {
-		if page[i], err = s.retrieved(ctx, h); err != nil {
+	page := make([]*throughcarev1.Handover, len(entries))
+	for i, e := range entries {
+		if page[i], err = s.retrieved(ctx, found[handoverOfIndexKey(e.Key)].GetHandover()); err != nil {
 			return nil, err
 		}
 	}
-	return &throughcarev1.ListHandoversResponse{Handovers: page, NextPageToken: next}, nil
+	resp := &throughcarev1.ListHandoversResponse{Handovers: page}
+	if resume != 0 {
+		resp.NextPageToken = records.EncodeRevisionToken(resume)
+	}
+	return resp, nil
+}
+
+// listPatterns are the index entries a listing reads: by direction and state, or the
+// overdue ones; due_before is checked on each handover read.
+func listPatterns(req *throughcarev1.ListHandoversRequest) []string {
+	index := "ix.list."
+	if req.GetOverdueOnly() {
+		index = "ix.overdue."
+	}
+	dir := dirToken(req.GetDirection() == throughcarev1.Direction_DIRECTION_INCOMING)
+	if len(req.GetStates()) == 0 {
+		return []string{index + dir + ".*.*"}
+	}
+	var out []string
+	for _, st := range req.GetStates() {
+		out = append(out, index+dir+"."+stateToken(st)+".*")
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// getMany loads the handovers index entries point at, in the entries' order, in one
+// request; an entry whose handover is gone is skipped.
+func (s *Service) getMany(ctx context.Context, entries []records.Entry) ([]*storev1.HandoverRecord, error) {
+	ids := make([]string, len(entries))
+	for i, e := range entries {
+		ids[i] = handoverOfIndexKey(e.Key)
+	}
+	found, err := s.handovers.GetMany(ctx, ids...)
+	if err != nil {
+		return nil, err
+	}
+	byID := make(map[string]*storev1.HandoverRecord, len(found))
+	for _, r := range found {
+		byID[r.Key] = r.Msg
+	}
+	out := make([]*storev1.HandoverRecord, 0, len(ids))
+	for _, id := range ids {
+		if rec, ok := byID[id]; ok {
+			out = append(out, rec)
+		}
+	}
+	return out, nil
 }
 
 func matches(req *throughcarev1.ListHandoversRequest, dir throughcarev1.Direction, h *throughcarev1.Handover) bool {
@@ -266,7 +317,7 @@ func (s *Service) WatchHandovers(req *throughcarev1.WatchHandoversRequest, strea
 }
 
 func (s *Service) ListDeadLetters(ctx context.Context, req *throughcarev1.ListDeadLettersRequest) (*throughcarev1.ListDeadLettersResponse, error) {
-	after, err := records.DecodePageToken(req.GetPageToken())
+	after, err := records.DecodeRevisionToken(req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -274,13 +325,13 @@ func (s *Service) ListDeadLetters(ctx context.Context, req *throughcarev1.ListDe
 	if size == 0 {
 		size = cases.DefaultPageSize
 	}
-	page, last, err := s.dead.List(ctx, after, size)
+	page, resume, err := s.dead.List(ctx, after, size)
 	if err != nil {
 		return nil, fmt.Errorf("list dead letters: %w", err)
 	}
 	resp := &throughcarev1.ListDeadLettersResponse{DeadLetters: page}
-	if last != "" {
-		resp.NextPageToken = records.EncodePageToken(last)
+	if resume != 0 {
+		resp.NextPageToken = records.EncodeRevisionToken(resume)
 	}
 	return resp, nil
 }

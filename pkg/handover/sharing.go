@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -16,8 +18,10 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/protocol"
+	"github.com/throughcare/throughcare/pkg/records"
 	"github.com/throughcare/throughcare/pkg/signing"
 )
 
@@ -213,16 +217,9 @@ func carriesPersonalData(ev *throughcarev1.Event) bool {
 // down, as of now, under the rule of the latest handover that brought it (consent may have
 // been withdrawn, or the protocol changed, since it arrived).
 func (s *Service) Readable(ctx context.Context, copies ...*throughcarev1.ReleaseCase) ([]*throughcarev1.ReleaseCase, error) {
-	latest := map[string]*throughcarev1.Handover{}
-	err := s.each(ctx, func(rec *storev1.HandoverRecord) error {
-		h := rec.GetHandover()
-		if s.incoming(h) {
-			latest[h.GetCaseId()] = h // id order is creation order: the last one wins
-		}
-		return nil
-	})
+	latest, err := s.latestReceived(ctx, copies)
 	if err != nil {
-		return nil, fmt.Errorf("list handovers: %w", err)
+		return nil, err
 	}
 	out := make([]*throughcarev1.ReleaseCase, len(copies))
 	for i, rc := range copies {
@@ -240,42 +237,79 @@ func (s *Service) Readable(ctx context.Context, copies ...*throughcarev1.Release
 	return out, nil
 }
 
-// CheckRetention removes this agency's copies of cases whose rule's retention has run out
-// since they were last delivered, and records each removal in the ledger.
+// latestReceived is, for each case of copies, the last handover that brought it, read from
+// the cases' index entries in one request and the handovers in another.
+func (s *Service) latestReceived(ctx context.Context, copies []*throughcarev1.ReleaseCase) (map[string]*throughcarev1.Handover, error) {
+	patterns := make([]string, 0, len(copies))
+	for _, rc := range copies {
+		if ids.Valid(rc.GetCaseId()) {
+			patterns = append(patterns, "ix.case."+rc.GetCaseId()+".in.*")
+		}
+	}
+	entries, err := s.handovers.Latest(ctx, patterns...)
+	if err != nil {
+		return nil, fmt.Errorf("handovers of %d cases: %w", len(copies), err)
+	}
+	// Handover ids sort by creation: the largest of a case is its latest.
+	last := map[string]records.Entry{}
+	for _, e := range entries {
+		caseID := strings.Split(e.Key, ".")[2]
+		if have, ok := last[caseID]; !ok || handoverOfIndexKey(e.Key) > handoverOfIndexKey(have.Key) {
+			last[caseID] = e
+		}
+	}
+	recs, err := s.getMany(ctx, slices.Collect(maps.Values(last)))
+	if err != nil {
+		return nil, fmt.Errorf("handovers of %d cases: %w", len(copies), err)
+	}
+	latest := make(map[string]*throughcarev1.Handover, len(recs))
+	for _, rec := range recs {
+		latest[rec.GetHandover().GetCaseId()] = rec.GetHandover()
+	}
+	return latest, nil
+}
+
+// CheckRetention removes this agency's copies of cases whose rules' retention has run out
+// since they were delivered, and records each removal in the ledger. It reads only the
+// copies filed under the hours since its last pass.
 func (s *Service) CheckRetention(ctx context.Context) error {
 	now := s.now()
-	expiry := map[string]time.Time{}
-	incomingFor := map[string][]string{}
-	err := s.each(ctx, func(rec *storev1.HandoverRecord) error {
-		h := rec.GetHandover()
-		if !s.incoming(h) || len(h.GetReceipts()) == 0 {
+	return s.sweep(ctx, "retain", now, func(ctx context.Context, handoverID string) error {
+		rec, err := s.get(ctx, handoverID)
+		if errors.Is(err, fault.ErrNotFound) {
 			return nil
 		}
-		incomingFor[h.GetCaseId()] = append(incomingFor[h.GetCaseId()], h.GetHandoverId())
-		rule, ok := s.cfg.Protocol.Rule(h.GetSender(), s.cfg.Agency, h.GetPurpose())
-		if !ok {
-			return nil
-		}
-		until := h.GetReceipts()[0].GetTime().AsTime().Add(rule.GetRetention().AsDuration())
-		if until.After(expiry[h.GetCaseId()]) {
-			expiry[h.GetCaseId()] = until
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("list handovers: %w", err)
-	}
-	for caseID, until := range expiry {
-		if now.Before(until) {
-			continue
-		}
-		rc, err := s.localCase(ctx, caseID)
 		if err != nil {
 			return err
 		}
-		if rc == nil {
-			continue // removed before
+		if until, ok := s.retainUntil(rec); !ok || now.Before(until) {
+			return nil
 		}
+		return s.expireCopy(ctx, rec.GetHandover().GetCaseId(), now)
+	})
+}
+
+// expireCopy removes this agency's copy of a case once the retention of every handover
+// that brought it has run out, records the removal, and clears the handovers' free text.
+func (s *Service) expireCopy(ctx context.Context, caseID string, now time.Time) error {
+	received, err := s.ofCase(ctx, caseID, true)
+	if err != nil {
+		return err
+	}
+	var until time.Time
+	for _, rec := range received {
+		if u, ok := s.retainUntil(rec); ok && u.After(until) {
+			until = u
+		}
+	}
+	if now.Before(until) {
+		return nil // a later handover keeps the copy; its own entry comes due later
+	}
+	rc, err := s.localCase(ctx, caseID)
+	if err != nil {
+		return err
+	}
+	if rc != nil {
 		entry := &throughcarev1.Disclosure{
 			Kind:            throughcarev1.DisclosureKind_DISCLOSURE_KIND_EXPIRED,
 			CaseId:          caseID,
@@ -294,23 +328,25 @@ func (s *Service) CheckRetention(ctx context.Context) error {
 		}
 		if err := s.cases.Purge(ctx, caseID, rc.GetRevision()); err != nil {
 			if errors.Is(err, fault.ErrConflict) {
-				continue // a concurrent change: the next round removes it
+				return nil // a concurrent change: the next pass removes it
 			}
 			return err
 		}
-		// The handovers keep their routing metadata; their free text goes with the copy.
-		for _, id := range incomingFor[caseID] {
-			_, err := s.mutate(ctx, id, func(rec *storev1.HandoverRecord) error {
-				if len(protocol.Purge(rec.GetHandover(), allCategories)) == 0 {
-					return errUnchanged
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
 		s.log.Info("case copy removed: retention ran out", zap.String("case_id", caseID))
+	}
+	// The handovers keep their routing metadata; their free text goes with the copy.
+	for _, rec := range received {
+		_, err := s.mutate(ctx, rec.GetHandover().GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+			if rec.GetCopyRemoved() {
+				return errUnchanged
+			}
+			protocol.Purge(rec.GetHandover(), allCategories)
+			rec.CopyRemoved = true
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -25,19 +25,23 @@ const (
 // HandoverRecord is how an agency stores one handover in its Key-Value bucket. It is not
 // part of the public contract.
 //
-// The events a write must send travel in the same record as the write, so they commit
-// together: a relay reads the bucket's change stream, where every revision is kept, and
-// publishes each revision's outbox.
+// The events a write must send commit with it: the write is one atomic batch of the
+// record, its index entries and one key per event (ob.<handover>.<event>), which a relay
+// publishes and then removes.
 type HandoverRecord struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Handover *v1.Handover           `protobuf:"bytes,1,opt,name=handover,proto3" json:"handover,omitempty"`
-	// The events this revision's write sends.
+	// The events this revision's write sends, while the write is being made. Never stored
+	// here: the write stores each under its own key, so the record's history can stay short.
 	Outbox []*v1.Event `protobuf:"bytes,2,rep,name=outbox,proto3" json:"outbox,omitempty"`
 	// Ids of incoming events already applied that a second delivery would apply again
 	// (a consent withdrawal), newest last, at most 64.
 	AppliedEventIds []string `protobuf:"bytes,4,rep,name=applied_event_ids,json=appliedEventIds,proto3" json:"applied_event_ids,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// This agency's copy of the case that this received handover brought was removed when
+	// its retention ran out.
+	CopyRemoved   bool `protobuf:"varint,5,opt,name=copy_removed,json=copyRemoved,proto3" json:"copy_removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HandoverRecord) Reset() {
@@ -91,15 +95,23 @@ func (x *HandoverRecord) GetAppliedEventIds() []string {
 	return nil
 }
 
+func (x *HandoverRecord) GetCopyRemoved() bool {
+	if x != nil {
+		return x.CopyRemoved
+	}
+	return false
+}
+
 var File_throughcare_store_v1_handover_record_proto protoreflect.FileDescriptor
 
 const file_throughcare_store_v1_handover_record_proto_rawDesc = "" +
 	"\n" +
-	"*throughcare/store/v1/handover_record.proto\x12\x14throughcare.store.v1\x1a\x1athroughcare/v1/event.proto\x1a\x1dthroughcare/v1/handover.proto\"\xb4\x01\n" +
+	"*throughcare/store/v1/handover_record.proto\x12\x14throughcare.store.v1\x1a\x1athroughcare/v1/event.proto\x1a\x1dthroughcare/v1/handover.proto\"\xd7\x01\n" +
 	"\x0eHandoverRecord\x124\n" +
 	"\bhandover\x18\x01 \x01(\v2\x18.throughcare.v1.HandoverR\bhandover\x12-\n" +
 	"\x06outbox\x18\x02 \x03(\v2\x15.throughcare.v1.EventR\x06outbox\x12*\n" +
-	"\x11applied_event_ids\x18\x04 \x03(\tR\x0fappliedEventIdsJ\x04\b\x03\x10\x04R\voutbox_onlyBEZCgithub.com/throughcare/throughcare/gen/throughcare/store/v1;storev1b\x06proto3"
+	"\x11applied_event_ids\x18\x04 \x03(\tR\x0fappliedEventIds\x12!\n" +
+	"\fcopy_removed\x18\x05 \x01(\bR\vcopyRemovedJ\x04\b\x03\x10\x04R\voutbox_onlyBEZCgithub.com/throughcare/throughcare/gen/throughcare/store/v1;storev1b\x06proto3"
 
 var (
 	file_throughcare_store_v1_handover_record_proto_rawDescOnce sync.Once

@@ -1,0 +1,123 @@
+package handover
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+)
+
+// The handovers bucket holds, beside each record, index entries that point at it. They are
+// a pure function of the record (indexKeys), written in the same atomic batch as the
+// record, so no crash can leave them out of step, and every request path and periodic job
+// reads only the entries it needs:
+//
+//	ix.case.<case>.<in|out>.<handover>       the handovers of a case (release, plans, consent)
+//	ix.list.<in|out>.<state>.<handover>       ListHandovers by direction and state
+//	ix.overdue.<in|out>.<state>.<handover>    ListHandovers with overdue_only
+//	ix.due.<hour>.<handover>                  deadlines not yet marked, by the hour they fall due
+//	ix.retain.<hour>.<handover>               received copies, by the hour their retention ends
+//	ob.<handover>.<event>                     events a write sends, until the relay has sent them
+//
+// Hours are hours since the Unix epoch. A time already past when the record was written is
+// filed under the hour of that write, so a job that has read up to a checkpoint never misses
+// an entry filed behind it.
+const (
+	indexPrefix  = "ix."
+	outboxPrefix = "ob."
+)
+
+func dirToken(incoming bool) string {
+	if incoming {
+		return "in"
+	}
+	return "out"
+}
+
+func stateToken(st throughcarev1.HandoverState) string {
+	return strings.ToLower(strings.TrimPrefix(st.String(), "HANDOVER_STATE_"))
+}
+
+// hourOf is the index bucket of t.
+func hourOf(t time.Time) int64 { return t.Unix() / 3600 }
+
+func hourToken(hour int64) string { return fmt.Sprintf("%010d", hour) }
+
+// filedHour is the bucket a time is filed under: its own hour, or the hour of the write
+// when it has already passed.
+func filedHour(at time.Time, rec *storev1.HandoverRecord) int64 {
+	return max(hourOf(at), hourOf(rec.GetHandover().GetUpdateTime().AsTime()))
+}
+
+// indexKeys are the index entries rec needs.
+func (s *Service) indexKeys(rec *storev1.HandoverRecord) []string {
+	h := rec.GetHandover()
+	id, dir, state := h.GetHandoverId(), dirToken(s.incoming(h)), stateToken(h.GetState())
+	keys := []string{
+		"ix.case." + h.GetCaseId() + "." + dir + "." + id,
+		"ix.list." + dir + "." + state + "." + id,
+	}
+	if h.GetAcknowledgeOverdue() || h.GetAcceptOverdue() {
+		keys = append(keys, "ix.overdue."+dir+"."+state+"."+id)
+	}
+	for _, due := range pendingDeadlines(h) {
+		keys = append(keys, "ix.due."+hourToken(filedHour(due, rec))+"."+id)
+	}
+	if until, ok := s.retainUntil(rec); ok {
+		keys = append(keys, "ix.retain."+hourToken(filedHour(until, rec))+"."+id)
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
+}
+
+// pendingDeadlines are the due times of h's deadlines that are neither met nor marked.
+func pendingDeadlines(h *throughcarev1.Handover) []time.Time {
+	var due []time.Time
+	if waitingForAcknowledgement(h) && !h.GetAcknowledgeOverdue() && h.GetAcknowledgeDueTime() != nil {
+		due = append(due, h.GetAcknowledgeDueTime().AsTime())
+	}
+	if !finished(h) && !h.GetAcceptOverdue() && h.GetAcceptDueTime() != nil {
+		due = append(due, h.GetAcceptDueTime().AsTime())
+	}
+	return due
+}
+
+// retainUntil is when this agency's copy brought by rec's handover may no longer be kept:
+// for a received handover whose copy is still held, its rule's retention after delivery.
+func (s *Service) retainUntil(rec *storev1.HandoverRecord) (time.Time, bool) {
+	h := rec.GetHandover()
+	if !s.incoming(h) || len(h.GetReceipts()) == 0 || rec.GetCopyRemoved() {
+		return time.Time{}, false
+	}
+	rule, ok := s.cfg.Protocol.Rule(h.GetSender(), s.cfg.Agency, h.GetPurpose())
+	if !ok {
+		return time.Time{}, false
+	}
+	return h.GetReceipts()[0].GetTime().AsTime().Add(rule.GetRetention().AsDuration()), true
+}
+
+// outboxKey is where an event waits for the relay.
+func outboxKey(ev *throughcarev1.Event) string {
+	return outboxPrefix + ev.GetHandoverId() + "." + ev.GetEventId()
+}
+
+// handoverOfIndexKey is the handover an index entry points at: its last token.
+func handoverOfIndexKey(key string) string { return key[strings.LastIndexByte(key, '.')+1:] }
+
+// diffKeys returns the keys of want missing from have, and those of have not in want.
+func diffKeys(have, want []string) (added, removed []string) {
+	for _, k := range want {
+		if !slices.Contains(have, k) {
+			added = append(added, k)
+		}
+	}
+	for _, k := range have {
+		if !slices.Contains(want, k) {
+			removed = append(removed, k)
+		}
+	}
+	return added, removed
+}
