@@ -16,7 +16,6 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
-	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/signing"
 )
@@ -98,7 +97,7 @@ func (s *Service) disclose(ctx context.Context, ev *throughcarev1.Event) error {
 		Actor:              ev.GetActor(),
 		Time:               timestampNow(s.now),
 		PayloadHash:        hash[:],
-		PersonHash:         personHash(rc),
+		PersonHash:         s.personHash(rc),
 	}
 	if _, err := s.ledger.Append(ctx, entry, "shared/"+ev.GetEventId()); err != nil {
 		return fmt.Errorf("record disclosure of event %s: %w", ev.GetEventId(), err)
@@ -284,7 +283,7 @@ func (s *Service) CheckRetention(ctx context.Context) error {
 			ProtocolId:      s.cfg.Protocol.ID(),
 			ProtocolVersion: s.cfg.Protocol.Version(),
 			Time:            timestamppb.New(now),
-			PersonHash:      personHash(rc),
+			PersonHash:      s.personHash(rc),
 			Note:            fmt.Sprintf("copy of case %s removed: retention ran out at %s", caseID, until.UTC().Format(time.RFC3339)),
 		}
 		// The entry first: a crash before the removal repeats both, and the dedupe id keeps
@@ -315,9 +314,9 @@ func (s *Service) CheckRetention(ctx context.Context) error {
 	return nil
 }
 
-func personHash(rc *throughcarev1.ReleaseCase) []byte {
+func (s *Service) personHash(rc *throughcarev1.ReleaseCase) []byte {
 	if pn := rc.GetPerson().GetPrisonNumber(); pn != "" {
-		return ledger.PersonHash(pn)
+		return s.cfg.PersonKey.Hash(pn)
 	}
 	return nil
 }
