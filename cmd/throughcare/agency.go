@@ -69,6 +69,9 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 	agency := hcfg.Agency
 	name := eventbus.Token(agency)
 	log = log.With(zap.String("agency", name))
+	if hcfg.PersonKey.IsZero() {
+		return nil, fmt.Errorf("%s: no person-hash key: the ledger would refer to people without it", name)
+	}
 	store, err := cases.Open(ctx, js, name+"_cases", records.WithReplicas(hcfg.Limits.Replicas))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -92,7 +95,7 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 		return nil, fmt.Errorf("no service for agency %s", agency)
 	}
 	throughcarev1.RegisterHandoverServiceServer(srv.Server, handovers)
-	throughcarev1.RegisterAuditServiceServer(srv.Server, ledger.NewServer(handovers.Ledger(), handovers.Protocol))
+	throughcarev1.RegisterAuditServiceServer(srv.Server, ledger.NewServer(handovers.Ledger(), hcfg.PersonKey, handovers.Protocol))
 
 	lis, err := net.Listen("tcp", l.Addr)
 	if err != nil {

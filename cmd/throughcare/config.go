@@ -179,6 +179,11 @@ type devConfig struct {
 // CertsDir is where dev keeps its local CA and certificates.
 func (c devConfig) CertsDir() string { return filepath.Join(c.DataDir, "certs") }
 
+// PersonHashKeyFile is where dev keeps the deployment's person-hash key.
+func (c devConfig) PersonHashKeyFile() string {
+	return filepath.Join(c.DataDir, "secrets", "person-hash.key")
+}
+
 func parseDevConfig(args []string, getenv func(string) string, out io.Writer) (devConfig, error) {
 	var c devConfig
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
@@ -238,10 +243,12 @@ type serveConfig struct {
 	TLSCA      string
 	TLSCert    string
 	TLSKey     string
-	Replicas   int
-	GRPC       grpcFlags
-	Handover   handoverFlags
-	Log        logConfig
+	// PersonHashKey is the file of the deployment's person-hash key.
+	PersonHashKey string
+	Replicas      int
+	GRPC          grpcFlags
+	Handover      handoverFlags
+	Log           logConfig
 }
 
 func parseServeConfig(args []string, getenv func(string) string, out io.Writer) (serveConfig, error) {
@@ -256,6 +263,7 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	fs.StringVar(&c.TLSCA, "tls-ca", "", "PEM file of the CA whose client certificates are accepted")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM file of the service's server certificate")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM file of the server certificate's key")
+	fs.StringVar(&c.PersonHashKey, "person-hash-key", "", "file of the deployment's person-hash key, 64 hex digits (openssl rand -hex 32), mode 0600 or 0400: the same in every agency; required")
 	fs.IntVar(&c.Replicas, "replicas", 1, "JetStream replicas of the service's buckets (3 on a cluster)")
 	c.GRPC.register(fs)
 	c.Handover.register(fs)
@@ -274,7 +282,16 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	if err := c.validateTLS(); err != nil {
 		return c, err
 	}
-	return c, errors.Join(c.GRPC.validate(), c.Handover.validate())
+	return c, errors.Join(c.validatePersonHashKey(), c.GRPC.validate(), c.Handover.validate())
+}
+
+// validatePersonHashKey wants the key file always, --insecure or not: without it the ledger
+// could not refer to people.
+func (c serveConfig) validatePersonHashKey() error {
+	if c.PersonHashKey == "" {
+		return fmt.Errorf("--person-hash-key (%s) is required: the file of the deployment's secret that the ledger refers to people under, the same for every agency; make it once with openssl rand -hex 32", envName("person-hash-key"))
+	}
+	return nil
 }
 
 // validateTLS wants all three files for mutual TLS, or none of them with --insecure.

@@ -18,6 +18,7 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 	"github.com/throughcare/throughcare/pkg/signing"
 )
@@ -30,6 +31,8 @@ type devSystem struct {
 	agencies []*agencyServer
 	// certs is the local PKI the agencies serve mutual TLS with; nil with --insecure.
 	certs *certs.Bundle
+	// personKey is the deployment's person-hash key, kept in the data dir.
+	personKey ledger.PersonKey
 }
 
 func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
@@ -75,6 +78,11 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 	if err != nil {
 		return nil, fmt.Errorf("signing keys: %w", err)
 	}
+	personKey, err := ledger.EnsurePersonKey(cfg.PersonHashKeyFile())
+	if err != nil {
+		return nil, err
+	}
+	log.Info("person-hash key", zap.String("file", cfg.PersonHashKeyFile()), zap.String("key_id", personKey.ID()))
 	ncfg := natsserver.Config{
 		Host:       "127.0.0.1",
 		Port:       cfg.NATSPort,
@@ -99,7 +107,7 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
-	sys := &devSystem{log: log, nats: ns, certs: bundle}
+	sys := &devSystem{log: log, nats: ns, certs: bundle, personKey: personKey}
 	agencies := []struct {
 		agency           throughcarev1.Agency
 		addr, healthAddr string
@@ -141,6 +149,7 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		}
 		hc := cfg.Handover.handoverConfig(a.agency, sharing, 1)
 		hc.SigningKey, hc.Keyring = keys[a.agency], keyring
+		hc.PersonKey = personKey
 		hc.Topology = topology
 		srv, err := startAgency(ctx, log, js, hc, cfg.GRPC.listen(a.addr, a.healthAddr, serverTLS))
 		if err != nil {

@@ -94,7 +94,8 @@ func TestServeConnectsWithItsSeedIntoItsAccount(t *testing.T) {
 	}
 	env := map[string]string{"THROUGHCARE_NATS_NKEY_SEED": srv.Creds.AgencySeedFile(prisonAgency)}
 	cfg, err := parseServeConfig([]string{"--service", "prison", "--nats-url", srv.URL(), "--addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0",
-		"--insecure", "--log-level", "error", "--signing-key", filepath.Join(keys, "prison.key"), "--keyring", filepath.Join(keys, "keyring.json")},
+		"--insecure", "--log-level", "error", "--signing-key", filepath.Join(keys, "prison.key"), "--keyring", filepath.Join(keys, "keyring.json"),
+		"--person-hash-key", testPersonKeyFile(t)},
 		func(k string) string { return env[k] }, &strings.Builder{})
 	if err != nil {
 		t.Fatalf("parse: %v", err)

@@ -27,6 +27,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/grpcserver"
 	"github.com/throughcare/throughcare/pkg/handover"
+	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/natstest"
 	"github.com/throughcare/throughcare/pkg/signing"
 )
@@ -66,6 +67,7 @@ func testHandoverConfig(agency throughcarev1.Agency) handover.Config {
 	c := handover.DefaultConfig(agency)
 	keyring, keys := testSigningKeys()
 	c.SigningKey, c.Keyring = keys[agency], keyring
+	c.PersonKey = testPersonKey
 	c.Inbox.AckWait = 2 * time.Second
 	c.Inbox.BackOff = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond}
 	c.Inbox.MaxDeliver = 4
@@ -73,6 +75,9 @@ func testHandoverConfig(agency throughcarev1.Agency) handover.Config {
 	c.DeadlineScanInterval = 100 * time.Millisecond
 	return c
 }
+
+// testPersonKey is the test deployment's person-hash key, the same for every agency.
+var testPersonKey = ledger.GeneratePersonKey()
 
 // testSigningKeys are every agency's signing keys, made once for all the tests.
 var testSigningKeys = sync.OnceValues(func() (*signing.Keyring, map[throughcarev1.Agency]signing.Key) {

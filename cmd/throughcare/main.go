@@ -29,7 +29,7 @@ const usage = `usage: throughcare <command> [flags]
 
 commands:
   dev     run the whole system in one process: embedded NATS and the three agency services
-  serve   run one agency's service against an external NATS (--service, --nats-url, --tls-*)
+  serve   run one agency's service against an external NATS (--service, --nats-url, --tls-*, --person-hash-key)
   certs   create the local CA and certificates that dev uses (in <data-dir>/certs), or show them
 
 Run 'throughcare <command> -h' for the flags of a command. Every flag can also be set with

@@ -1,16 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -20,6 +25,7 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/natstest"
 	"github.com/throughcare/throughcare/pkg/signing"
 )
@@ -61,11 +67,21 @@ func TestDevServesAllAgenciesAndKeepsDataAcrossRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cfg := testDevConfig(t, t.TempDir())
+	core, logs := observer.New(zapcore.DebugLevel)
+	log := zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core))
 
-	sys, err := startDev(ctx, zaptest.NewLogger(t), cfg)
+	sys, err := startDev(ctx, log, cfg)
 	if err != nil {
 		t.Fatalf("start dev: %v", err)
 	}
+	keyFile, err := os.ReadFile(cfg.PersonHashKeyFile())
+	if err != nil {
+		t.Fatalf("dev's person-hash key: %v", err)
+	}
+	if st, err := os.Stat(cfg.PersonHashKeyFile()); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("person-hash key file: %v, %v; want mode 0600", st.Mode().Perm(), err)
+	}
+	keyID := sys.personKey.ID()
 	for _, a := range sys.agencies {
 		resp, err := healthpb.NewHealthClient(dialDev(t, sys, a)).Check(ctx, &healthpb.HealthCheckRequest{})
 		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
@@ -88,13 +104,26 @@ func TestDevServesAllAgenciesAndKeepsDataAcrossRestart(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 
-	sys, err = startDev(ctx, zaptest.NewLogger(t), cfg)
+	sys, err = startDev(ctx, log, cfg)
 	if err != nil {
 		t.Fatalf("restart dev: %v", err)
 	}
 	defer sys.Stop()
 	if got := sys.certs.CAFingerprint(); got != fingerprint {
 		t.Errorf("CA after restart: got %s, want the first start's %s", got, fingerprint)
+	}
+	// The same key, or every reference in the ledger so far would match no one.
+	if got, err := os.ReadFile(cfg.PersonHashKeyFile()); err != nil || !bytes.Equal(got, keyFile) || sys.personKey.ID() != keyID {
+		t.Errorf("person-hash key after restart: id %s (file changed: %v, err %v); want the first start's %s", sys.personKey.ID(), !bytes.Equal(got, keyFile), err, keyID)
+	}
+	secret := strings.TrimSpace(string(keyFile))
+	for _, e := range logs.All() {
+		if line := fmt.Sprint(e.Message, e.ContextMap()); strings.Contains(line, secret) {
+			t.Errorf("the person-hash key is in the log: %s", line)
+		}
+	}
+	if logs.FilterField(zap.String("key_id", keyID)).Len() != 2 {
+		t.Errorf("want the key's id logged at each start, got %v", logs.FilterMessage("person-hash key").All())
 	}
 	prison = throughcarev1.NewPrisonServiceClient(dialDev(t, sys, sys.agencies[0]))
 	got, err := prison.GetReleaseCase(ctx, &throughcarev1.GetReleaseCaseRequest{CaseId: opened.GetReleaseCase().GetCaseId()})
@@ -164,7 +193,7 @@ func TestConfigFlagsWinOverEnvironmentOverDefaults(t *testing.T) {
 	env := map[string]string{
 		"THROUGHCARE_NATS_URL": "nats://env:4222", "THROUGHCARE_ADDR": ":9000", "THROUGHCARE_SERVICE": "probation",
 		"THROUGHCARE_TLS_CA": "/etc/tc/ca.pem", "THROUGHCARE_TLS_CERT": "/etc/tc/tls.crt", "THROUGHCARE_TLS_KEY": "/etc/tc/tls.key",
-		"THROUGHCARE_MAX_INFLIGHT_PER_CALLER": "8",
+		"THROUGHCARE_MAX_INFLIGHT_PER_CALLER": "8", "THROUGHCARE_PERSON_HASH_KEY": "/etc/tc/person-hash.key",
 	}
 	cfg, err := parseServeConfig([]string{"--addr", ":8000"}, func(k string) string { return env[k] }, &strings.Builder{})
 	if err != nil {
@@ -175,6 +204,9 @@ func TestConfigFlagsWinOverEnvironmentOverDefaults(t *testing.T) {
 	}
 	if cfg.TLSCA != "/etc/tc/ca.pem" || cfg.TLSCert != "/etc/tc/tls.crt" || cfg.TLSKey != "/etc/tc/tls.key" || cfg.GRPC.Insecure {
 		t.Errorf("got TLS %q %q %q insecure %v; want the files from env, mutual TLS", cfg.TLSCA, cfg.TLSCert, cfg.TLSKey, cfg.GRPC.Insecure)
+	}
+	if cfg.PersonHashKey != "/etc/tc/person-hash.key" {
+		t.Errorf("got person-hash key %q; want the file from env", cfg.PersonHashKey)
 	}
 	if cfg.HealthAddr != ":7110" || cfg.GRPC.CallTimeout != 30*time.Second || cfg.GRPC.MaxInFlightPerCaller != 8 {
 		t.Errorf("got health %q, call timeout %s, max in flight %d; want :7110, 30s by default, 8 from env", cfg.HealthAddr, cfg.GRPC.CallTimeout, cfg.GRPC.MaxInFlightPerCaller)
@@ -196,6 +228,8 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{[]string{"--service", "prison", "--insecure", "--tls-cert", "c.pem"}, nil, "--tls-cert with --insecure"},
 		{[]string{"--service", "prison", "--insecure", "--max-inflight-per-caller", "0"}, nil, "--max-inflight-per-caller"},
 		{[]string{"--service", "prison", "--insecure", "--call-timeout", "0s"}, nil, "--call-timeout"},
+		{[]string{"--service", "prison", "--tls-ca", "ca.pem", "--tls-cert", "c.pem", "--tls-key", "k.pem"}, nil, "--person-hash-key (THROUGHCARE_PERSON_HASH_KEY) is required"},
+		{[]string{"--service", "prison", "--insecure"}, nil, "--person-hash-key (THROUGHCARE_PERSON_HASH_KEY) is required"},
 	} {
 		_, err := parseServeConfig(tc.args, func(k string) string { return tc.env[k] }, &strings.Builder{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -234,6 +268,7 @@ func TestServeRunsOneAgencyOverMutualTLS(t *testing.T) {
 	if _, _, err := signing.Ensure(keys, allAgencies, time.Now()); err != nil {
 		t.Fatalf("signing keys: %v", err)
 	}
+	personKey := testPersonKeyFile(t)
 	addr, healthAddr := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
@@ -241,7 +276,8 @@ func TestServeRunsOneAgencyOverMutualTLS(t *testing.T) {
 		done <- run(ctx, []string{"serve", "--service", "prison", "--nats-url", ns.URL(), "--log-level", "warn",
 			"--addr", addr, "--health-addr", healthAddr,
 			"--signing-key", filepath.Join(keys, "prison.key"), "--keyring", filepath.Join(keys, "keyring.json")}, &strings.Builder{}, func(k string) string {
-			return map[string]string{"THROUGHCARE_TLS_CA": b.CAFile(), "THROUGHCARE_TLS_CERT": serverCert, "THROUGHCARE_TLS_KEY": serverKey}[k]
+			return map[string]string{"THROUGHCARE_TLS_CA": b.CAFile(), "THROUGHCARE_TLS_CERT": serverCert, "THROUGHCARE_TLS_KEY": serverKey,
+				"THROUGHCARE_PERSON_HASH_KEY": personKey}[k]
 		})
 	}()
 	callCtx := testCtx(t)
@@ -271,6 +307,58 @@ func TestServeRunsOneAgencyOverMutualTLS(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("serve did not stop within 30s of cancel")
+	}
+}
+
+// testPersonKeyFile is a person-hash key file as a platform team would mount it.
+func testPersonKeyFile(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "person-hash.key")
+	if _, err := ledger.EnsurePersonKey(path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestServeRefusesToStartWithoutItsPersonHashKey: serve never starts without a usable
+// key, --insecure or not, and says which flag and which file.
+func TestServeRefusesToStartWithoutItsPersonHashKey(t *testing.T) {
+	keys := t.TempDir()
+	if _, _, err := signing.Ensure(keys, allAgencies, time.Now()); err != nil {
+		t.Fatalf("signing keys: %v", err)
+	}
+	write := func(name, text string, mode os.FileMode) string {
+		path := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(path, []byte(text), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	short := write("short.key", "0123456789abcdef\n", 0o600)
+	open := write("open.key", strings.Repeat("ab", 32)+"\n", 0o644)
+	missing := filepath.Join(t.TempDir(), "missing.key")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"none", nil, []string{"--person-hash-key (THROUGHCARE_PERSON_HASH_KEY) is required"}},
+		{"short", []string{"--person-hash-key", short}, []string{"--person-hash-key", short, "want 64 hex digits"}},
+		{"open to others", []string{"--person-hash-key", open}, []string{"--person-hash-key", open, "open to others"}},
+		{"missing", []string{"--person-hash-key", missing}, []string{"--person-hash-key", missing}},
+	} {
+		args := append([]string{"serve", "--service", "prison", "--insecure", "--log-level", "error",
+			"--nats-url", "nats://" + freeAddr(t), "--addr", "127.0.0.1:0", "--health-addr", "",
+			"--signing-key", filepath.Join(keys, "prison.key"), "--keyring", filepath.Join(keys, "keyring.json")}, tc.args...)
+		err := run(t.Context(), args, &strings.Builder{}, func(string) string { return "" })
+		for _, want := range tc.want {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("%s: serve = %v; want an error naming %s", tc.name, err, want)
+			}
+		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 )
 
@@ -23,7 +24,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	defer func() { _ = log.Sync() }()
 	log.Info("starting throughcare serve", zap.String("service", cfg.Service), zap.String("nats_url", redactURLs(cfg.NATSURL)),
 		zap.String("addr", cfg.Addr), zap.String("health_addr", cfg.HealthAddr), zap.Int("replicas", cfg.Replicas),
-		zap.String("tls_ca", cfg.TLSCA), zap.String("tls_cert", cfg.TLSCert), zap.String("tls_key", cfg.TLSKey), zap.Bool("insecure", cfg.GRPC.Insecure),
+		zap.String("tls_ca", cfg.TLSCA), zap.String("tls_cert", cfg.TLSCert), zap.String("tls_key", cfg.TLSKey), zap.String("person_hash_key", cfg.PersonHashKey), zap.Bool("insecure", cfg.GRPC.Insecure),
 		zap.Duration("call_timeout", cfg.GRPC.CallTimeout), zap.Int("max_inflight_per_caller", cfg.GRPC.MaxInFlightPerCaller))
 	var serverTLS *tls.Config
 	if cfg.GRPC.Insecure {
@@ -31,6 +32,12 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	} else if serverTLS, err = certs.LoadServerTLS(cfg.TLSCA, cfg.TLSCert, cfg.TLSKey); err != nil {
 		return fmt.Errorf("mutual TLS (--tls-ca, --tls-cert, --tls-key): %w", err)
 	}
+
+	personKey, err := ledger.LoadPersonKey(cfg.PersonHashKey)
+	if err != nil {
+		return fmt.Errorf("--person-hash-key: %w", err)
+	}
+	log.Info("person-hash key", zap.String("file", cfg.PersonHashKey), zap.String("key_id", personKey.ID()))
 
 	sharing, err := cfg.Handover.loadProtocol()
 	if err != nil {
@@ -49,6 +56,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	}
 	hc := cfg.Handover.handoverConfig(cfg.Agency, sharing, cfg.Replicas)
 	hc.SigningKey, hc.Keyring = key, keyring
+	hc.PersonKey = personKey
 	if cfg.NATSSeed != "" {
 		auth, err := natsserver.AgencyConnectOptions(cfg.Agency, cfg.NATSSeed)
 		if err != nil {

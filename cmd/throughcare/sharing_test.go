@@ -194,7 +194,7 @@ func TestSharingToSocialWorkWithholdsAndRecords(t *testing.T) {
 		EntryHash:          d.GetEntryHash(),
 		Kind:               kindShared,
 		Withholdings:       socialWorkWithholdings,
-		PersonHash:         ledger.PersonHash(rc.GetPerson().GetPrisonNumber()),
+		PersonHash:         sys.cfg[prisonAgency].PersonKey.Hash(rc.GetPerson().GetPrisonNumber()),
 	}
 	if !proto.Equal(d, want) {
 		t.Errorf("prison ledger entry:\n got %v\nwant %v", prototext.Format(d), prototext.Format(want))
@@ -547,7 +547,7 @@ func TestRetentionRemovesExpiredCopies(t *testing.T) {
 	}
 	e := expired[0]
 	if e.GetSender() != prisonAgency || e.GetRecipient() != probationAgency || e.GetProtocolId() != p.ID() || e.GetProtocolVersion() != p.Version() ||
-		!bytes.Equal(e.GetPersonHash(), ledger.PersonHash(rc.GetPerson().GetPrisonNumber())) || e.GetNote() == "" {
+		!bytes.Equal(e.GetPersonHash(), sys.cfg[prisonAgency].PersonKey.Hash(rc.GetPerson().GetPrisonNumber())) || e.GetNote() == "" {
 		t.Errorf("probation EXPIRED entry: got %v; want case %s from the prison under %s v%d, with the person's hash and a note", prototext.Format(e), rc.GetCaseId(), p.ID(), p.Version())
 	}
 	if at := e.GetTime().AsTime(); at.Before(delivered.Add(retention)) {
@@ -606,7 +606,7 @@ func TestSubjectAccessReport(t *testing.T) {
 	var got []flow
 	for i, d := range all {
 		got = append(got, flow{d.GetCaseId(), d.GetRecipient()})
-		if d.GetKind() != kindShared || !bytes.Equal(d.GetPersonHash(), ledger.PersonHash(number)) {
+		if d.GetKind() != kindShared || !bytes.Equal(d.GetPersonHash(), sys.cfg[prisonAgency].PersonKey.Hash(number)) {
 			t.Errorf("entry %d: kind %s, person hash %x; want SHARED about %s", i, d.GetKind(), d.GetPersonHash(), number)
 		}
 		// Oldest first is the ledger's own order, its sequence. (Not its times: each entry is

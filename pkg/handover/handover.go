@@ -59,6 +59,9 @@ type Config struct {
 	Keyring *signing.Keyring
 	// ReplayWindow is how old an arriving event may be; older ones are refused as replays.
 	ReplayWindow time.Duration
+	// PersonKey makes the ledger's references to people; every agency of a deployment
+	// holds the same one.
+	PersonKey ledger.PersonKey
 }
 
 // Policy is the sharing protocol as handovers use it; *protocol.Protocol is the one

@@ -228,7 +228,7 @@ func (s *Service) receiveConsentWithdrawn(ctx context.Context, ev *throughcarev1
 	var purged []throughcarev1.DataCategory
 	var person []byte
 	err = s.updateCase(ctx, ev.GetCaseId(), func(rc *throughcarev1.ReleaseCase) {
-		person = personHash(rc)
+		person = s.personHash(rc)
 		purged = protocol.Purge(rc, withdrawn.GetCategories())
 		for _, c := range rc.GetConsents() {
 			if c.GetRecipient() == s.cfg.Agency && slices.Contains(withdrawn.GetCategories(), c.GetCategory()) && c.GetWithdrawnTime() == nil {

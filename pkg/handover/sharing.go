@@ -19,7 +19,6 @@ import (
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
 	"github.com/throughcare/throughcare/pkg/ids"
-	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
 	"github.com/throughcare/throughcare/pkg/signing"
@@ -102,7 +101,7 @@ func (s *Service) disclose(ctx context.Context, ev *throughcarev1.Event) error {
 		Actor:              ev.GetActor(),
 		Time:               timestampNow(s.now),
 		PayloadHash:        hash[:],
-		PersonHash:         personHash(rc),
+		PersonHash:         s.personHash(rc),
 	}
 	if _, err := s.ledger.Append(ctx, entry, "shared/"+ev.GetEventId()); err != nil {
 		return fmt.Errorf("record disclosure of event %s: %w", ev.GetEventId(), err)
@@ -318,7 +317,7 @@ func (s *Service) expireCopy(ctx context.Context, caseID string, now time.Time) 
 			ProtocolId:      s.cfg.Protocol.ID(),
 			ProtocolVersion: s.cfg.Protocol.Version(),
 			Time:            timestamppb.New(now),
-			PersonHash:      personHash(rc),
+			PersonHash:      s.personHash(rc),
 			Note:            fmt.Sprintf("copy of case %s removed: retention ran out at %s", caseID, until.UTC().Format(time.RFC3339)),
 		}
 		// The entry first: a crash before the removal repeats both, and the dedupe id keeps
@@ -351,9 +350,9 @@ func (s *Service) expireCopy(ctx context.Context, caseID string, now time.Time) 
 	return nil
 }
 
-func personHash(rc *throughcarev1.ReleaseCase) []byte {
+func (s *Service) personHash(rc *throughcarev1.ReleaseCase) []byte {
 	if pn := rc.GetPerson().GetPrisonNumber(); pn != "" {
-		return ledger.PersonHash(pn)
+		return s.cfg.PersonKey.Hash(pn)
 	}
 	return nil
 }

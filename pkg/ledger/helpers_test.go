@@ -16,6 +16,9 @@ import (
 
 const agency = throughcarev1.Agency_AGENCY_PRISON
 
+// testPersonKey is the test deployment's person-hash key.
+var testPersonKey = ledger.GeneratePersonKey()
+
 func testContext(t testing.TB) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -50,7 +53,7 @@ func disclosure(n int, caseID, prisonNumber string) *throughcarev1.Disclosure {
 		Time:               timestamppb.New(time.Date(2026, 3, 1, 9, 0, n, 0, time.UTC)),
 		PayloadHash:        payload[:],
 		Kind:               throughcarev1.DisclosureKind_DISCLOSURE_KIND_SHARED,
-		PersonHash:         ledger.PersonHash(prisonNumber),
+		PersonHash:         testPersonKey.Hash(prisonNumber),
 	}
 }
 

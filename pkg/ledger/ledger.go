@@ -10,7 +10,6 @@ package ledger
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"strings"
@@ -39,8 +38,6 @@ const (
 	// scanConsumerIdle lets the server drop a scan's consumer if the client vanished
 	// before deleting it.
 	scanConsumerIdle = time.Minute
-	// personHashDomain keeps person hashes apart from any other SHA-256 of a prison number.
-	personHashDomain = "throughcare/v1/person\x00"
 )
 
 // StreamName is the agency's ledger stream, e.g. LEDGER_PRISON.
@@ -51,13 +48,6 @@ func StreamName(agency throughcarev1.Agency) string {
 // Subject is where the agency's ledger entries are published, e.g. tc.prison.ledger.
 func Subject(agency throughcarev1.Agency) string {
 	return "tc." + eventbus.Token(agency) + ".ledger"
-}
-
-// PersonHash is what the ledger stores instead of a prison number. The number is trimmed
-// and upper-cased first so that a request typed in lower case finds the same person.
-func PersonHash(prisonNumber string) []byte {
-	sum := sha256.Sum256([]byte(personHashDomain + strings.ToUpper(strings.TrimSpace(prisonNumber))))
-	return sum[:]
 }
 
 // Ledger is one agency's ledger. It is safe for concurrent use; appends through one

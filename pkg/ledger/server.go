@@ -21,15 +21,17 @@ type Server struct {
 	throughcarev1.UnimplementedAuditServiceServer
 
 	ledger   *Ledger
+	person   PersonKey
 	protocol func() *throughcarev1.SharingProtocol
 }
 
 var _ throughcarev1.AuditServiceServer = (*Server)(nil)
 
-// NewServer serves l. protocol returns the sharing protocol in force; it is called on
-// every GetSharingProtocol, so a replaced protocol shows at once.
-func NewServer(l *Ledger, protocol func() *throughcarev1.SharingProtocol) *Server {
-	return &Server{ledger: l, protocol: protocol}
+// NewServer serves l. person is the deployment's key that l's entries refer to people
+// under. protocol returns the sharing protocol in force; it is called on every
+// GetSharingProtocol, so a replaced protocol shows at once.
+func NewServer(l *Ledger, person PersonKey, protocol func() *throughcarev1.SharingProtocol) *Server {
+	return &Server{ledger: l, person: person, protocol: protocol}
 }
 
 // ListDisclosures lists the disclosures about one case, or about one person across their
@@ -40,7 +42,7 @@ func (s *Server) ListDisclosures(ctx context.Context, req *throughcarev1.ListDis
 	case caseID != "" && prisonNumber == "":
 		match = func(d *throughcarev1.Disclosure) bool { return d.GetCaseId() == caseID }
 	case prisonNumber != "" && caseID == "":
-		person := PersonHash(prisonNumber)
+		person := s.person.Hash(prisonNumber)
 		match = func(d *throughcarev1.Disclosure) bool { return bytes.Equal(d.GetPersonHash(), person) }
 	default:
 		// protovalidate refuses this before it gets here; this guards other callers.

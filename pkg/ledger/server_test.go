@@ -24,11 +24,17 @@ import (
 // (validation, error mapping) on a loopback port and returns a client.
 func serveAudit(t *testing.T, l *ledger.Ledger, protocol *throughcarev1.SharingProtocol) throughcarev1.AuditServiceClient {
 	t.Helper()
+	return serveAuditWith(t, l, testPersonKey, protocol)
+}
+
+// serveAuditWith is serveAudit with person references made under key.
+func serveAuditWith(t *testing.T, l *ledger.Ledger, key ledger.PersonKey, protocol *throughcarev1.SharingProtocol) throughcarev1.AuditServiceClient {
+	t.Helper()
 	srv, err := grpcserver.New(zap.NewNop(), grpcserver.Config{})
 	if err != nil {
 		t.Fatalf("grpc server: %v", err)
 	}
-	throughcarev1.RegisterAuditServiceServer(srv.Server, ledger.NewServer(l, func() *throughcarev1.SharingProtocol { return protocol }))
+	throughcarev1.RegisterAuditServiceServer(srv.Server, ledger.NewServer(l, key, func() *throughcarev1.SharingProtocol { return protocol }))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
@@ -113,6 +119,13 @@ func TestAuditServiceEndToEnd(t *testing.T) {
 			if entry.GetCaseId() == "case-c" {
 				t.Errorf("entry %d is another person's", entry.GetSequence())
 			}
+		}
+	})
+	t.Run("by person under another deployment's key", func(t *testing.T) {
+		other := serveAuditWith(t, l, ledger.GeneratePersonKey(), protocol)
+		resp, err := other.ListDisclosures(ctx, &throughcarev1.ListDisclosuresRequest{PrisonNumber: "A1234BC"})
+		if err != nil || len(resp.GetDisclosures()) != 0 {
+			t.Fatalf("got %d entries, err %v; want none: another key makes other references", len(resp.GetDisclosures()), err)
 		}
 	})
 	t.Run("default page size", func(t *testing.T) {

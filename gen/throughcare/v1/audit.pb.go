@@ -234,8 +234,9 @@ type Disclosure struct {
 	Kind      DisclosureKind `protobuf:"varint,16,opt,name=kind,proto3,enum=throughcare.v1.DisclosureKind" json:"kind,omitempty"`
 	// Why each withheld category was withheld.
 	Withholdings []*Withholding `protobuf:"bytes,17,rep,name=withholdings,proto3" json:"withholdings,omitempty"`
-	// SHA-256 of the person's prison number, so a subject-access request finds every case
-	// without the ledger holding the number itself.
+	// HMAC-SHA-256 of the person's prison number under the deployment's secret person-hash
+	// key, so a subject-access request finds every case without the ledger holding the number,
+	// and no one without the key can tell whom it names.
 	PersonHash []byte `protobuf:"bytes,18,opt,name=person_hash,json=personHash,proto3" json:"person_hash,omitempty"`
 	// What happened, for kinds other than SHARED: the violation, the purge, the expiry.
 	Note          string `protobuf:"bytes,19,opt,name=note,proto3" json:"note,omitempty"`
