@@ -72,7 +72,7 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 	if hcfg.PersonKey.IsZero() {
 		return nil, fmt.Errorf("%s: no person-hash key: the ledger would refer to people without it", name)
 	}
-	store, err := cases.Open(ctx, js, name+"_cases", records.WithReplicas(hcfg.Limits.Replicas))
+	store, err := cases.Open(ctx, log, js, name+"_cases", records.WithReplicas(hcfg.Limits.Replicas))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}

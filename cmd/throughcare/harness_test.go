@@ -846,3 +846,10 @@ func (w *handoverWatch) waitAll(t testing.TB, ids []string, state throughcarev1.
 	})
 	return got
 }
+
+// service is agency's first process's handover service, for calls no RPC offers.
+func (s *system) service(agency throughcarev1.Agency) *handover.Service {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nodes[agency][0].srv.handovers
+}

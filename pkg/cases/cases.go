@@ -7,12 +7,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
 	"github.com/throughcare/throughcare/pkg/records"
 )
@@ -23,19 +25,21 @@ const DefaultPageSize = 50
 // Store is one agency's release cases.
 type Store struct {
 	records *records.Store[*throughcarev1.ReleaseCase]
+	index   *records.Index[*throughcarev1.ReleaseCase]
+	log     *zap.Logger
 }
 
 // Open opens the agency's bucket, creating it on first start.
-func Open(ctx context.Context, js jetstream.JetStream, bucket string, opts ...records.Option) (*Store, error) {
+func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, bucket string, opts ...records.Option) (*Store, error) {
 	rs, err := records.Open(ctx, js, bucket, func() *throughcarev1.ReleaseCase { return new(throughcarev1.ReleaseCase) }, opts...)
 	if err != nil {
 		return nil, err
 	}
-	return &Store{records: rs}, nil
+	return &Store{records: rs, index: records.NewIndex(rs, indexKeys), log: log}, nil
 }
 
-// Each case has index entries beside it in its bucket, written in the same atomic batch as
-// the case, so listings read only what they return:
+// Each case has index entries beside it in its bucket, derived from the case alone and put
+// in place after each write (records.Index), so listings read only what they return:
 //
 //	ix.all.<case>                        every case, in creation order
 //	ix.state.<state>.<case>              by state
@@ -56,39 +60,40 @@ func stateToken(st throughcarev1.CaseState) string {
 	return strings.ToLower(strings.TrimPrefix(st.String(), "CASE_STATE_"))
 }
 
-// write stores rc if its key is still at expectedRevision (0: if it is new), with the
-// index entries it needs in place of those of was.
-func (s *Store) write(ctx context.Context, rc, was *throughcarev1.ReleaseCase, expectedRevision uint64) (*throughcarev1.ReleaseCase, error) {
-	rc.Revision = 0 // the revision lives in the store, not in the stored bytes
-	batch := s.records.Batch().Put(rc.GetCaseId(), rc, expectedRevision)
-	have, want := indexKeys(was), indexKeys(rc)
-	for _, k := range want {
-		if !slices.Contains(have, k) {
-			batch.Set(k, nil)
-		}
+// ChangeStream names the stream of the bucket's writes and the subject prefix of its keys,
+// for FollowChange.
+func (s *Store) ChangeStream() (stream, keyPrefix string) { return s.records.ChangeStream() }
+
+// FollowChange puts the index entries of the case a message of the change stream wrote in
+// place (records.Index.Follow): a write applies them itself, so this mends only a crash
+// in between.
+func (s *Store) FollowChange(ctx context.Context, msg jetstream.Msg) error {
+	return s.index.Follow(ctx, msg, later)
+}
+
+func later(d time.Duration) error { return &eventbus.LaterError{After: d} }
+
+// Index is the cases' index, for building it at start and for checks.
+func (s *Store) Index() *records.Index[*throughcarev1.ReleaseCase] { return s.index }
+
+// applyIndex puts the index entries of a case just written in place. The write stands
+// either way: FollowChange mends what this could not do.
+func (s *Store) applyIndex(ctx context.Context, rc *throughcarev1.ReleaseCase) {
+	if err := s.index.ApplyWritten(ctx, rc.GetCaseId(), rc, rc.GetRevision()); err != nil {
+		s.log.Warn("case index not updated with the write; its follower will", zap.String("case_id", rc.GetCaseId()), zap.Error(err))
 	}
-	for _, k := range have {
-		if !slices.Contains(want, k) {
-			batch.Remove(k)
-		}
-	}
-	revs, err := batch.Commit(ctx)
-	if errors.Is(err, records.ErrExists) {
-		// A case removed a moment ago leaves a marker for a while: write after it.
-		if rev, removed, rerr := s.records.RemovedAt(ctx, rc.GetCaseId()); rerr == nil && removed {
-			return s.write(ctx, rc, nil, rev)
-		}
-	}
-	if err != nil {
-		return nil, domainError(rc.GetCaseId(), err)
-	}
-	rc.Revision = revs[0]
-	return rc, nil
 }
 
 // Create stores a new case under its case_id and returns it with its revision.
 func (s *Store) Create(ctx context.Context, rc *throughcarev1.ReleaseCase) (*throughcarev1.ReleaseCase, error) {
-	return s.write(ctx, rc, nil, 0)
+	rc.Revision = 0 // the revision lives in the store, not in the stored bytes
+	rev, err := s.records.Create(ctx, rc.GetCaseId(), rc)
+	if err != nil {
+		return nil, domainError(rc.GetCaseId(), err)
+	}
+	rc.Revision = rev
+	s.applyIndex(ctx, rc)
+	return rc, nil
 }
 
 // Get returns the case with its current revision.
@@ -104,29 +109,24 @@ func (s *Store) Get(ctx context.Context, caseID string) (*throughcarev1.ReleaseC
 // Update replaces the case if it is still at expectedRevision, atomically; otherwise it
 // changes nothing and returns fault.ErrConflict.
 func (s *Store) Update(ctx context.Context, rc *throughcarev1.ReleaseCase, expectedRevision uint64) (*throughcarev1.ReleaseCase, error) {
-	was, err := s.Get(ctx, rc.GetCaseId())
+	rc.Revision = 0
+	rev, err := s.records.Update(ctx, rc.GetCaseId(), rc, expectedRevision)
 	if err != nil {
-		return nil, err
+		return nil, domainError(rc.GetCaseId(), err)
 	}
-	if was.GetRevision() != expectedRevision {
-		return nil, domainError(rc.GetCaseId(), records.ErrRevisionMismatch)
-	}
-	return s.write(ctx, rc, was, expectedRevision)
+	rc.Revision = rev
+	s.applyIndex(ctx, rc)
+	return rc, nil
 }
 
 // Purge removes the case, its history and its index entries if it is still at
 // expectedRevision.
 func (s *Store) Purge(ctx context.Context, caseID string, expectedRevision uint64) error {
-	was, err := s.Get(ctx, caseID)
-	if err != nil {
-		return err
-	}
-	batch := s.records.Batch().RemoveAt(caseID, expectedRevision)
-	for _, k := range indexKeys(was) {
-		batch.Remove(k)
-	}
-	if _, err := batch.Commit(ctx); err != nil {
+	if err := s.records.Purge(ctx, caseID, expectedRevision); err != nil {
 		return domainError(caseID, err)
+	}
+	if err := s.index.Apply(ctx, caseID); err != nil {
+		s.log.Warn("case index not updated with the removal; its follower will", zap.String("case_id", caseID), zap.Error(err))
 	}
 	return nil
 }

@@ -22,6 +22,11 @@ var ErrPermanent = errors.New("cannot be processed")
 // Permanent wraps err so the consumer dead-letters the message instead of retrying it.
 func Permanent(err error) error { return fmt.Errorf("%w: %w", ErrPermanent, err) }
 
+// LaterError asks for the message again After a while, without counting it as a failure.
+type LaterError struct{ After time.Duration }
+
+func (e *LaterError) Error() string { return fmt.Sprintf("not yet: again in %s", e.After) }
+
 // Handler processes one message. It must be idempotent: a message may arrive twice. Its
 // errors become dead-letter reasons, so they name ids, never personal data.
 type Handler func(ctx context.Context, msg jetstream.Msg) error
@@ -228,6 +233,10 @@ func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *Dea
 		if err := msg.Ack(); err != nil {
 			log.Warn("ack failed; the message will be delivered again", zap.Uint64("sequence", meta.Sequence.Stream), zap.Error(err))
 		}
+		return
+	}
+	if later := (*LaterError)(nil); errors.As(err, &later) {
+		_ = msg.NakWithDelay(later.After) // not a failure: the handler asked to see it again
 		return
 	}
 	permanent := errors.Is(err, ErrPermanent) || errors.Is(err, ErrUndecodable)

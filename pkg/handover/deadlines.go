@@ -102,8 +102,7 @@ func (s *Service) sweep(ctx context.Context, kind string, now time.Time, handle 
 		}
 	}
 	if until-1 > from {
-		_, err := s.handovers.Batch().Set(checkpointKey, []byte(strconv.FormatInt(until-1, 10))).Commit(ctx)
-		return err
+		return s.handovers.SetRaw(ctx, checkpointKey, []byte(strconv.FormatInt(until-1, 10)))
 	}
 	return nil
 }

@@ -100,6 +100,7 @@ type Service struct {
 	log       *zap.Logger
 	js        jetstream.JetStream
 	handovers *records.Store[*storev1.HandoverRecord]
+	index     *records.Index[*storev1.HandoverRecord]
 	cases     *cases.Store
 	dead      *eventbus.DeadLetters
 	ledger    *ledger.Ledger
@@ -154,7 +155,7 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 	}
 	cfg.Inbox.Stream = eventbus.InboxStream(cfg.Agency)
 	cfg.Inbox.Durable = name + "-inbox"
-	return &Service{
+	s := &Service{
 		cfg:       cfg,
 		log:       log.With(zap.String("agency", name)),
 		js:        js,
@@ -166,7 +167,46 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 		replays:   replays,
 		now:       time.Now,
 		closing:   make(chan struct{}),
-	}, nil
+	}
+	s.index = records.NewIndex(handovers, s.indexKeys)
+	if err := s.index.EnsureBuilt(ctx); err != nil {
+		return nil, fmt.Errorf("handovers of %s: %w", name, err)
+	}
+	if err := caseStore.Index().EnsureBuilt(ctx); err != nil {
+		return nil, fmt.Errorf("cases of %s: %w", name, err)
+	}
+	return s, nil
+}
+
+// IndexEntries lists every index entry of the agency's handovers and cases, sorted: for
+// checking an index against its records, never a request path.
+func (s *Service) IndexEntries(ctx context.Context) ([]string, error) {
+	handovers, err := s.index.Entries(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cases, err := s.cases.Index().Entries(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return append(handovers, cases...), nil
+}
+
+// RebuildIndexes drops the index entries of the agency's handovers and cases and derives
+// them afresh from the records. It reads both buckets whole.
+func (s *Service) RebuildIndexes(ctx context.Context) error {
+	for _, ix := range []interface {
+		Drop(context.Context) error
+		Rebuild(context.Context) error
+	}{s.index, s.cases.Index()} {
+		if err := ix.Drop(ctx); err != nil {
+			return err
+		}
+		if err := ix.Rebuild(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // CloseWatches ends every open WatchHandovers with Unavailable; clients resume from their
@@ -184,17 +224,27 @@ func (s *Service) Protocol() *throughcarev1.SharingProtocol { return s.cfg.Proto
 func (s *Service) Run(ctx context.Context) error {
 	relay := s.cfg.Inbox
 	stream, prefix := s.handovers.ChangeStream()
-	relay.Stream, relay.Durable, relay.FilterSubject = stream, eventbus.Token(s.cfg.Agency)+"-outbox-relay", prefix+outboxPrefix+">"
-	relay.MaxDeliver = 0 // an outbox is never given up on
-	relay.OrderKey = func(msg jetstream.Msg) string { return handoverOfOutboxSubject(msg.Subject()) }
+	relay.Stream, relay.Durable, relay.FilterSubject = stream, eventbus.Token(s.cfg.Agency)+"-outbox-relay", prefix+"*"
+	relay.MaxDeliver = 0                                                     // an outbox is never given up on
+	relay.OrderKey = func(msg jetstream.Msg) string { return msg.Subject() } // per handover
 	inbox := s.cfg.Inbox
 	inbox.OrderKey = eventbus.OrderByCase
 
+	handoverIndex := relay
+	handoverIndex.Durable = eventbus.Token(s.cfg.Agency) + "-handover-index"
+	caseIndex := s.cfg.Inbox
+	caseStream, casePrefix := s.cases.ChangeStream()
+	caseIndex.Stream, caseIndex.Durable, caseIndex.FilterSubject = caseStream, eventbus.Token(s.cfg.Agency)+"-case-index", casePrefix+"*"
+	caseIndex.MaxDeliver = 0
+	caseIndex.OrderKey = func(msg jetstream.Msg) string { return msg.Subject() }
+
 	var wg sync.WaitGroup
-	errs := make([]error, 4)
+	errs := make([]error, 6)
 	wg.Go(func() { errs[0] = eventbus.Consume(ctx, s.log, s.js, inbox, s.dead, s.handleIncoming) })
 	wg.Go(func() { errs[1] = eventbus.Consume(ctx, s.log, s.js, relay, s.dead, s.relayOutbox) })
 	wg.Go(func() { errs[2] = s.watchDeadlines(ctx) })
+	wg.Go(func() { errs[4] = eventbus.Consume(ctx, s.log, s.js, caseIndex, s.dead, s.cases.FollowChange) })
+	wg.Go(func() { errs[5] = eventbus.Consume(ctx, s.log, s.js, handoverIndex, s.dead, s.followIndex) })
 	if s.cfg.SourceAlerts.Interval > 0 {
 		wg.Go(func() { errs[3] = eventbus.WatchSources(ctx, s.log, s.js, s.cfg.Agency, s.cfg.SourceAlerts) })
 	}
@@ -218,8 +268,7 @@ func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec
 		if err != nil {
 			return nil, handoverError(handoverID, err)
 		}
-		indexed := s.indexKeys(rec)
-		rec.Outbox = nil
+		rec.Outbox = nil // the previous revision's events were that revision's
 		if err := change(rec); errors.Is(err, errUnchanged) {
 			return rec, nil
 		} else if err != nil {
@@ -227,7 +276,7 @@ func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec
 		}
 		rec.Handover.Revision++
 		rec.Handover.UpdateTime = timestampNow(s.now)
-		_, err = s.write(ctx, rec, rev, indexed)
+		_, err = s.write(ctx, rec, rev)
 		if errors.Is(err, records.ErrRevisionMismatch) {
 			continue
 		}
@@ -239,33 +288,24 @@ func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec
 	return nil, fmt.Errorf("handover %s: %w: too many concurrent writes", handoverID, fault.ErrConflict)
 }
 
-// write stores rec if its key is still at rev (0: if it is new), with the index entries it
-// needs in place of indexed, and each event of its outbox under a key of its own, in one
-// atomic batch. It returns the record's new revision.
-func (s *Service) write(ctx context.Context, rec *storev1.HandoverRecord, rev uint64, indexed []string) (uint64, error) {
-	events := rec.Outbox
-	rec.Outbox = nil
-	defer func() { rec.Outbox = events }()
-	batch := s.handovers.Batch().Put(rec.GetHandover().GetHandoverId(), rec, rev)
-	added, removed := diffKeys(indexed, s.indexKeys(rec))
-	for _, k := range added {
-		batch.Set(k, nil)
+// write stores rec, with the events of its outbox, if its key is still at rev (0: if it is
+// new), then puts its index entries in place. The relay applies the index again from the
+// change stream, so a crash between the two leaves it right once the relay catches up.
+func (s *Service) write(ctx context.Context, rec *storev1.HandoverRecord, rev uint64) (uint64, error) {
+	id := rec.GetHandover().GetHandoverId()
+	var err error
+	if rev == 0 {
+		rev, err = s.handovers.Create(ctx, id, rec)
+	} else {
+		rev, err = s.handovers.Update(ctx, id, rec, rev)
 	}
-	for _, k := range removed {
-		batch.Remove(k)
-	}
-	for _, ev := range events {
-		data, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
-		if err != nil {
-			return 0, fmt.Errorf("encode event %s: %w", ev.GetEventId(), err)
-		}
-		batch.Set(outboxKey(ev), data)
-	}
-	revs, err := batch.Commit(ctx)
 	if err != nil {
 		return 0, err
 	}
-	return revs[0], nil
+	if err := s.index.ApplyWritten(ctx, id, rec, rev); err != nil {
+		s.log.Warn("index not updated with the write; the relay will", zap.String("handover_id", id), zap.Error(err))
+	}
+	return rev, nil
 }
 
 // get loads a handover record.

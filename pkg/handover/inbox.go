@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -75,7 +75,7 @@ func (s *Service) receiveReferral(ctx context.Context, ev *throughcarev1.Event, 
 	h.AcknowledgeDueTime = timestamppb.New(s.now().Add(s.cfg.AcknowledgeWithin))
 	rec := &storev1.HandoverRecord{Handover: h}
 	s.issueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_DELIVERED, throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED, "", nil)
-	if _, err := s.write(ctx, rec, 0, nil); errors.Is(err, records.ErrExists) {
+	if _, err := s.write(ctx, rec, 0); errors.Is(err, records.ErrExists) {
 		return nil // another replica delivered it meanwhile
 	} else if err != nil {
 		return handoverError(h.GetHandoverId(), err)
@@ -300,36 +300,34 @@ func (s *Service) checkAccepted(ctx context.Context, ev *throughcarev1.Event, in
 	return nil
 }
 
-// relayOutbox publishes one event a write left in the outbox, then removes it. A crash
-// before the removal publishes it again under the same id, which JetStream's duplicate
-// window and the receivers' idempotence absorb.
+// relayOutbox publishes the events a write put in a handover's outbox. It sees every
+// revision the bucket keeps; a crash before the acknowledgement publishes them again
+// under the same ids, which JetStream's duplicate window and the receivers' idempotence
+// absorb.
 func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
-	if op := msg.Headers().Get("KV-Operation"); op != "" {
-		return nil // the marker of a removed event
+	if op := msg.Headers().Get("KV-Operation"); op != "" || len(msg.Data()) == 0 {
+		return nil // a delete or purge marker
 	}
-	ev := new(throughcarev1.Event)
-	if err := proto.Unmarshal(msg.Data(), ev); err != nil {
-		return eventbus.Permanent(fmt.Errorf("outbox entry %s: %w", msg.Subject(), err))
-	}
-	if err := s.disclose(ctx, ev); err != nil {
-		return err
-	}
-	if err := signing.Sign(ev, s.cfg.SigningKey); err != nil {
+	rec, err := s.handovers.Decode(msg.Data())
+	if err != nil {
 		return eventbus.Permanent(err)
 	}
-	if err := eventbus.Publish(ctx, s.js, ev); err != nil {
-		return err
+	for _, ev := range rec.GetOutbox() {
+		if err := s.disclose(ctx, ev); err != nil {
+			return err
+		}
+		if err := signing.Sign(ev, s.cfg.SigningKey); err != nil {
+			return eventbus.Permanent(err)
+		}
+		if err := eventbus.Publish(ctx, s.js, ev); err != nil {
+			return err
+		}
 	}
-	_, err := s.handovers.Batch().Remove(outboxKey(ev)).Commit(ctx)
-	return err
+	return nil
 }
 
-// handoverOfOutboxSubject is the handover an outbox entry's subject ($KV.<bucket>.ob.<handover>.<event>)
-// belongs to: events of one handover are relayed in order.
-func handoverOfOutboxSubject(subject string) string {
-	tokens := strings.Split(subject, ".")
-	if len(tokens) < 2 {
-		return subject
-	}
-	return tokens[len(tokens)-2]
+// followIndex puts a handover's index entries in place if the write that changed it did
+// not (it crashed in between).
+func (s *Service) followIndex(ctx context.Context, msg jetstream.Msg) error {
+	return s.index.Follow(ctx, msg, func(d time.Duration) error { return &eventbus.LaterError{After: d} })
 }

@@ -11,25 +11,19 @@ import (
 )
 
 // The handovers bucket holds, beside each record, index entries that point at it. They are
-// a pure function of the record (indexKeys), written in the same atomic batch as the
-// record, so no crash can leave them out of step, and every request path and periodic job
-// reads only the entries it needs:
+// a pure function of the record (indexKeys), put in place after each write and again by the
+// relay from the change stream (records.Index), so no crash leaves them out of step for
+// long, and every request path and periodic job reads only the entries it needs:
 //
 //	ix.case.<case>.<in|out>.<handover>       the handovers of a case (release, plans, consent)
 //	ix.list.<in|out>.<state>.<handover>       ListHandovers by direction and state
 //	ix.overdue.<in|out>.<state>.<handover>    ListHandovers with overdue_only
 //	ix.due.<hour>.<handover>                  deadlines not yet marked, by the hour they fall due
 //	ix.retain.<hour>.<handover>               received copies, by the hour their retention ends
-//	ob.<handover>.<event>                     events a write sends, until the relay has sent them
 //
 // Hours are hours since the Unix epoch. A time already past when the record was written is
 // filed under the hour of that write, so a job that has read up to a checkpoint never misses
 // an entry filed behind it.
-const (
-	indexPrefix  = "ix."
-	outboxPrefix = "ob."
-)
-
 func dirToken(incoming bool) string {
 	if incoming {
 		return "in"
@@ -54,6 +48,9 @@ func filedHour(at time.Time, rec *storev1.HandoverRecord) int64 {
 
 // indexKeys are the index entries rec needs.
 func (s *Service) indexKeys(rec *storev1.HandoverRecord) []string {
+	if rec == nil {
+		return nil
+	}
 	h := rec.GetHandover()
 	id, dir, state := h.GetHandoverId(), dirToken(s.incoming(h)), stateToken(h.GetState())
 	keys := []string{
@@ -99,25 +96,5 @@ func (s *Service) retainUntil(rec *storev1.HandoverRecord) (time.Time, bool) {
 	return h.GetReceipts()[0].GetTime().AsTime().Add(rule.GetRetention().AsDuration()), true
 }
 
-// outboxKey is where an event waits for the relay.
-func outboxKey(ev *throughcarev1.Event) string {
-	return outboxPrefix + ev.GetHandoverId() + "." + ev.GetEventId()
-}
-
 // handoverOfIndexKey is the handover an index entry points at: its last token.
 func handoverOfIndexKey(key string) string { return key[strings.LastIndexByte(key, '.')+1:] }
-
-// diffKeys returns the keys of want missing from have, and those of have not in want.
-func diffKeys(have, want []string) (added, removed []string) {
-	for _, k := range want {
-		if !slices.Contains(have, k) {
-			added = append(added, k)
-		}
-	}
-	for _, k := range have {
-		if !slices.Contains(want, k) {
-			removed = append(removed, k)
-		}
-	}
-	return added, removed
-}

@@ -59,7 +59,7 @@ func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient thr
 	ev.Withholdings = report.Withheld
 	ev.Payload = &throughcarev1.Event_HandoverReferred{HandoverReferred: &throughcarev1.HandoverReferred{Handover: proto.CloneOf(h), ReleaseCase: shared}}
 	rec := &storev1.HandoverRecord{Handover: h, Outbox: []*throughcarev1.Event{ev}}
-	if _, err := s.write(ctx, rec, 0, nil); err != nil {
+	if _, err := s.write(ctx, rec, 0); err != nil {
 		return nil, nil, handoverError(h.GetHandoverId(), err)
 	}
 	s.log.Info("handover referred", zap.String("handover_id", h.GetHandoverId()), zap.String("case_id", caseID),

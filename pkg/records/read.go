@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 )
@@ -95,22 +96,22 @@ func (s *bucket) directGetRaw(ctx context.Context, req map[string]any) (entries 
 	if err != nil {
 		return nil, 0, err
 	}
-	nc := s.js.Conn()
-	inbox := nc.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
+	replies, done, err := s.replies.open(s.js.Conn())
 	if err != nil {
 		return nil, 0, err
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+s.stream, inbox, body); err != nil {
+	defer done()
+	if err := s.js.Conn().PublishRequest("$JS.API.DIRECT.GET."+s.stream, replies.subject, body); err != nil {
 		return nil, 0, err
 	}
 	prefix := s.subject("")
 	var out []rawEntry
 	for {
-		msg, err := sub.NextMsgWithContext(ctx)
-		if err != nil {
-			return nil, 0, err
+		var msg *nats.Msg
+		select {
+		case msg = <-replies.ch:
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
 		}
 		switch status := msg.Header.Get("Status"); status {
 		case "":
@@ -219,4 +220,76 @@ func (s *bucket) Matching(ctx context.Context, patterns []string, afterRevision 
 		afterRevision = resume
 	}
 	return kept, afterRevision, nil
+}
+
+// All returns every entry matching pattern, a page at a time: for rebuilds and tests,
+// and for patterns a caller knows to be small.
+func (s *bucket) All(ctx context.Context, pattern string) ([]Entry, error) {
+	var all []Entry
+	var after uint64
+	for {
+		entries, resume, err := s.Page(ctx, pattern, after, 256)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, entries...)
+		if resume == 0 {
+			return all, nil
+		}
+		after = resume
+	}
+}
+
+// replyMux takes every answer to the bucket's direct-get requests on one subscription
+// and hands each to the request it answers: a subscription per request would make the
+// server register and drop interest on every read.
+type replyMux struct {
+	mu      sync.Mutex
+	sub     *nats.Subscription
+	prefix  string
+	next    uint64
+	waiting map[string]chan *nats.Msg
+}
+
+type replyTo struct {
+	subject string
+	ch      chan *nats.Msg
+}
+
+// open registers a request and returns where its answers go, and how to forget it.
+func (m *replyMux) open(nc *nats.Conn) (replyTo, func(), error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.sub == nil {
+		m.prefix = nc.NewInbox()
+		m.waiting = map[string]chan *nats.Msg{}
+		sub, err := nc.Subscribe(m.prefix+".*", m.deliver)
+		if err != nil {
+			return replyTo{}, nil, err
+		}
+		// A batch can be a thousand answers: never drop them as a slow consumer.
+		_ = sub.SetPendingLimits(-1, -1)
+		m.sub = sub
+	}
+	m.next++
+	subject := fmt.Sprintf("%s.%d", m.prefix, m.next)
+	ch := make(chan *nats.Msg, maxLatest+2)
+	m.waiting[subject] = ch
+	return replyTo{subject: subject, ch: ch}, func() {
+		m.mu.Lock()
+		delete(m.waiting, subject)
+		m.mu.Unlock()
+	}, nil
+}
+
+func (m *replyMux) deliver(msg *nats.Msg) {
+	m.mu.Lock()
+	ch := m.waiting[msg.Subject]
+	m.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- msg:
+		default: // more answers than a request can ask for: it has given up on them
+		}
+	}
 }

@@ -38,10 +38,11 @@ type Store[T proto.Message] struct {
 
 // bucket is the untyped part of a Store: its stream and how to reach it.
 type bucket struct {
-	js     jetstream.JetStream
-	kv     jetstream.KeyValue
-	name   string
-	stream string
+	js      jetstream.JetStream
+	kv      jetstream.KeyValue
+	name    string
+	stream  string
+	replies replyMux
 }
 
 func (b *bucket) subject(key string) string { return "$KV." + b.name + "." + key }
@@ -80,8 +81,7 @@ func WithHistory(n int64) Option {
 // func() *pb.ReleaseCase { return new(pb.ReleaseCase) }.
 //
 // The bucket's stream is created directly, with the settings the Key-Value API gives a
-// bucket and two more: atomic batches (a record and its index entries are one write) and
-// per-message TTLs (a removed key's marker expires, so removed keys cost nothing).
+// bucket and per-message TTLs: a removed key's marker expires, so removed keys cost nothing.
 func Open[T proto.Message](ctx context.Context, js jetstream.JetStream, name string, newMsg func() T, opts ...Option) (*Store[T], error) {
 	o := options{replicas: 1, history: 1}
 	for _, opt := range opts {
@@ -98,23 +98,22 @@ func Open[T proto.Message](ctx context.Context, js jetstream.JetStream, name str
 	}
 	stream := "KV_" + name
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:               stream,
-		Description:        fmt.Sprintf("%s records", newMsg().ProtoReflect().Descriptor().FullName()),
-		Subjects:           []string{"$KV." + name + ".>"},
-		MaxMsgsPerSubject:  o.history,
-		MaxBytes:           -1,
-		MaxMsgSize:         -1,
-		MaxMsgs:            -1,
-		MaxConsumers:       -1,
-		Storage:            jetstream.FileStorage,
-		Replicas:           o.replicas,
-		AllowRollup:        true,
-		DenyDelete:         true,
-		Duplicates:         2 * time.Minute,
-		AllowDirect:        true,
-		Discard:            jetstream.DiscardNew,
-		AllowAtomicPublish: true,
-		AllowMsgTTL:        true,
+		Name:              stream,
+		Description:       fmt.Sprintf("%s records", newMsg().ProtoReflect().Descriptor().FullName()),
+		Subjects:          []string{"$KV." + name + ".>"},
+		MaxMsgsPerSubject: o.history,
+		MaxBytes:          -1,
+		MaxMsgSize:        -1,
+		MaxMsgs:           -1,
+		MaxConsumers:      -1,
+		Storage:           jetstream.FileStorage,
+		Replicas:          o.replicas,
+		AllowRollup:       true,
+		DenyDelete:        true,
+		Duplicates:        2 * time.Minute,
+		AllowDirect:       true,
+		Discard:           jetstream.DiscardNew,
+		AllowMsgTTL:       true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", name, err)
@@ -125,9 +124,6 @@ func Open[T proto.Message](ctx context.Context, js jetstream.JetStream, name str
 	}
 	return &Store[T]{bucket: &bucket{js: js, kv: kv, name: name, stream: stream}, newMsg: newMsg}, nil
 }
-
-// Batch starts an atomic batch of writes to the bucket.
-func (s *Store[T]) Batch() *Batch { return &Batch{store: s.bucket} }
 
 // Create stores msg under a new key and returns its revision, or ErrExists.
 func (s *Store[T]) Create(ctx context.Context, key string, msg T) (uint64, error) {
@@ -335,7 +331,8 @@ type Record[T proto.Message] struct {
 }
 
 // Records returns up to limit records (not index entries) written after afterRevision, in
-// revision order, and the revision to resume after (0 at the end); see bucket.Page.
+// revision order, and the revision to resume after (0 at the end); see bucket.Page. In a
+// bucket that keeps history, a record comes once for each revision kept.
 func (s *Store[T]) Records(ctx context.Context, afterRevision uint64, limit int) ([]Record[T], uint64, error) {
 	entries, resume, err := s.bucket.Page(ctx, "*", afterRevision, limit)
 	if err != nil {

@@ -247,7 +247,7 @@ func TestRecordsPageInRevisionOrder(t *testing.T) {
 		}
 		revs[key] = rev
 	}
-	if _, err := store.Batch().Set("ix.all.a", nil).Commit(ctx); err != nil {
+	if err := store.SetRaw(ctx, "ix.all.a", nil); err != nil {
 		t.Fatalf("index entry: %v", err)
 	}
 	rev, err := store.Update(ctx, "a", wrapperspb.String("value-a2"), revs["a"])

@@ -59,7 +59,7 @@ func startPrison(t testing.TB, ns *natstest.Server, log *zap.Logger) *harness {
 	t.Helper()
 	ctx := t.Context()
 	js := ns.JetStream(t)
-	store, err := cases.Open(ctx, js, bucket)
+	store, err := cases.Open(ctx, log, js, bucket)
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}

@@ -73,7 +73,7 @@ func (f *fakeSharer) shared() []sharedPlan {
 func newProbation(t *testing.T) (throughcarev1.ProbationServiceClient, *cases.Store, *fakeSharer) {
 	t.Helper()
 	log := zaptest.NewLogger(t)
-	store, err := cases.Open(t.Context(), natstest.Start(t).JetStream(t), "probation_cases")
+	store, err := cases.Open(t.Context(), zaptest.NewLogger(t), natstest.Start(t).JetStream(t), "probation_cases")
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}

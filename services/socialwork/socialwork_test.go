@@ -73,7 +73,7 @@ func (f *fakeSharer) shared() []sharedPlan {
 func newSocialWork(t *testing.T) (throughcarev1.SocialWorkServiceClient, *cases.Store, *fakeSharer) {
 	t.Helper()
 	log := zaptest.NewLogger(t)
-	store, err := cases.Open(t.Context(), natstest.Start(t).JetStream(t), "socialwork_cases")
+	store, err := cases.Open(t.Context(), zaptest.NewLogger(t), natstest.Start(t).JetStream(t), "socialwork_cases")
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
