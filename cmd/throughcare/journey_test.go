@@ -343,6 +343,11 @@ func referAll(t testing.TB, sys *system, cases []*throughcarev1.ReleaseCase, rec
 func checkDeliveredOnce(t testing.TB, sys *system, recipient throughcarev1.Agency, handoverIDs []string) {
 	t.Helper()
 	for _, id := range handoverIDs {
+		// The recipient logs the delivery after its write has also put the handover's
+		// index entries in place, which may be after the sender saw the receipt.
+		eventually(t, 5*time.Second, func() (bool, string) {
+			return len(sys.Delivered.Of(id)) > 0, fmt.Sprintf("handover %s: no node logged storing it", id)
+		})
 		if nodes := sys.Delivered.Of(id); len(nodes) != 1 {
 			t.Errorf("handover %s stored by %v, want by exactly one node once", id, nodes)
 		}
