@@ -123,7 +123,7 @@ func TestUnauthenticEventsAreRefusedAndRecorded(t *testing.T) {
 	if err != nil {
 		t.Fatalf("open social work's ledger: %v", err)
 	}
-	entries, _, _, err := book.List(ctx, func(d *throughcarev1.Disclosure) bool {
+	entries, _, _, err := book.List(ctx, nil, func(d *throughcarev1.Disclosure) bool {
 		return d.GetKind() == throughcarev1.DisclosureKind_DISCLOSURE_KIND_REFUSED
 	}, 0, 100)
 	if err != nil {

@@ -850,7 +850,7 @@ func checkLedgerIntact(t testing.TB, sys *system, agency throughcarev1.Agency, e
 	if err != nil {
 		t.Fatalf("open %s ledger: %v", agency, err)
 	}
-	got, _, _, err := book.List(testCtx(t), func(d *throughcarev1.Disclosure) bool {
+	got, _, _, err := book.List(testCtx(t), nil, func(d *throughcarev1.Disclosure) bool {
 		return d.GetKind() != throughcarev1.DisclosureKind_DISCLOSURE_KIND_WRITE
 	}, 0, 1000)
 	if err != nil {

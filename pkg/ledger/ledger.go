@@ -10,6 +10,7 @@ package ledger
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -79,9 +80,11 @@ func Open(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agen
 	cfg := jetstream.StreamConfig{
 		Name:        StreamName(agency),
 		Description: "disclosures by " + eventbus.Token(agency) + ", hash-chained",
-		Subjects:    []string{Subject(agency)},
-		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
+		// Entries before this layout sit on the bare subject; each new one on
+		// <subject>.<case>.<person>, so a subject-access report reads only its own.
+		Subjects:  []string{Subject(agency), Subject(agency) + ".>"},
+		Storage:   jetstream.FileStorage,
+		Retention: jetstream.LimitsPolicy,
 		// Entries are kept for good: no MaxAge, and a full stream refuses new entries
 		// rather than dropping old ones.
 		Discard:    jetstream.DiscardNew,
@@ -136,7 +139,7 @@ func (l *Ledger) Append(ctx context.Context, d *throughcarev1.Disclosure, dedupe
 		if err != nil {
 			return nil, fmt.Errorf("append to %s: %w", l.name, err)
 		}
-		msg := nats.NewMsg(l.subject)
+		msg := nats.NewMsg(entrySubject(l.subject, entry))
 		msg.Data = data
 		ack, err := l.js.PublishMsg(ctx, msg,
 			jetstream.WithExpectStream(l.name),
@@ -222,15 +225,52 @@ func isWrongLastSequence(err error) bool {
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 }
 
-// List returns up to limit entries after afterSequence that match, oldest first. lastSeq
-// is the sequence of the last entry returned (afterSequence if none), to resume from;
-// more reports whether another matching entry follows.
-func (l *Ledger) List(ctx context.Context, match func(*throughcarev1.Disclosure) bool, afterSequence uint64, limit int) (entries []*throughcarev1.Disclosure, lastSeq uint64, more bool, err error) {
+// entrySubject is where an entry is stored: under its case and person, "_" for none, so
+// that a listing by either reads only the entries it returns.
+func entrySubject(base string, d *throughcarev1.Disclosure) string {
+	caseToken, personToken := "_", "_"
+	if c := d.GetCaseId(); c != "" && validToken(c) {
+		caseToken = c
+	}
+	if p := d.GetPersonHash(); len(p) > 0 {
+		personToken = hex.EncodeToString(p)
+	}
+	return base + "." + caseToken + "." + personToken
+}
+
+// validToken reports whether s is safe as one subject token: letters, digits, '_', '-'.
+func validToken(s string) bool {
+	for _, c := range []byte(s) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return s != "_"
+}
+
+// ByCase and ByPerson select the entries about one case or one person for List: their own
+// subjects, and the bare subject of entries written before entries had them.
+func (l *Ledger) ByCase(caseID string) []string {
+	if !validToken(caseID) {
+		return []string{l.subject}
+	}
+	return []string{l.subject + "." + caseID + ".*", l.subject}
+}
+
+func (l *Ledger) ByPerson(person []byte) []string {
+	return []string{l.subject + ".*." + hex.EncodeToString(person), l.subject}
+}
+
+// List returns up to limit entries after afterSequence that match, oldest first, reading
+// only the entries on subjects (ByCase, ByPerson). lastSeq is the sequence of the last entry
+// returned (afterSequence if none), to resume from; more reports whether another matching
+// entry follows.
+func (l *Ledger) List(ctx context.Context, subjects []string, match func(*throughcarev1.Disclosure) bool, afterSequence uint64, limit int) (entries []*throughcarev1.Disclosure, lastSeq uint64, more bool, err error) {
 	if limit < 1 {
 		return nil, 0, false, fmt.Errorf("list %s: limit %d < 1", l.name, limit)
 	}
 	lastSeq = afterSequence
-	_, err = l.scan(ctx, afterSequence, func(streamSeq uint64, data []byte) (bool, error) {
+	_, err = l.scan(ctx, afterSequence, subjects, func(streamSeq uint64, data []byte) (bool, error) {
 		entry, err := decodeEntry(streamSeq, data)
 		if err != nil {
 			return false, err
@@ -257,7 +297,7 @@ func (l *Ledger) List(ctx context.Context, match func(*throughcarev1.Disclosure)
 // sequence it claims, and that no entry is missing at the end.
 func (l *Ledger) Verify(ctx context.Context) (*throughcarev1.VerifyLedgerResponse, error) {
 	v := newVerifier()
-	lastSeq, err := l.scan(ctx, 0, func(streamSeq uint64, data []byte) (bool, error) {
+	lastSeq, err := l.scan(ctx, 0, nil, func(streamSeq uint64, data []byte) (bool, error) {
 		entry := new(throughcarev1.Disclosure)
 		if err := proto.Unmarshal(data, entry); err != nil {
 			v.failNext(fmt.Sprintf("entry %d does not decode", v.next))
@@ -293,7 +333,7 @@ func (l *Ledger) Verify(ctx context.Context) (*throughcarev1.VerifyLedgerRespons
 // It reads through an ordered consumer: one request sets it up, then the server streams
 // batches with flow control and the client checks the order, where a GetMsg per entry
 // would cost a round trip each. It needs no direct gets, which followers may answer stale.
-func (l *Ledger) scan(ctx context.Context, afterSeq uint64, visit func(streamSeq uint64, data []byte) (bool, error)) (uint64, error) {
+func (l *Ledger) scan(ctx context.Context, afterSeq uint64, subjects []string, visit func(streamSeq uint64, data []byte) (bool, error)) (uint64, error) {
 	info, err := l.stream.Info(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("stream info: %w", err)
@@ -305,6 +345,7 @@ func (l *Ledger) scan(ctx context.Context, afterSeq uint64, visit func(streamSeq
 	consumer, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:       afterSeq + 1,
+		FilterSubjects:    subjects,
 		InactiveThreshold: scanConsumerIdle,
 		MaxResetAttempts:  3,
 	})

@@ -66,24 +66,25 @@ func TestAppendManyVerifyAndList(t *testing.T) {
 
 	tests := []struct {
 		name      string
+		subjects  []string
 		match     func(*throughcarev1.Disclosure) bool
 		limit     int
 		wantTotal int
 		wantPages int
 	}{
-		{"case", func(d *throughcarev1.Disclosure) bool { return d.GetCaseId() == "case-a" }, 6, 20, 4},
-		{"case in one page", func(d *throughcarev1.Disclosure) bool { return d.GetCaseId() == "case-c" }, 20, 20, 1},
-		{"person", personMatch("A1234BC"), 7, 40, 6},
-		{"person typed in lower case", personMatch(" a1234bc"), 40, 40, 1},
-		{"nobody", personMatch("X0000XX"), 10, 0, 1},
-		{"everything", all, 25, total, 3},
+		{"case", l.ByCase("case-a"), func(d *throughcarev1.Disclosure) bool { return d.GetCaseId() == "case-a" }, 6, 20, 4},
+		{"case in one page", l.ByCase("case-c"), func(d *throughcarev1.Disclosure) bool { return d.GetCaseId() == "case-c" }, 20, 20, 1},
+		{"person", l.ByPerson(testPersonKey.Hash("A1234BC")), personMatch("A1234BC"), 7, 40, 6},
+		{"person typed in lower case", l.ByPerson(testPersonKey.Hash(" a1234bc")), personMatch(" a1234bc"), 40, 40, 1},
+		{"nobody", l.ByPerson(testPersonKey.Hash("X0000XX")), personMatch("X0000XX"), 10, 0, 1},
+		{"everything", nil, all, 25, total, 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got []*throughcarev1.Disclosure
 			after, pages := uint64(0), 0
 			for {
-				entries, lastSeq, more, err := l.List(ctx, tt.match, after, tt.limit)
+				entries, lastSeq, more, err := l.List(ctx, tt.subjects, tt.match, after, tt.limit)
 				if err != nil {
 					t.Fatalf("list after %d: %v", after, err)
 				}
@@ -139,14 +140,14 @@ func personMatch(prisonNumber string) func(*throughcarev1.Disclosure) bool {
 func TestListAfterTheEnd(t *testing.T) {
 	l := openLedger(t, natstest.Start(t).JetStream(t))
 	ctx := testContext(t)
-	if entries, _, more, err := l.List(ctx, all, 0, 10); err != nil || len(entries) != 0 || more {
+	if entries, _, more, err := l.List(ctx, nil, all, 0, 10); err != nil || len(entries) != 0 || more {
 		t.Fatalf("empty ledger: list = %d entries, more %v, err %v", len(entries), more, err)
 	}
 	mustAppend(t, l, disclosure(1, "case-a", "A1234BC"))
-	if entries, lastSeq, more, err := l.List(ctx, all, 1, 10); err != nil || len(entries) != 0 || more || lastSeq != 1 {
+	if entries, lastSeq, more, err := l.List(ctx, nil, all, 1, 10); err != nil || len(entries) != 0 || more || lastSeq != 1 {
 		t.Fatalf("after the last entry: list = %d entries, last %d, more %v, err %v", len(entries), lastSeq, more, err)
 	}
-	if _, _, _, err := l.List(ctx, all, 0, 0); err == nil {
+	if _, _, _, err := l.List(ctx, nil, all, 0, 0); err == nil {
 		t.Fatal("list with limit 0: no error")
 	}
 }
@@ -158,7 +159,7 @@ func chain(t *testing.T, n int) []*throughcarev1.Disclosure {
 	for i := 1; i <= n; i++ {
 		mustAppend(t, l, disclosure(i, "case-a", "A1234BC"))
 	}
-	entries, _, _, err := l.List(testContext(t), all, 0, n)
+	entries, _, _, err := l.List(testContext(t), nil, all, 0, n)
 	if err != nil || len(entries) != n {
 		t.Fatalf("list = %d entries, %v", len(entries), err)
 	}
@@ -414,7 +415,7 @@ func TestConcurrentAppendsFromTwoReplicasDoNotFork(t *testing.T) {
 
 	const total = 2 * perReplica
 	mustVerifyIntact(t, replicas[0], total)
-	entries, _, more, err := replicas[1].List(ctx, all, 0, total+1)
+	entries, _, more, err := replicas[1].List(ctx, nil, all, 0, total+1)
 	if err != nil || more || len(entries) != total {
 		t.Fatalf("list = %d entries, more %v, err %v; want %d", len(entries), more, err, total)
 	}
@@ -514,7 +515,7 @@ func TestOpenConfiguresStream(t *testing.T) {
 		t.Fatalf("stream: %v", err)
 	}
 	cfg := stream.CachedInfo().Config
-	if !slices.Equal(cfg.Subjects, []string{"tc.prison.ledger"}) || cfg.Storage != jetstream.FileStorage ||
+	if !slices.Equal(cfg.Subjects, []string{"tc.prison.ledger", "tc.prison.ledger.>"}) || cfg.Storage != jetstream.FileStorage ||
 		!cfg.DenyDelete || !cfg.DenyPurge || cfg.AllowRollup || cfg.MaxAge != 0 ||
 		cfg.Discard != jetstream.DiscardNew || cfg.Duplicates.Minutes() != 10 || cfg.Replicas != 1 {
 		t.Errorf("stream config = %+v", cfg)

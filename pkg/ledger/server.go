@@ -38,12 +38,15 @@ func NewServer(l *Ledger, person PersonKey, protocol func() *throughcarev1.Shari
 // cases, oldest first.
 func (s *Server) ListDisclosures(ctx context.Context, req *throughcarev1.ListDisclosuresRequest) (*throughcarev1.ListDisclosuresResponse, error) {
 	var match func(*throughcarev1.Disclosure) bool
+	var subjects []string
 	switch caseID, prisonNumber := req.GetCaseId(), req.GetPrisonNumber(); {
 	case caseID != "" && prisonNumber == "":
 		match = func(d *throughcarev1.Disclosure) bool { return d.GetCaseId() == caseID }
+		subjects = s.ledger.ByCase(caseID)
 	case prisonNumber != "" && caseID == "":
 		person := s.person.Hash(prisonNumber)
 		match = func(d *throughcarev1.Disclosure) bool { return bytes.Equal(d.GetPersonHash(), person) }
+		subjects = s.ledger.ByPerson(person)
 	default:
 		// protovalidate refuses this before it gets here; this guards other callers.
 		return nil, fault.InvalidField("case_id", "set exactly one of case_id and prison_number")
@@ -59,7 +62,7 @@ func (s *Server) ListDisclosures(ctx context.Context, req *throughcarev1.ListDis
 	case pageSize > maxPageSize:
 		pageSize = maxPageSize
 	}
-	entries, lastSeq, more, err := s.ledger.List(ctx, match, after, pageSize)
+	entries, lastSeq, more, err := s.ledger.List(ctx, subjects, match, after, pageSize)
 	if err != nil {
 		return nil, fmt.Errorf("list disclosures: %w", err)
 	}

@@ -27,7 +27,7 @@ func openUnprotected(t *testing.T, entries int) (*Ledger, jetstream.Stream) {
 	agency := throughcarev1.Agency_AGENCY_PROBATION
 	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{
 		Name:     StreamName(agency),
-		Subjects: []string{Subject(agency)},
+		Subjects: []string{Subject(agency), Subject(agency) + ".>"},
 		Storage:  jetstream.MemoryStorage,
 	})
 	if err != nil {
