@@ -191,7 +191,7 @@ func (s *Store) List(ctx context.Context, f Filter, pageSize int32, pageToken st
 		pageSize = DefaultPageSize
 	}
 	found := map[string]records.Record[*throughcarev1.ReleaseCase]{}
-	entries, resume, err := s.records.Matching(ctx, f.patterns(), after, int(pageSize), func(ctx context.Context, entries []records.Entry) ([]records.Entry, error) {
+	entries, resume, err := s.records.Matching(ctx, f.patterns(), false, after, int(pageSize), func(ctx context.Context, entries []records.Entry) ([]records.Entry, error) {
 		ids := make([]string, len(entries))
 		for i, e := range entries {
 			ids[i] = lastToken(e.Key)

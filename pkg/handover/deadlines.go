@@ -86,7 +86,7 @@ func (s *Service) sweep(ctx context.Context, kind string, now time.Time, handle 
 		pattern := "ix." + kind + "." + hourToken(hour) + ".*"
 		var after uint64
 		for {
-			entries, resume, err := s.handovers.Page(ctx, pattern, after, sweepBatch)
+			entries, resume, err := s.handovers.PageSparse(ctx, pattern, after, sweepBatch)
 			if err != nil {
 				return fmt.Errorf("sweep %s: %w", kind, err)
 			}

@@ -28,7 +28,7 @@ func (s *Service) ListHandovers(ctx context.Context, req *throughcarev1.ListHand
 		size = cases.DefaultPageSize
 	}
 	found := map[string]*storev1.HandoverRecord{}
-	entries, resume, err := s.handovers.Matching(ctx, listPatterns(req), after, size, func(ctx context.Context, entries []records.Entry) ([]records.Entry, error) {
+	entries, resume, err := s.handovers.Matching(ctx, listPatterns(req), req.GetOverdueOnly(), after, size, func(ctx context.Context, entries []records.Entry) ([]records.Entry, error) {
 		recs, err := s.getMany(ctx, entries)
 		if err != nil {
 			return nil, err
@@ -61,7 +61,8 @@ func (s *Service) ListHandovers(ctx context.Context, req *throughcarev1.ListHand
 }
 
 // listPatterns are the index entries a listing reads: by direction and state, or the
-// overdue ones; due_before is checked on each handover read.
+// overdue ones (few, as a rule: read as a sparse index); due_before is checked on each
+// handover read.
 func listPatterns(req *throughcarev1.ListHandoversRequest) []string {
 	index := "ix.list."
 	if req.GetOverdueOnly() {
