@@ -61,6 +61,7 @@ type handoverFlags struct {
 	AcknowledgeWithin    time.Duration
 	AcceptBeforeRelease  time.Duration
 	DeadlineScanInterval time.Duration
+	ResendAfter          time.Duration
 }
 
 func (c *handoverFlags) register(fs *flag.FlagSet) {
@@ -70,10 +71,11 @@ func (c *handoverFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.AcknowledgeWithin, "acknowledge-within", 48*time.Hour, "how long after delivery a handover must be acknowledged")
 	fs.DurationVar(&c.AcceptBeforeRelease, "accept-before-release", 14*24*time.Hour, "how long before the expected release a handover must be accepted")
 	fs.DurationVar(&c.DeadlineScanInterval, "deadline-scan-interval", time.Minute, "how often overdue handovers are looked for")
+	fs.DurationVar(&c.ResendAfter, "resend-after", 2*time.Minute, "how long an event may go unacknowledged by the other agency before it is re-sent")
 }
 
 func (c handoverFlags) validate() error {
-	for name, d := range map[string]time.Duration{"--acknowledge-within": c.AcknowledgeWithin, "--accept-before-release": c.AcceptBeforeRelease, "--deadline-scan-interval": c.DeadlineScanInterval} {
+	for name, d := range map[string]time.Duration{"--acknowledge-within": c.AcknowledgeWithin, "--accept-before-release": c.AcceptBeforeRelease, "--deadline-scan-interval": c.DeadlineScanInterval, "--resend-after": c.ResendAfter} {
 		if d <= 0 {
 			return fmt.Errorf("%s %s: must be positive", name, d)
 		}
@@ -117,6 +119,7 @@ func (c handoverFlags) loadSigning(agency throughcarev1.Agency) (signing.Key, *s
 func (c handoverFlags) handoverConfig(agency throughcarev1.Agency, p *protocol.Protocol, replicas int) handover.Config {
 	hc := handover.DefaultConfig(agency)
 	hc.AcknowledgeWithin, hc.AcceptBeforeRelease, hc.DeadlineScanInterval = c.AcknowledgeWithin, c.AcceptBeforeRelease, c.DeadlineScanInterval
+	hc.ResendAfter = c.ResendAfter
 	hc.Protocol = p
 	hc.Limits.Replicas = replicas
 	return hc

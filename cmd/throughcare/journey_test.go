@@ -558,11 +558,15 @@ func TestDuplicateEventIsProcessedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatalf("probation's outbox: %v", err)
 	}
+	// Beside the receipts, the outbox holds the acknowledgements of the duplicates above.
 	republished := 0
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
 		m, err := receipts.GetMsg(ctx, seq)
 		if err != nil {
 			t.Fatalf("read probation's outbox at %d: %v", seq, err)
+		}
+		if !strings.HasSuffix(m.Subject, ".receipt_issued") {
+			continue
 		}
 		again := &nats.Msg{Subject: m.Subject, Header: nats.Header{}, Data: m.Data}
 		for k, v := range m.Header {
@@ -577,7 +581,7 @@ func TestDuplicateEventIsProcessedOnce(t *testing.T) {
 	if republished != 3 {
 		t.Errorf("probation's outbox held %d receipts, want 3", republished)
 	}
-	waitInboxReceived(t, sys, prisonAgency, uint64(2*republished))
+	waitInboxReceived(t, sys, prisonAgency, info.State.Msgs+uint64(republished))
 	waitInboxProcessed(t, sys, prisonAgency)
 	if after := getHandover(t, prisonH, id).GetHandover(); !proto.Equal(after, senderView) {
 		t.Errorf("prison after duplicate receipts: got revision %d %v, want unchanged revision %d", after.GetRevision(), receiptTypes(after), senderView.GetRevision())

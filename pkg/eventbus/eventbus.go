@@ -273,10 +273,17 @@ func Decode(subject string, header nats.Header, data []byte) (*throughcarev1.Eve
 
 // Publish stores ev in the source agency's outbox and waits for JetStream to confirm.
 func Publish(ctx context.Context, js jetstream.JetStream, ev *throughcarev1.Event) error {
+	return PublishAs(ctx, js, ev, ev.GetEventId())
+}
+
+// PublishAs is Publish under another Nats-Msg-Id than the event id: a re-send of an event
+// the outbox already holds, which its duplicate window would otherwise drop.
+func PublishAs(ctx context.Context, js jetstream.JetStream, ev *throughcarev1.Event, msgID string) error {
 	msg, err := Encode(ev)
 	if err != nil {
 		return err
 	}
+	msg.Header.Set(jetstream.MsgIDHeader, msgID)
 	if _, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(OutboxStream(ev.GetSource()))); err != nil {
 		return fmt.Errorf("publish event %s: %w", ev.GetEventId(), err)
 	}

@@ -15,7 +15,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/records"
 )
 
-// watchDeadlines checks deadlines and retention now and then every DeadlineScanInterval
+// watchDeadlines checks deadlines, retention and resends now and then every DeadlineScanInterval
 // until ctx ends.
 func (s *Service) watchDeadlines(ctx context.Context) error {
 	ticker := time.NewTicker(s.cfg.DeadlineScanInterval)
@@ -26,6 +26,9 @@ func (s *Service) watchDeadlines(ctx context.Context) error {
 		}
 		if err := s.CheckRetention(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("retention check failed; trying again next round", zap.Error(err))
+		}
+		if err := s.CheckResends(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("resend check failed; trying again next round", zap.Error(err))
 		}
 		select {
 		case <-ctx.Done():
@@ -72,8 +75,13 @@ func (s *Service) CheckDeadlines(ctx context.Context) error {
 // The checkpoint stays an hour behind, so a writer whose clock is a little behind files
 // nothing where a sweep no longer reads.
 func (s *Service) sweep(ctx context.Context, kind string, now time.Time, handle func(ctx context.Context, handoverID string) error) error {
+	return s.sweepEvery(ctx, kind, time.Hour, now, handle)
+}
+
+// sweepEvery is sweep for an index filed by unit rather than by the hour.
+func (s *Service) sweepEvery(ctx context.Context, kind string, unit time.Duration, now time.Time, handle func(ctx context.Context, handoverID string) error) error {
 	checkpointKey := "cp." + kind
-	until := hourOf(now)
+	until := unitOf(now, unit)
 	from := until - 1
 	if cp, _, err := s.handovers.GetRaw(ctx, checkpointKey); err == nil {
 		if h, perr := strconv.ParseInt(string(cp), 10, 64); perr == nil && h < from {

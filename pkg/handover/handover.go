@@ -62,6 +62,9 @@ type Config struct {
 	// PersonKey makes the ledger's references to people; every agency of a deployment
 	// holds the same one.
 	PersonKey ledger.PersonKey
+	// ResendAfter is how long an event sent along a handover may go unacknowledged by the
+	// other agency before it is re-sent (then twice as long, up to 32 times).
+	ResendAfter time.Duration
 }
 
 // Policy is the sharing protocol as handovers use it; *protocol.Protocol is the one
@@ -90,6 +93,7 @@ func DefaultConfig(agency throughcarev1.Agency) Config {
 		SourceAlerts:         eventbus.DefaultSourceAlerts,
 		Protocol:             protocol.Default(),
 		ReplayWindow:         30 * 24 * time.Hour,
+		ResendAfter:          2 * time.Minute,
 	}
 }
 
@@ -106,6 +110,7 @@ type Service struct {
 	ledger    *ledger.Ledger
 	verifier  *signing.Verifier
 	replays   *signing.ReplayGuard
+	requests  resendRequests
 	now       func() time.Time
 	// closing ends open watches at shutdown, so a graceful stop does not wait on them.
 	closing   chan struct{}
@@ -128,6 +133,9 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 	}
 	if cfg.Protocol == nil {
 		return nil, errors.New("handover: no sharing protocol")
+	}
+	if cfg.ResendAfter <= 0 {
+		return nil, fmt.Errorf("handover: resend after %s must be positive", cfg.ResendAfter)
 	}
 	if cfg.SigningKey.Agency != cfg.Agency || cfg.Keyring == nil {
 		return nil, fmt.Errorf("handover: %s needs its own signing key and the agencies' keyring", name)
@@ -293,6 +301,7 @@ func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec
 // change stream, so a crash between the two leaves it right once the relay catches up.
 func (s *Service) write(ctx context.Context, rec *storev1.HandoverRecord, rev uint64) (uint64, error) {
 	id := rec.GetHandover().GetHandoverId()
+	s.number(rec)
 	var err error
 	if rev == 0 {
 		rev, err = s.handovers.Create(ctx, id, rec)

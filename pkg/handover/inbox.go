@@ -37,6 +37,37 @@ func (s *Service) handleIncoming(ctx context.Context, msg jetstream.Msg) error {
 	if !ids.Valid(ev.GetHandoverId()) || !ids.Valid(ev.GetCaseId()) {
 		return eventbus.Permanent(fmt.Errorf("event %s has a malformed handover or case id", ev.GetEventId()))
 	}
+	if done, err := s.inSequence(ctx, ev); done || err != nil {
+		return err
+	}
+	// The next event of its handover is received, whatever becomes of it: one refused for
+	// good is dead-lettered, and must not hold up those behind it.
+	err = s.apply(ctx, ev)
+	if err == nil && settledInline(ev) {
+		return nil
+	}
+	if err == nil || errors.Is(err, eventbus.ErrPermanent) {
+		if serr := s.received(ctx, ev); serr != nil {
+			return serr
+		}
+	}
+	return err
+}
+
+// settledInline reports whether the handler of ev settles it in its own write.
+func settledInline(ev *throughcarev1.Event) bool {
+	switch ev.GetPayload().(type) {
+	case *throughcarev1.Event_HandoverReferred, *throughcarev1.Event_ReceiptIssued, *throughcarev1.Event_InformationProvided:
+		return true
+	}
+	return false
+}
+
+// apply admits and applies the next event of a handover.
+func (s *Service) apply(ctx context.Context, ev *throughcarev1.Event) error {
+	if err := s.checkReplay(ctx, ev); err != nil {
+		return err
+	}
 	if err := s.checkIncoming(ctx, ev); err != nil {
 		return err
 	}
@@ -73,7 +104,7 @@ func (s *Service) receiveReferral(ctx context.Context, ev *throughcarev1.Event, 
 	h = proto.CloneOf(h)
 	h.UpdateTime = timestampNow(s.now)
 	h.AcknowledgeDueTime = timestamppb.New(s.now().Add(s.cfg.AcknowledgeWithin))
-	rec := &storev1.HandoverRecord{Handover: h}
+	rec := &storev1.HandoverRecord{Handover: h, LastReceivedSequence: min(ev.GetSequence(), 1)}
 	s.issueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_DELIVERED, throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED, "", nil)
 	if _, err := s.write(ctx, rec, 0); errors.Is(err, records.ErrExists) {
 		return nil // another replica delivered it meanwhile
@@ -146,7 +177,8 @@ func (s *Service) receiveReceipt(ctx context.Context, ev *throughcarev1.Event, i
 		if s.incoming(h) || h.GetRecipient() != ev.GetSource() {
 			return eventbus.Permanent(fmt.Errorf("event %s: a receipt from %s for a handover it did not receive", ev.GetEventId(), ev.GetSource()))
 		}
-		if !s.applyReceipt(h, issued) {
+		applied := s.applyReceipt(h, issued)
+		if settled := s.settle(rec, ev); !applied && !settled {
 			return errUnchanged
 		}
 		return nil
@@ -169,6 +201,9 @@ func (s *Service) receiveAnswer(ctx context.Context, ev *throughcarev1.Event, an
 			return eventbus.Permanent(fmt.Errorf("event %s: no question %s on handover %s", ev.GetEventId(), answer.GetRequestId(), h.GetHandoverId()))
 		}
 		if req.GetAnswerTime() != nil {
+			if s.settle(rec, ev) {
+				return nil
+			}
 			return errUnchanged
 		}
 		req.Answer, req.AnswerTime = answer.GetAnswer(), timestampNow(s.now)
@@ -177,6 +212,7 @@ func (s *Service) receiveAnswer(ctx context.Context, ev *throughcarev1.Event, an
 			state = throughcarev1.HandoverState_HANDOVER_STATE_ACKNOWLEDGED
 		}
 		s.issueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_INFORMATION_PROVIDED, state, ev.GetActor(), nil)
+		s.settle(rec, ev)
 		return nil
 	})
 	return err
@@ -318,6 +354,11 @@ func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
 		}
 		if err := signing.Sign(ev, s.cfg.SigningKey); err != nil {
 			return eventbus.Permanent(err)
+		}
+		if ev.GetSequence() > 0 {
+			if err := s.keep(ctx, msg, ev); err != nil {
+				return err
+			}
 		}
 		if err := eventbus.Publish(ctx, s.js, ev); err != nil {
 			return err

@@ -20,6 +20,7 @@ import (
 //	ix.overdue.<in|out>.<state>.<handover>    ListHandovers with overdue_only
 //	ix.due.<hour>.<handover>                  deadlines not yet marked, by the hour they fall due
 //	ix.retain.<hour>.<handover>               received copies, by the hour their retention ends
+//	ix.resend.<minute>.<handover>             unacknowledged events, by the minute they are re-sent
 //
 // Hours are hours since the Unix epoch. A time already past when the record was written is
 // filed under the hour of that write, so a job that has read up to a checkpoint never misses
@@ -36,14 +37,19 @@ func stateToken(st throughcarev1.HandoverState) string {
 }
 
 // hourOf is the index bucket of t.
-func hourOf(t time.Time) int64 { return t.Unix() / 3600 }
+func hourOf(t time.Time) int64 { return unitOf(t, time.Hour) }
+
+// unitOf is the index bucket of t, for an index filed by unit (an hour, a minute).
+func unitOf(t time.Time, unit time.Duration) int64 { return t.Unix() / int64(unit/time.Second) }
 
 func hourToken(hour int64) string { return fmt.Sprintf("%010d", hour) }
 
 // filedHour is the bucket a time is filed under: its own hour, or the hour of the write
 // when it has already passed.
-func filedHour(at time.Time, rec *storev1.HandoverRecord) int64 {
-	return max(hourOf(at), hourOf(rec.GetHandover().GetUpdateTime().AsTime()))
+func filedHour(at time.Time, rec *storev1.HandoverRecord) int64 { return filedUnit(at, rec, time.Hour) }
+
+func filedUnit(at time.Time, rec *storev1.HandoverRecord, unit time.Duration) int64 {
+	return max(unitOf(at, unit), unitOf(rec.GetHandover().GetUpdateTime().AsTime(), unit))
 }
 
 // indexKeys are the index entries rec needs.
@@ -62,6 +68,9 @@ func (s *Service) indexKeys(rec *storev1.HandoverRecord) []string {
 	}
 	for _, due := range pendingDeadlines(h) {
 		keys = append(keys, "ix.due."+hourToken(filedHour(due, rec))+"."+id)
+	}
+	if due := rec.GetResendDueTime(); due != nil {
+		keys = append(keys, "ix.resend."+hourToken(filedUnit(due.AsTime(), rec, resendUnit))+"."+id)
 	}
 	if until, ok := s.retainUntil(rec); ok {
 		keys = append(keys, "ix.retain."+hourToken(filedHour(until, rec))+"."+id)

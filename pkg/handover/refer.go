@@ -79,7 +79,7 @@ func (s *Service) acceptDue(rc *throughcarev1.ReleaseCase) *timestamppb.Timestam
 }
 
 // NotifyRelease tells every agency that accepted a handover of the case that the person
-// has left prison. Calling it again sends the same event ids, which change nothing.
+// has left prison, once along each handover: calling it again sends nothing more.
 func (s *Service) NotifyRelease(ctx context.Context, actor, caseID string, release *throughcarev1.Release) (int, error) {
 	accepted, err := s.find(ctx, caseID, false, func(h *throughcarev1.Handover) bool {
 		return h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_ACCEPTED
@@ -89,6 +89,10 @@ func (s *Service) NotifyRelease(ctx context.Context, actor, caseID string, relea
 	}
 	for _, h := range accepted {
 		_, err := s.mutate(ctx, h.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+			if rec.GetReleaseNotified() {
+				return errUnchanged
+			}
+			rec.ReleaseNotified = true
 			ev := s.newEvent(rec.GetHandover(), rec.GetHandover().GetRecipient(), actor, throughcarev1.EventType_EVENT_TYPE_RELEASE_RECORDED)
 			ev.EventId = stableEventID(rec.GetHandover().GetHandoverId(), "release")
 			ev.Payload = &throughcarev1.Event_ReleaseRecorded{ReleaseRecorded: &throughcarev1.ReleaseRecorded{Release: proto.CloneOf(release)}}

@@ -110,14 +110,19 @@ func (s *Service) disclose(ctx context.Context, ev *throughcarev1.Event) error {
 }
 
 // authenticate is the receiver's first gate: an event must carry a valid signature of its
-// source agency and must not replay an old one. A refusal is recorded in the ledger (by
-// event id and reason only: nothing of an unauthenticated payload is trusted or kept) and
-// the message is dead-lettered.
+// source agency, and (checkReplay, once its sequence says it is new) must not replay an old
+// one. A refusal is recorded in the ledger (by event id and reason only: nothing of an
+// unauthenticated payload is trusted or kept) and the message is dead-lettered.
 func (s *Service) authenticate(ctx context.Context, ev *throughcarev1.Event) error {
-	err := s.verifier.Verify(ev)
-	if err == nil {
-		err = s.replays.Check(ctx, ev)
-	}
+	return s.refuseUnauthentic(ctx, ev, s.verifier.Verify(ev))
+}
+
+// checkReplay refuses an authenticated event that replays an old one; see authenticate.
+func (s *Service) checkReplay(ctx context.Context, ev *throughcarev1.Event) error {
+	return s.refuseUnauthentic(ctx, ev, s.replays.Check(ctx, ev))
+}
+
+func (s *Service) refuseUnauthentic(ctx context.Context, ev *throughcarev1.Event, err error) error {
 	if err == nil {
 		return nil
 	}

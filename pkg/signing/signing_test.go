@@ -259,10 +259,10 @@ func TestVerifyRefusesNewFieldNumberedBetweenKnownOnes(t *testing.T) {
 	head := referral()
 	payload := &throughcarev1.Event{Payload: head.Payload}
 	head.Payload = nil
-	// The newer sender's encoding: fields 1-12, then its new field 13, then the payload.
+	// The newer sender's encoding: fields 1-14, then its new field 15, then the payload.
 	var content []byte
 	content = append(content, marshal(t, head)...)
-	content = protowire.AppendVarint(protowire.AppendTag(content, 13, protowire.VarintType), 1)
+	content = protowire.AppendVarint(protowire.AppendTag(content, 15, protowire.VarintType), 1)
 	content = append(content, marshal(t, payload)...)
 	wire := protowire.AppendBytes(protowire.AppendTag(content, 30, protowire.BytesType), ed25519.Sign(key.Private, content))
 	wire = protowire.AppendString(protowire.AppendTag(wire, 31, protowire.BytesType), key.ID)

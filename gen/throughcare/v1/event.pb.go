@@ -26,13 +26,15 @@ const (
 type EventType int32
 
 const (
-	EventType_EVENT_TYPE_UNSPECIFIED          EventType = 0
-	EventType_EVENT_TYPE_HANDOVER_REFERRED    EventType = 1
-	EventType_EVENT_TYPE_RECEIPT_ISSUED       EventType = 2
-	EventType_EVENT_TYPE_INFORMATION_PROVIDED EventType = 3
-	EventType_EVENT_TYPE_RELEASE_RECORDED     EventType = 4
-	EventType_EVENT_TYPE_PLAN_SHARED          EventType = 5
-	EventType_EVENT_TYPE_CONSENT_WITHDRAWN    EventType = 6
+	EventType_EVENT_TYPE_UNSPECIFIED           EventType = 0
+	EventType_EVENT_TYPE_HANDOVER_REFERRED     EventType = 1
+	EventType_EVENT_TYPE_RECEIPT_ISSUED        EventType = 2
+	EventType_EVENT_TYPE_INFORMATION_PROVIDED  EventType = 3
+	EventType_EVENT_TYPE_RELEASE_RECORDED      EventType = 4
+	EventType_EVENT_TYPE_PLAN_SHARED           EventType = 5
+	EventType_EVENT_TYPE_CONSENT_WITHDRAWN     EventType = 6
+	EventType_EVENT_TYPE_SEQUENCE_ACKNOWLEDGED EventType = 7
+	EventType_EVENT_TYPE_RESEND_REQUESTED      EventType = 8
 )
 
 // Enum value maps for EventType.
@@ -45,15 +47,19 @@ var (
 		4: "EVENT_TYPE_RELEASE_RECORDED",
 		5: "EVENT_TYPE_PLAN_SHARED",
 		6: "EVENT_TYPE_CONSENT_WITHDRAWN",
+		7: "EVENT_TYPE_SEQUENCE_ACKNOWLEDGED",
+		8: "EVENT_TYPE_RESEND_REQUESTED",
 	}
 	EventType_value = map[string]int32{
-		"EVENT_TYPE_UNSPECIFIED":          0,
-		"EVENT_TYPE_HANDOVER_REFERRED":    1,
-		"EVENT_TYPE_RECEIPT_ISSUED":       2,
-		"EVENT_TYPE_INFORMATION_PROVIDED": 3,
-		"EVENT_TYPE_RELEASE_RECORDED":     4,
-		"EVENT_TYPE_PLAN_SHARED":          5,
-		"EVENT_TYPE_CONSENT_WITHDRAWN":    6,
+		"EVENT_TYPE_UNSPECIFIED":           0,
+		"EVENT_TYPE_HANDOVER_REFERRED":     1,
+		"EVENT_TYPE_RECEIPT_ISSUED":        2,
+		"EVENT_TYPE_INFORMATION_PROVIDED":  3,
+		"EVENT_TYPE_RELEASE_RECORDED":      4,
+		"EVENT_TYPE_PLAN_SHARED":           5,
+		"EVENT_TYPE_CONSENT_WITHDRAWN":     6,
+		"EVENT_TYPE_SEQUENCE_ACKNOWLEDGED": 7,
+		"EVENT_TYPE_RESEND_REQUESTED":      8,
 	}
 )
 
@@ -106,6 +112,14 @@ type Event struct {
 	// Categories the sender held back from this event under the protocol, and why, so the
 	// recipient knows what is missing.
 	Withholdings []*Withholding `protobuf:"bytes,12,rep,name=withholdings,proto3" json:"withholdings,omitempty"`
+	// This event's place among the events the source sent along this handover: 1 for the
+	// first, one more for each after. The recipient applies them in this order, acknowledges
+	// a duplicate again without applying it, and asks for a resend when one is missing.
+	// 0 on acknowledgements and resend requests, which are not sequenced.
+	Sequence uint64 `protobuf:"varint,13,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// The last sequence the source received from the recipient along this handover with
+	// none missing before it: the recipient need no longer keep those events.
+	AcknowledgedSequence uint64 `protobuf:"varint,14,opt,name=acknowledged_sequence,json=acknowledgedSequence,proto3" json:"acknowledged_sequence,omitempty"`
 	// Types that are valid to be assigned to Payload:
 	//
 	//	*Event_HandoverReferred
@@ -114,6 +128,8 @@ type Event struct {
 	//	*Event_ReleaseRecorded
 	//	*Event_PlanShared
 	//	*Event_ConsentWithdrawn
+	//	*Event_SequenceAcknowledged
+	//	*Event_ResendRequested
 	Payload isEvent_Payload `protobuf_oneof:"payload"`
 	// Ed25519 signature over the envelope with this field and key_id cleared.
 	Signature []byte `protobuf:"bytes,30,opt,name=signature,proto3" json:"signature,omitempty"`
@@ -237,6 +253,20 @@ func (x *Event) GetWithholdings() []*Withholding {
 	return nil
 }
 
+func (x *Event) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *Event) GetAcknowledgedSequence() uint64 {
+	if x != nil {
+		return x.AcknowledgedSequence
+	}
+	return 0
+}
+
 func (x *Event) GetPayload() isEvent_Payload {
 	if x != nil {
 		return x.Payload
@@ -298,6 +328,24 @@ func (x *Event) GetConsentWithdrawn() *ConsentWithdrawn {
 	return nil
 }
 
+func (x *Event) GetSequenceAcknowledged() *SequenceAcknowledged {
+	if x != nil {
+		if x, ok := x.Payload.(*Event_SequenceAcknowledged); ok {
+			return x.SequenceAcknowledged
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetResendRequested() *ResendRequested {
+	if x != nil {
+		if x, ok := x.Payload.(*Event_ResendRequested); ok {
+			return x.ResendRequested
+		}
+	}
+	return nil
+}
+
 func (x *Event) GetSignature() []byte {
 	if x != nil {
 		return x.Signature
@@ -346,6 +394,17 @@ type Event_ConsentWithdrawn struct {
 	ConsentWithdrawn *ConsentWithdrawn `protobuf:"bytes,25,opt,name=consent_withdrawn,json=consentWithdrawn,proto3,oneof"`
 }
 
+type Event_SequenceAcknowledged struct {
+	// The source received everything up to acknowledged_sequence and had nothing else to
+	// send back.
+	SequenceAcknowledged *SequenceAcknowledged `protobuf:"bytes,26,opt,name=sequence_acknowledged,json=sequenceAcknowledged,proto3,oneof"`
+}
+
+type Event_ResendRequested struct {
+	// The source found an event missing: re-send every event after received_sequence.
+	ResendRequested *ResendRequested `protobuf:"bytes,27,opt,name=resend_requested,json=resendRequested,proto3,oneof"`
+}
+
 func (*Event_HandoverReferred) isEvent_Payload() {}
 
 func (*Event_ReceiptIssued) isEvent_Payload() {}
@@ -357,6 +416,10 @@ func (*Event_ReleaseRecorded) isEvent_Payload() {}
 func (*Event_PlanShared) isEvent_Payload() {}
 
 func (*Event_ConsentWithdrawn) isEvent_Payload() {}
+
+func (*Event_SequenceAcknowledged) isEvent_Payload() {}
+
+func (*Event_ResendRequested) isEvent_Payload() {}
 
 // HandoverReferred opens a handover at the recipient.
 type HandoverReferred struct {
@@ -696,11 +759,95 @@ func (x *ConsentWithdrawn) GetCategories() []DataCategory {
 	return nil
 }
 
+// SequenceAcknowledged carries only the envelope's acknowledged_sequence.
+type SequenceAcknowledged struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SequenceAcknowledged) Reset() {
+	*x = SequenceAcknowledged{}
+	mi := &file_throughcare_v1_event_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SequenceAcknowledged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SequenceAcknowledged) ProtoMessage() {}
+
+func (x *SequenceAcknowledged) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_event_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SequenceAcknowledged.ProtoReflect.Descriptor instead.
+func (*SequenceAcknowledged) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_event_proto_rawDescGZIP(), []int{7}
+}
+
+// ResendRequested asks the recipient to re-send what it sent after received_sequence.
+type ResendRequested struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The last sequence received with none missing before it (the envelope's
+	// acknowledged_sequence).
+	ReceivedSequence uint64 `protobuf:"varint,1,opt,name=received_sequence,json=receivedSequence,proto3" json:"received_sequence,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ResendRequested) Reset() {
+	*x = ResendRequested{}
+	mi := &file_throughcare_v1_event_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResendRequested) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResendRequested) ProtoMessage() {}
+
+func (x *ResendRequested) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_event_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResendRequested.ProtoReflect.Descriptor instead.
+func (*ResendRequested) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_event_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ResendRequested) GetReceivedSequence() uint64 {
+	if x != nil {
+		return x.ReceivedSequence
+	}
+	return 0
+}
+
 var File_throughcare_v1_event_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\n" +
-	"\x1athroughcare/v1/event.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\x8d\t\n" +
+	"\x1athroughcare/v1/event.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\xa1\v\n" +
 	"\x05Event\x12\x1f\n" +
 	"\bevent_id\x18\x01 \x01(\tB\x04\xd0\xf3\x18\x01R\aeventId\x123\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x19.throughcare.v1.EventTypeB\x04\xd0\xf3\x18\x01R\x04type\x124\n" +
@@ -717,14 +864,18 @@ const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\apurpose\x18\n" +
 	" \x01(\x0e2\x17.throughcare.v1.PurposeB\x04\xd0\xf3\x18\x01R\apurpose\x12\x1a\n" +
 	"\x05actor\x18\v \x01(\tB\x04\xd0\xf3\x18\x01R\x05actor\x12E\n" +
-	"\fwithholdings\x18\f \x03(\v2\x1b.throughcare.v1.WithholdingB\x04\xd0\xf3\x18\x01R\fwithholdings\x12U\n" +
+	"\fwithholdings\x18\f \x03(\v2\x1b.throughcare.v1.WithholdingB\x04\xd0\xf3\x18\x01R\fwithholdings\x12 \n" +
+	"\bsequence\x18\r \x01(\x04B\x04\xd0\xf3\x18\x01R\bsequence\x129\n" +
+	"\x15acknowledged_sequence\x18\x0e \x01(\x04B\x04\xd0\xf3\x18\x01R\x14acknowledgedSequence\x12U\n" +
 	"\x11handover_referred\x18\x14 \x01(\v2 .throughcare.v1.HandoverReferredB\x04\xd0\xf3\x18\x01H\x00R\x10handoverReferred\x12L\n" +
 	"\x0ereceipt_issued\x18\x15 \x01(\v2\x1d.throughcare.v1.ReceiptIssuedB\x04\xd0\xf3\x18\x01H\x00R\rreceiptIssued\x12^\n" +
 	"\x14information_provided\x18\x16 \x01(\v2#.throughcare.v1.InformationProvidedB\x04\xd0\xf3\x18\x01H\x00R\x13informationProvided\x12R\n" +
 	"\x10release_recorded\x18\x17 \x01(\v2\x1f.throughcare.v1.ReleaseRecordedB\x04\xd0\xf3\x18\x01H\x00R\x0freleaseRecorded\x12C\n" +
 	"\vplan_shared\x18\x18 \x01(\v2\x1a.throughcare.v1.PlanSharedB\x04\xd0\xf3\x18\x01H\x00R\n" +
 	"planShared\x12U\n" +
-	"\x11consent_withdrawn\x18\x19 \x01(\v2 .throughcare.v1.ConsentWithdrawnB\x04\xd0\xf3\x18\x01H\x00R\x10consentWithdrawn\x12\"\n" +
+	"\x11consent_withdrawn\x18\x19 \x01(\v2 .throughcare.v1.ConsentWithdrawnB\x04\xd0\xf3\x18\x01H\x00R\x10consentWithdrawn\x12a\n" +
+	"\x15sequence_acknowledged\x18\x1a \x01(\v2$.throughcare.v1.SequenceAcknowledgedB\x04\xd0\xf3\x18\x01H\x00R\x14sequenceAcknowledged\x12R\n" +
+	"\x10resend_requested\x18\x1b \x01(\v2\x1f.throughcare.v1.ResendRequestedB\x04\xd0\xf3\x18\x01H\x00R\x0fresendRequested\x12\"\n" +
 	"\tsignature\x18\x1e \x01(\fB\x04\xd0\xf3\x18\x01R\tsignature\x12\x1b\n" +
 	"\x06key_id\x18\x1f \x01(\tB\x04\xd0\xf3\x18\x01R\x05keyIdB\t\n" +
 	"\apayload\"\x94\x01\n" +
@@ -751,7 +902,10 @@ const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\x10ConsentWithdrawn\x12B\n" +
 	"\n" +
 	"categories\x18\x01 \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x04\xd0\xf3\x18\x01R\n" +
-	"categories*\xec\x01\n" +
+	"categories\"\x16\n" +
+	"\x14SequenceAcknowledged\"D\n" +
+	"\x0fResendRequested\x121\n" +
+	"\x11received_sequence\x18\x01 \x01(\x04B\x04\xd0\xf3\x18\x01R\x10receivedSequence*\xb3\x02\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cEVENT_TYPE_HANDOVER_REFERRED\x10\x01\x12\x1d\n" +
@@ -759,7 +913,9 @@ const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\x1fEVENT_TYPE_INFORMATION_PROVIDED\x10\x03\x12\x1f\n" +
 	"\x1bEVENT_TYPE_RELEASE_RECORDED\x10\x04\x12\x1a\n" +
 	"\x16EVENT_TYPE_PLAN_SHARED\x10\x05\x12 \n" +
-	"\x1cEVENT_TYPE_CONSENT_WITHDRAWN\x10\x06BEZCgithub.com/throughcare/throughcare/gen/throughcare/v1;throughcarev1b\x06proto3"
+	"\x1cEVENT_TYPE_CONSENT_WITHDRAWN\x10\x06\x12$\n" +
+	" EVENT_TYPE_SEQUENCE_ACKNOWLEDGED\x10\a\x12\x1f\n" +
+	"\x1bEVENT_TYPE_RESEND_REQUESTED\x10\bBEZCgithub.com/throughcare/throughcare/gen/throughcare/v1;throughcarev1b\x06proto3"
 
 var (
 	file_throughcare_v1_event_proto_rawDescOnce sync.Once
@@ -774,7 +930,7 @@ func file_throughcare_v1_event_proto_rawDescGZIP() []byte {
 }
 
 var file_throughcare_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_throughcare_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_throughcare_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_throughcare_v1_event_proto_goTypes = []any{
 	(EventType)(0),                // 0: throughcare.v1.EventType
 	(*Event)(nil),                 // 1: throughcare.v1.Event
@@ -784,48 +940,52 @@ var file_throughcare_v1_event_proto_goTypes = []any{
 	(*ReleaseRecorded)(nil),       // 5: throughcare.v1.ReleaseRecorded
 	(*PlanShared)(nil),            // 6: throughcare.v1.PlanShared
 	(*ConsentWithdrawn)(nil),      // 7: throughcare.v1.ConsentWithdrawn
-	(Agency)(0),                   // 8: throughcare.v1.Agency
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(Purpose)(0),                  // 10: throughcare.v1.Purpose
-	(*Withholding)(nil),           // 11: throughcare.v1.Withholding
-	(*Handover)(nil),              // 12: throughcare.v1.Handover
-	(*ReleaseCase)(nil),           // 13: throughcare.v1.ReleaseCase
-	(*Receipt)(nil),               // 14: throughcare.v1.Receipt
-	(DeclineReason)(0),            // 15: throughcare.v1.DeclineReason
-	(*InformationRequest)(nil),    // 16: throughcare.v1.InformationRequest
-	(DataCategory)(0),             // 17: throughcare.v1.DataCategory
-	(*Release)(nil),               // 18: throughcare.v1.Release
-	(*SupervisionPlan)(nil),       // 19: throughcare.v1.SupervisionPlan
-	(*AssistancePlan)(nil),        // 20: throughcare.v1.AssistancePlan
+	(*SequenceAcknowledged)(nil),  // 8: throughcare.v1.SequenceAcknowledged
+	(*ResendRequested)(nil),       // 9: throughcare.v1.ResendRequested
+	(Agency)(0),                   // 10: throughcare.v1.Agency
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(Purpose)(0),                  // 12: throughcare.v1.Purpose
+	(*Withholding)(nil),           // 13: throughcare.v1.Withholding
+	(*Handover)(nil),              // 14: throughcare.v1.Handover
+	(*ReleaseCase)(nil),           // 15: throughcare.v1.ReleaseCase
+	(*Receipt)(nil),               // 16: throughcare.v1.Receipt
+	(DeclineReason)(0),            // 17: throughcare.v1.DeclineReason
+	(*InformationRequest)(nil),    // 18: throughcare.v1.InformationRequest
+	(DataCategory)(0),             // 19: throughcare.v1.DataCategory
+	(*Release)(nil),               // 20: throughcare.v1.Release
+	(*SupervisionPlan)(nil),       // 21: throughcare.v1.SupervisionPlan
+	(*AssistancePlan)(nil),        // 22: throughcare.v1.AssistancePlan
 }
 var file_throughcare_v1_event_proto_depIdxs = []int32{
 	0,  // 0: throughcare.v1.Event.type:type_name -> throughcare.v1.EventType
-	8,  // 1: throughcare.v1.Event.source:type_name -> throughcare.v1.Agency
-	8,  // 2: throughcare.v1.Event.recipient:type_name -> throughcare.v1.Agency
-	9,  // 3: throughcare.v1.Event.occurred_at:type_name -> google.protobuf.Timestamp
-	10, // 4: throughcare.v1.Event.purpose:type_name -> throughcare.v1.Purpose
-	11, // 5: throughcare.v1.Event.withholdings:type_name -> throughcare.v1.Withholding
+	10, // 1: throughcare.v1.Event.source:type_name -> throughcare.v1.Agency
+	10, // 2: throughcare.v1.Event.recipient:type_name -> throughcare.v1.Agency
+	11, // 3: throughcare.v1.Event.occurred_at:type_name -> google.protobuf.Timestamp
+	12, // 4: throughcare.v1.Event.purpose:type_name -> throughcare.v1.Purpose
+	13, // 5: throughcare.v1.Event.withholdings:type_name -> throughcare.v1.Withholding
 	2,  // 6: throughcare.v1.Event.handover_referred:type_name -> throughcare.v1.HandoverReferred
 	3,  // 7: throughcare.v1.Event.receipt_issued:type_name -> throughcare.v1.ReceiptIssued
 	4,  // 8: throughcare.v1.Event.information_provided:type_name -> throughcare.v1.InformationProvided
 	5,  // 9: throughcare.v1.Event.release_recorded:type_name -> throughcare.v1.ReleaseRecorded
 	6,  // 10: throughcare.v1.Event.plan_shared:type_name -> throughcare.v1.PlanShared
 	7,  // 11: throughcare.v1.Event.consent_withdrawn:type_name -> throughcare.v1.ConsentWithdrawn
-	12, // 12: throughcare.v1.HandoverReferred.handover:type_name -> throughcare.v1.Handover
-	13, // 13: throughcare.v1.HandoverReferred.release_case:type_name -> throughcare.v1.ReleaseCase
-	14, // 14: throughcare.v1.ReceiptIssued.receipt:type_name -> throughcare.v1.Receipt
-	15, // 15: throughcare.v1.ReceiptIssued.decline_reason:type_name -> throughcare.v1.DeclineReason
-	16, // 16: throughcare.v1.ReceiptIssued.information_request:type_name -> throughcare.v1.InformationRequest
-	17, // 17: throughcare.v1.ReceiptIssued.purged_categories:type_name -> throughcare.v1.DataCategory
-	18, // 18: throughcare.v1.ReleaseRecorded.release:type_name -> throughcare.v1.Release
-	19, // 19: throughcare.v1.PlanShared.supervision_plan:type_name -> throughcare.v1.SupervisionPlan
-	20, // 20: throughcare.v1.PlanShared.assistance_plan:type_name -> throughcare.v1.AssistancePlan
-	17, // 21: throughcare.v1.ConsentWithdrawn.categories:type_name -> throughcare.v1.DataCategory
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	8,  // 12: throughcare.v1.Event.sequence_acknowledged:type_name -> throughcare.v1.SequenceAcknowledged
+	9,  // 13: throughcare.v1.Event.resend_requested:type_name -> throughcare.v1.ResendRequested
+	14, // 14: throughcare.v1.HandoverReferred.handover:type_name -> throughcare.v1.Handover
+	15, // 15: throughcare.v1.HandoverReferred.release_case:type_name -> throughcare.v1.ReleaseCase
+	16, // 16: throughcare.v1.ReceiptIssued.receipt:type_name -> throughcare.v1.Receipt
+	17, // 17: throughcare.v1.ReceiptIssued.decline_reason:type_name -> throughcare.v1.DeclineReason
+	18, // 18: throughcare.v1.ReceiptIssued.information_request:type_name -> throughcare.v1.InformationRequest
+	19, // 19: throughcare.v1.ReceiptIssued.purged_categories:type_name -> throughcare.v1.DataCategory
+	20, // 20: throughcare.v1.ReleaseRecorded.release:type_name -> throughcare.v1.Release
+	21, // 21: throughcare.v1.PlanShared.supervision_plan:type_name -> throughcare.v1.SupervisionPlan
+	22, // 22: throughcare.v1.PlanShared.assistance_plan:type_name -> throughcare.v1.AssistancePlan
+	19, // 23: throughcare.v1.ConsentWithdrawn.categories:type_name -> throughcare.v1.DataCategory
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_event_proto_init() }
@@ -844,6 +1004,8 @@ func file_throughcare_v1_event_proto_init() {
 		(*Event_ReleaseRecorded)(nil),
 		(*Event_PlanShared)(nil),
 		(*Event_ConsentWithdrawn)(nil),
+		(*Event_SequenceAcknowledged)(nil),
+		(*Event_ResendRequested)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -851,7 +1013,7 @@ func file_throughcare_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_throughcare_v1_event_proto_rawDesc), len(file_throughcare_v1_event_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

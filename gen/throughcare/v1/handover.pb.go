@@ -259,7 +259,10 @@ type Handover struct {
 	// Categories the sender held back under the protocol, so the recipient knows what is missing.
 	WithheldCategories []DataCategory `protobuf:"varint,18,rep,packed,name=withheld_categories,json=withheldCategories,proto3,enum=throughcare.v1.DataCategory" json:"withheld_categories,omitempty"`
 	// Monotonic per handover view; changes on every update.
-	Revision      uint64 `protobuf:"varint,19,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,19,opt,name=revision,proto3" json:"revision,omitempty"`
+	// How many times this agency re-sent an event of this handover that the other agency
+	// had not acknowledged in time or asked for again: messages lost on the way and repaired.
+	ResentEvents  uint32 `protobuf:"varint,20,opt,name=resent_events,json=resentEvents,proto3" json:"resent_events,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -423,6 +426,13 @@ func (x *Handover) GetWithheldCategories() []DataCategory {
 func (x *Handover) GetRevision() uint64 {
 	if x != nil {
 		return x.Revision
+	}
+	return 0
+}
+
+func (x *Handover) GetResentEvents() uint32 {
+	if x != nil {
+		return x.ResentEvents
 	}
 	return 0
 }
@@ -651,7 +661,7 @@ var File_throughcare_v1_handover_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_handover_proto_rawDesc = "" +
 	"\n" +
-	"\x1dthroughcare/v1/handover.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/data.proto\"\xf1\b\n" +
+	"\x1dthroughcare/v1/handover.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/data.proto\"\x9c\t\n" +
 	"\bHandover\x12%\n" +
 	"\vhandover_id\x18\x01 \x01(\tB\x04\xd0\xf3\x18\x01R\n" +
 	"handoverId\x12\x1d\n" +
@@ -675,7 +685,8 @@ const file_throughcare_v1_handover_proto_rawDesc = "" +
 	"\fdecline_note\x18\x10 \x01(\tB\x04\xc8\xf3\x18\x04R\vdeclineNote\x12[\n" +
 	"\x14information_requests\x18\x11 \x03(\v2\".throughcare.v1.InformationRequestB\x04\xd0\xf3\x18\x01R\x13informationRequests\x12S\n" +
 	"\x13withheld_categories\x18\x12 \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x04\xd0\xf3\x18\x01R\x12withheldCategories\x12 \n" +
-	"\brevision\x18\x13 \x01(\x04B\x04\xd0\xf3\x18\x01R\brevision\"\x90\x02\n" +
+	"\brevision\x18\x13 \x01(\x04B\x04\xd0\xf3\x18\x01R\brevision\x12)\n" +
+	"\rresent_events\x18\x14 \x01(\rB\x04\xd0\xf3\x18\x01R\fresentEvents\"\x90\x02\n" +
 	"\aReceipt\x125\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1b.throughcare.v1.ReceiptTypeB\x04\xd0\xf3\x18\x01R\x04type\x124\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\x04time\x12\x1a\n" +

@@ -10,6 +10,7 @@ import (
 	v1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -25,9 +26,9 @@ const (
 // HandoverRecord is how an agency stores one handover in its Key-Value bucket. It is not
 // part of the public contract.
 //
-// The events a write must send commit with it: the write is one atomic batch of the
-// record, its index entries and one key per event (ob.<handover>.<event>), which a relay
-// publishes and then removes.
+// The events a write must send commit with it, in its outbox; a relay on the bucket's
+// change stream publishes them, keeping each sequenced one under sent.<handover>.<sequence>
+// (a SentEvent) until the other agency acknowledges it.
 type HandoverRecord struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Handover *v1.Handover           `protobuf:"bytes,1,opt,name=handover,proto3" json:"handover,omitempty"`
@@ -39,9 +40,19 @@ type HandoverRecord struct {
 	AppliedEventIds []string `protobuf:"bytes,4,rep,name=applied_event_ids,json=appliedEventIds,proto3" json:"applied_event_ids,omitempty"`
 	// This agency's copy of the case that this received handover brought was removed when
 	// its retention ran out.
-	CopyRemoved   bool `protobuf:"varint,5,opt,name=copy_removed,json=copyRemoved,proto3" json:"copy_removed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CopyRemoved bool `protobuf:"varint,5,opt,name=copy_removed,json=copyRemoved,proto3" json:"copy_removed,omitempty"`
+	// The sequence of the last event this agency sent along the handover.
+	LastSentSequence uint64 `protobuf:"varint,6,opt,name=last_sent_sequence,json=lastSentSequence,proto3" json:"last_sent_sequence,omitempty"`
+	// The last sequence received from the other agency with none missing before it.
+	LastReceivedSequence uint64 `protobuf:"varint,7,opt,name=last_received_sequence,json=lastReceivedSequence,proto3" json:"last_received_sequence,omitempty"`
+	// The last sequence the other agency acknowledged: events up to it are no longer kept.
+	PeerAcknowledgedSequence uint64 `protobuf:"varint,8,opt,name=peer_acknowledged_sequence,json=peerAcknowledgedSequence,proto3" json:"peer_acknowledged_sequence,omitempty"`
+	// When the events sent and not yet acknowledged are re-sent next; unset when none are.
+	ResendDueTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=resend_due_time,json=resendDueTime,proto3" json:"resend_due_time,omitempty"`
+	// This agency has notified the release along this handover: a second notice is not sent.
+	ReleaseNotified bool `protobuf:"varint,10,opt,name=release_notified,json=releaseNotified,proto3" json:"release_notified,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *HandoverRecord) Reset() {
@@ -102,16 +113,114 @@ func (x *HandoverRecord) GetCopyRemoved() bool {
 	return false
 }
 
+func (x *HandoverRecord) GetLastSentSequence() uint64 {
+	if x != nil {
+		return x.LastSentSequence
+	}
+	return 0
+}
+
+func (x *HandoverRecord) GetLastReceivedSequence() uint64 {
+	if x != nil {
+		return x.LastReceivedSequence
+	}
+	return 0
+}
+
+func (x *HandoverRecord) GetPeerAcknowledgedSequence() uint64 {
+	if x != nil {
+		return x.PeerAcknowledgedSequence
+	}
+	return 0
+}
+
+func (x *HandoverRecord) GetResendDueTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ResendDueTime
+	}
+	return nil
+}
+
+func (x *HandoverRecord) GetReleaseNotified() bool {
+	if x != nil {
+		return x.ReleaseNotified
+	}
+	return false
+}
+
+// SentEvent is an event as it was signed and published, kept until acknowledged.
+type SentEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event *v1.Event              `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// How often it was re-sent; each re-send is published under a message id of its own.
+	Resends       uint32 `protobuf:"varint,2,opt,name=resends,proto3" json:"resends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SentEvent) Reset() {
+	*x = SentEvent{}
+	mi := &file_throughcare_store_v1_handover_record_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SentEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SentEvent) ProtoMessage() {}
+
+func (x *SentEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_store_v1_handover_record_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SentEvent.ProtoReflect.Descriptor instead.
+func (*SentEvent) Descriptor() ([]byte, []int) {
+	return file_throughcare_store_v1_handover_record_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SentEvent) GetEvent() *v1.Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *SentEvent) GetResends() uint32 {
+	if x != nil {
+		return x.Resends
+	}
+	return 0
+}
+
 var File_throughcare_store_v1_handover_record_proto protoreflect.FileDescriptor
 
 const file_throughcare_store_v1_handover_record_proto_rawDesc = "" +
 	"\n" +
-	"*throughcare/store/v1/handover_record.proto\x12\x14throughcare.store.v1\x1a\x1athroughcare/v1/event.proto\x1a\x1dthroughcare/v1/handover.proto\"\xd7\x01\n" +
+	"*throughcare/store/v1/handover_record.proto\x12\x14throughcare.store.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1athroughcare/v1/event.proto\x1a\x1dthroughcare/v1/handover.proto\"\xe8\x03\n" +
 	"\x0eHandoverRecord\x124\n" +
 	"\bhandover\x18\x01 \x01(\v2\x18.throughcare.v1.HandoverR\bhandover\x12-\n" +
 	"\x06outbox\x18\x02 \x03(\v2\x15.throughcare.v1.EventR\x06outbox\x12*\n" +
 	"\x11applied_event_ids\x18\x04 \x03(\tR\x0fappliedEventIds\x12!\n" +
-	"\fcopy_removed\x18\x05 \x01(\bR\vcopyRemovedJ\x04\b\x03\x10\x04R\voutbox_onlyBEZCgithub.com/throughcare/throughcare/gen/throughcare/store/v1;storev1b\x06proto3"
+	"\fcopy_removed\x18\x05 \x01(\bR\vcopyRemoved\x12,\n" +
+	"\x12last_sent_sequence\x18\x06 \x01(\x04R\x10lastSentSequence\x124\n" +
+	"\x16last_received_sequence\x18\a \x01(\x04R\x14lastReceivedSequence\x12<\n" +
+	"\x1apeer_acknowledged_sequence\x18\b \x01(\x04R\x18peerAcknowledgedSequence\x12B\n" +
+	"\x0fresend_due_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\rresendDueTime\x12)\n" +
+	"\x10release_notified\x18\n" +
+	" \x01(\bR\x0freleaseNotifiedJ\x04\b\x03\x10\x04R\voutbox_only\"R\n" +
+	"\tSentEvent\x12+\n" +
+	"\x05event\x18\x01 \x01(\v2\x15.throughcare.v1.EventR\x05event\x12\x18\n" +
+	"\aresends\x18\x02 \x01(\rR\aresendsBEZCgithub.com/throughcare/throughcare/gen/throughcare/store/v1;storev1b\x06proto3"
 
 var (
 	file_throughcare_store_v1_handover_record_proto_rawDescOnce sync.Once
@@ -125,20 +234,24 @@ func file_throughcare_store_v1_handover_record_proto_rawDescGZIP() []byte {
 	return file_throughcare_store_v1_handover_record_proto_rawDescData
 }
 
-var file_throughcare_store_v1_handover_record_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_throughcare_store_v1_handover_record_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_throughcare_store_v1_handover_record_proto_goTypes = []any{
-	(*HandoverRecord)(nil), // 0: throughcare.store.v1.HandoverRecord
-	(*v1.Handover)(nil),    // 1: throughcare.v1.Handover
-	(*v1.Event)(nil),       // 2: throughcare.v1.Event
+	(*HandoverRecord)(nil),        // 0: throughcare.store.v1.HandoverRecord
+	(*SentEvent)(nil),             // 1: throughcare.store.v1.SentEvent
+	(*v1.Handover)(nil),           // 2: throughcare.v1.Handover
+	(*v1.Event)(nil),              // 3: throughcare.v1.Event
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
 }
 var file_throughcare_store_v1_handover_record_proto_depIdxs = []int32{
-	1, // 0: throughcare.store.v1.HandoverRecord.handover:type_name -> throughcare.v1.Handover
-	2, // 1: throughcare.store.v1.HandoverRecord.outbox:type_name -> throughcare.v1.Event
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2, // 0: throughcare.store.v1.HandoverRecord.handover:type_name -> throughcare.v1.Handover
+	3, // 1: throughcare.store.v1.HandoverRecord.outbox:type_name -> throughcare.v1.Event
+	4, // 2: throughcare.store.v1.HandoverRecord.resend_due_time:type_name -> google.protobuf.Timestamp
+	3, // 3: throughcare.store.v1.SentEvent.event:type_name -> throughcare.v1.Event
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_store_v1_handover_record_proto_init() }
@@ -152,7 +265,7 @@ func file_throughcare_store_v1_handover_record_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_throughcare_store_v1_handover_record_proto_rawDesc), len(file_throughcare_store_v1_handover_record_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,496 @@
+package handover
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/ids"
+	"github.com/throughcare/throughcare/pkg/records"
+	"github.com/throughcare/throughcare/pkg/signing"
+)
+
+// Delivery end to end. JetStream delivers at least once between the streams, but a message
+// lost inside NATS (a purged inbox, a restored backup) would go unnoticed. So, as AS4
+// reliability does, each agency numbers the events it sends along a handover (the write
+// that puts an event in the outbox gives it the next sequence), keeps each signed event
+// under sent.<handover>.<sequence> until the other agency acknowledges it, and re-sends
+// what is unacknowledged after ResendAfter. The receiver applies the events of a handover
+// in sequence: a duplicate is acknowledged again and not applied, a gap is not applied and
+// answered with a resend request. Acknowledgements are cumulative and ride on every event
+// back (acknowledged_sequence), or on an acknowledgement event of their own when the
+// receiver has nothing else to send back; neither those nor resend requests are sequenced.
+
+// sequenced reports whether ev takes a place in its handover's sequence.
+func sequenced(ev *throughcarev1.Event) bool {
+	switch ev.GetPayload().(type) {
+	case *throughcarev1.Event_SequenceAcknowledged, *throughcarev1.Event_ResendRequested:
+		return false
+	}
+	return true
+}
+
+// peerOf is the other agency of a handover, for this agency.
+func (s *Service) peerOf(h *throughcarev1.Handover) throughcarev1.Agency {
+	if s.incoming(h) {
+		return h.GetSender()
+	}
+	return h.GetRecipient()
+}
+
+// number gives each new event of rec's outbox the handover's next sequence and the last
+// sequence received in order, and schedules a resend while any is unacknowledged. Every
+// write calls it, so an event's sequence commits with the event.
+func (s *Service) number(rec *storev1.HandoverRecord) {
+	for _, ev := range rec.GetOutbox() {
+		ev.AcknowledgedSequence = rec.GetLastReceivedSequence()
+		if sequenced(ev) && ev.GetSequence() == 0 {
+			rec.LastSentSequence++
+			ev.Sequence = rec.GetLastSentSequence()
+		}
+	}
+	if rec.GetLastSentSequence() > rec.GetPeerAcknowledgedSequence() && rec.GetResendDueTime() == nil {
+		rec.ResendDueTime = timestamppb.New(s.now().Add(s.cfg.ResendAfter))
+	}
+}
+
+func sentKey(handoverID string, seq uint64) string {
+	return "sent." + handoverID + "." + strconv.FormatUint(seq, 10)
+}
+
+// ackKey holds the last sequence the other agency acknowledged with an acknowledgement
+// event. It is kept beside the record, not in it, so an acknowledgement does not write the
+// handover (its revision is the clients'); the next write of the record takes it.
+func ackKey(handoverID string) string { return "ack." + handoverID }
+
+// peerAcknowledged is the last sequence the other agency acknowledged, from the record and
+// from the acknowledgement events beside it.
+func (s *Service) peerAcknowledged(ctx context.Context, rec *storev1.HandoverRecord) (uint64, error) {
+	acked := rec.GetPeerAcknowledgedSequence()
+	raw, _, err := s.handovers.GetRaw(ctx, ackKey(rec.GetHandover().GetHandoverId()))
+	if errors.Is(err, records.ErrNotFound) {
+		return acked, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	if n, perr := strconv.ParseUint(string(raw), 10, 64); perr == nil {
+		acked = max(acked, n)
+	}
+	return acked, nil
+}
+
+// keep stores a signed event until the other agency acknowledges it, before the relay
+// publishes it. A relay running a revision again (it stopped before acknowledging it) keeps
+// nothing the other agency acknowledged meanwhile.
+func (s *Service) keep(ctx context.Context, msg jetstream.Msg, ev *throughcarev1.Event) error {
+	if meta, err := msg.Metadata(); err == nil && meta.NumDelivered > 1 {
+		rec, err := s.get(ctx, ev.GetHandoverId())
+		if err != nil {
+			return err
+		}
+		acked, err := s.peerAcknowledged(ctx, rec)
+		if err != nil {
+			return err
+		}
+		if ev.GetSequence() <= acked {
+			return nil
+		}
+	}
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(&storev1.SentEvent{Event: ev})
+	if err != nil {
+		return eventbus.Permanent(err)
+	}
+	return s.handovers.SetRaw(ctx, sentKey(ev.GetHandoverId(), ev.GetSequence()), data)
+}
+
+// kept reads the events kept for a handover, in sequence order.
+func (s *Service) kept(ctx context.Context, handoverID string) ([]*storev1.SentEvent, error) {
+	entries, err := s.handovers.Latest(ctx, "sent."+handoverID+".*")
+	if err != nil {
+		return nil, fmt.Errorf("events kept for handover %s: %w", handoverID, err)
+	}
+	out := make([]*storev1.SentEvent, 0, len(entries))
+	for _, e := range entries {
+		se := new(storev1.SentEvent)
+		if err := proto.Unmarshal(e.Data, se); err != nil {
+			return nil, fmt.Errorf("event kept under %s: %w", e.Key, err)
+		}
+		out = append(out, se)
+	}
+	slices.SortFunc(out, func(a, b *storev1.SentEvent) int {
+		return cmp.Compare(a.GetEvent().GetSequence(), b.GetEvent().GetSequence())
+	})
+	return out, nil
+}
+
+// forget removes the kept events after sequence from, up to through: the other agency has
+// them. It runs before the write that records the acknowledgement, so a crash in between
+// repeats both.
+func (s *Service) forget(ctx context.Context, handoverID string, from, through uint64) error {
+	for seq := from + 1; seq <= through; seq++ {
+		if err := s.handovers.RemoveRaw(ctx, sentKey(handoverID, seq)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// takeAcknowledgement records on rec that the other agency received everything up to ack,
+// and reports whether that is news.
+func (s *Service) takeAcknowledgement(rec *storev1.HandoverRecord, ack uint64) bool {
+	ack = min(ack, rec.GetLastSentSequence())
+	if ack <= rec.GetPeerAcknowledgedSequence() {
+		return false
+	}
+	rec.PeerAcknowledgedSequence = ack
+	if ack == rec.GetLastSentSequence() {
+		rec.ResendDueTime = nil
+	} else {
+		rec.ResendDueTime = timestamppb.New(s.now().Add(s.cfg.ResendAfter)) // progress: wait again
+	}
+	return true
+}
+
+// settle records on rec, in the write that applies ev, that ev was received and the
+// acknowledgement it carries; when the write sends nothing else back, it sends an
+// acknowledgement. It reports whether rec changed.
+func (s *Service) settle(rec *storev1.HandoverRecord, ev *throughcarev1.Event) bool {
+	changed := s.takeAcknowledgement(rec, ev.GetAcknowledgedSequence())
+	if seq := ev.GetSequence(); seq == 0 || seq != rec.GetLastReceivedSequence()+1 {
+		return changed
+	}
+	rec.LastReceivedSequence = ev.GetSequence()
+	if len(rec.GetOutbox()) == 0 {
+		h := rec.GetHandover()
+		ack := s.newEvent(h, s.peerOf(h), "", throughcarev1.EventType_EVENT_TYPE_SEQUENCE_ACKNOWLEDGED)
+		ack.Payload = &throughcarev1.Event_SequenceAcknowledged{SequenceAcknowledged: &throughcarev1.SequenceAcknowledged{}}
+		rec.Outbox = append(rec.Outbox, ack)
+	}
+	return true
+}
+
+// received settles ev on its handover after it was handled, unless the handler's own
+// write did.
+func (s *Service) received(ctx context.Context, ev *throughcarev1.Event) error {
+	if ev.GetSequence() == 0 {
+		return nil
+	}
+	_, err := s.mutate(ctx, ev.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+		if s.peerOf(rec.GetHandover()) != ev.GetSource() || !s.settle(rec, ev) {
+			return errUnchanged
+		}
+		return nil
+	})
+	if errors.Is(err, fault.ErrNotFound) {
+		return nil // an event about a handover this agency does not hold, refused
+	}
+	return err
+}
+
+// inSequence places an authenticated event in its handover's sequence before anything is
+// applied. It handles acknowledgements and resend requests, acknowledges a duplicate again
+// and asks for a resend on a gap; done says the event needs nothing more. An event without
+// a sequence (from a sender older than sequences) passes.
+func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (done bool, err error) {
+	if !sequenced(ev) {
+		return true, s.acknowledged(ctx, ev)
+	}
+	if ev.GetSequence() == 0 {
+		return false, nil
+	}
+	var received uint64
+	rec, _, err := s.handovers.Get(ctx, ev.GetHandoverId())
+	switch {
+	case errors.Is(err, records.ErrNotFound):
+		// Nothing received yet, as a recipient; as a sender this agency would hold the
+		// handover: the handler refuses what is not about one of its own.
+		if ev.GetType() == throughcarev1.EventType_EVENT_TYPE_RECEIPT_ISSUED || ev.GetType() == throughcarev1.EventType_EVENT_TYPE_PLAN_SHARED {
+			return false, nil
+		}
+	case err != nil:
+		return true, handoverError(ev.GetHandoverId(), err)
+	case s.peerOf(rec.GetHandover()) != ev.GetSource():
+		return false, nil // not this handover's other agency: the handler refuses it
+	default:
+		received = rec.GetLastReceivedSequence()
+	}
+	seq := ev.GetSequence()
+	if seq == received+1 {
+		// Before the handler's write records the acknowledgement: see forget.
+		if rec != nil && ev.GetAcknowledgedSequence() > rec.GetPeerAcknowledgedSequence() {
+			from, err := s.peerAcknowledged(ctx, rec)
+			if err != nil {
+				return true, err
+			}
+			if err := s.forget(ctx, ev.GetHandoverId(), from, min(ev.GetAcknowledgedSequence(), rec.GetLastSentSequence())); err != nil {
+				return true, err
+			}
+		}
+		return false, nil
+	}
+	if rec != nil && ev.GetAcknowledgedSequence() > rec.GetPeerAcknowledgedSequence() {
+		if err := s.acknowledged(ctx, ev); err != nil {
+			return true, err
+		}
+	}
+	fields := []zap.Field{zap.String("handover_id", ev.GetHandoverId()), zap.String("event_id", ev.GetEventId()),
+		zap.String("source", ev.GetSource().String()), zap.Uint64("sequence", seq), zap.Uint64("received_sequence", received)}
+	if seq <= received {
+		s.log.Info("duplicate event acknowledged again, not applied", fields...)
+		return true, s.sendControl(ctx, ev, received, &throughcarev1.Event_SequenceAcknowledged{SequenceAcknowledged: &throughcarev1.SequenceAcknowledged{}})
+	}
+	if !s.requests.first(ev.GetHandoverId(), received, s.now(), s.cfg.ResendAfter) {
+		s.log.Info("sequence gap: resend already requested", fields...)
+		return true, nil
+	}
+	s.log.Warn("sequence gap: resend requested", fields...)
+	return true, s.sendControl(ctx, ev, received, &throughcarev1.Event_ResendRequested{ResendRequested: &throughcarev1.ResendRequested{ReceivedSequence: received}})
+}
+
+// acknowledged takes the acknowledgement an event carries, and re-sends what a resend
+// request asks for.
+func (s *Service) acknowledged(ctx context.Context, ev *throughcarev1.Event) error {
+	rec, err := s.get(ctx, ev.GetHandoverId())
+	if errors.Is(err, fault.ErrNotFound) {
+		return eventbus.Permanent(fmt.Errorf("event %s: unknown handover %s", ev.GetEventId(), ev.GetHandoverId()))
+	}
+	if err != nil {
+		return err
+	}
+	if s.peerOf(rec.GetHandover()) != ev.GetSource() {
+		return eventbus.Permanent(fmt.Errorf("event %s: %s is not the other agency of handover %s", ev.GetEventId(), ev.GetSource(), ev.GetHandoverId()))
+	}
+	ack := ev.GetAcknowledgedSequence()
+	if ack > rec.GetLastSentSequence() {
+		return eventbus.Permanent(fmt.Errorf("event %s acknowledges sequence %d of handover %s; %d were sent", ev.GetEventId(), ack, ev.GetHandoverId(), rec.GetLastSentSequence()))
+	}
+	acked, err := s.peerAcknowledged(ctx, rec)
+	if err != nil {
+		return err
+	}
+	if ack > acked {
+		if err := s.forget(ctx, ev.GetHandoverId(), acked, ack); err != nil {
+			return err
+		}
+		if err := s.handovers.SetRaw(ctx, ackKey(ev.GetHandoverId()), []byte(strconv.FormatUint(ack, 10))); err != nil {
+			return err
+		}
+	}
+	if rr := ev.GetResendRequested(); rr != nil {
+		return s.resend(ctx, ev.GetHandoverId(), false, "resend requested")
+	}
+	return nil
+}
+
+// sendControl answers an incoming event with an acknowledgement or a resend request,
+// published at once: neither changes this agency's records, and a lost one is made good by
+// the sender's own resend.
+func (s *Service) sendControl(ctx context.Context, about *throughcarev1.Event, received uint64, payload any) error {
+	ev := &throughcarev1.Event{
+		EventId:              ids.New(ids.Event),
+		Source:               s.cfg.Agency,
+		Recipient:            about.GetSource(),
+		CaseId:               about.GetCaseId(),
+		HandoverId:           about.GetHandoverId(),
+		OccurredAt:           timestampNow(s.now),
+		Purpose:              about.GetPurpose(),
+		ProtocolId:           s.cfg.Protocol.ID(),
+		ProtocolVersion:      s.cfg.Protocol.Version(),
+		AcknowledgedSequence: received,
+	}
+	switch p := payload.(type) {
+	case *throughcarev1.Event_SequenceAcknowledged:
+		ev.Type, ev.Payload = throughcarev1.EventType_EVENT_TYPE_SEQUENCE_ACKNOWLEDGED, p
+	case *throughcarev1.Event_ResendRequested:
+		ev.Type, ev.Payload = throughcarev1.EventType_EVENT_TYPE_RESEND_REQUESTED, p
+	}
+	if err := signing.Sign(ev, s.cfg.SigningKey); err != nil {
+		return eventbus.Permanent(err)
+	}
+	return eventbus.Publish(ctx, s.js, ev)
+}
+
+// resendUnit is the span of time the resend index files under one key: resends fall due
+// minutes after a send, and a pass reads what is filed under the current unit.
+const resendUnit = time.Minute
+
+// resendTimeout is why a resend pass re-sends.
+const resendTimeout = "unacknowledged in time"
+
+// CheckResends re-sends, for every handover whose resend is due, the events the other agency
+// has not acknowledged. It reads only the resends filed under the hours since its last pass.
+func (s *Service) CheckResends(ctx context.Context) error {
+	now := s.now()
+	return s.sweepEvery(ctx, "resend", resendUnit, now, func(ctx context.Context, handoverID string) error {
+		rec, err := s.get(ctx, handoverID)
+		if errors.Is(err, fault.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if due := rec.GetResendDueTime(); due == nil || now.Before(due.AsTime()) {
+			return nil
+		}
+		return s.resend(ctx, handoverID, true, resendTimeout)
+	})
+}
+
+// resend publishes again, each under a message id of its own, the kept events of a handover
+// the other agency has not acknowledged, counts them on the handover, records each in the
+// ledger and logs it. onTimeout re-sends only if the handover's resend is due (another
+// replica may have just done it); a resend request re-sends at once.
+func (s *Service) resend(ctx context.Context, handoverID string, onTimeout bool, why string) error {
+	kept, err := s.kept(ctx, handoverID)
+	if err != nil {
+		return err
+	}
+	rec, err := s.get(ctx, handoverID)
+	if err != nil {
+		return err
+	}
+	acked, err := s.peerAcknowledged(ctx, rec)
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	var pending, stale []*storev1.SentEvent
+	_, err = s.mutate(ctx, handoverID, func(rec *storev1.HandoverRecord) error {
+		pending, stale = pending[:0], stale[:0]
+		if due := rec.GetResendDueTime(); onTimeout && (due == nil || now.Before(due.AsTime())) {
+			return errUnchanged
+		}
+		changed := s.takeAcknowledgement(rec, acked)
+		for _, se := range kept {
+			if se.GetEvent().GetSequence() > rec.GetPeerAcknowledgedSequence() {
+				pending = append(pending, se)
+			} else {
+				stale = append(stale, se)
+			}
+		}
+		switch {
+		case len(pending) > 0:
+			rec.Handover.ResentEvents += uint32(len(pending))
+			rec.ResendDueTime = timestamppb.New(now.Add(s.resendBackoff(pending[0].GetResends() + 1)))
+		case rec.GetPeerAcknowledgedSequence() >= rec.GetLastSentSequence():
+			rec.ResendDueTime = nil // all acknowledged
+		case onTimeout:
+			// Sent but not kept yet: the relay is behind. Look again later.
+			rec.ResendDueTime = timestamppb.New(now.Add(s.cfg.ResendAfter))
+		case !changed:
+			return errUnchanged
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, se := range stale { // acknowledged while a crash kept them
+		if err := s.handovers.RemoveRaw(ctx, sentKey(handoverID, se.GetEvent().GetSequence())); err != nil {
+			return err
+		}
+	}
+	for _, se := range pending {
+		if err := s.resendOne(ctx, se, why); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// resendBackoff is how long after its attempt'th resend an event is re-sent again: doubling
+// from ResendAfter, up to 32 times it.
+func (s *Service) resendBackoff(attempt uint32) time.Duration {
+	return s.cfg.ResendAfter << min(attempt-1, 5)
+}
+
+// resendOne re-publishes one kept event as it was signed, under the message id
+// <event>.r<attempt>, so the outbox's duplicate window does not drop it, and records it.
+func (s *Service) resendOne(ctx context.Context, se *storev1.SentEvent, why string) error {
+	se.Resends++
+	ev := se.GetEvent()
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(se)
+	if err != nil {
+		return eventbus.Permanent(err)
+	}
+	if err := s.handovers.SetRaw(ctx, sentKey(ev.GetHandoverId(), ev.GetSequence()), data); err != nil {
+		return err
+	}
+	unsigned := proto.CloneOf(ev)
+	unsigned.Signature, unsigned.KeyId = nil, ""
+	payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(unsigned)
+	if err != nil {
+		return eventbus.Permanent(err)
+	}
+	hash := sha256.Sum256(payload)
+	entry := &throughcarev1.Disclosure{
+		Kind:               throughcarev1.DisclosureKind_DISCLOSURE_KIND_RESENT,
+		CaseId:             ev.GetCaseId(),
+		EventId:            ev.GetEventId(),
+		Sender:             ev.GetSource(),
+		Recipient:          ev.GetRecipient(),
+		Purpose:            ev.GetPurpose(),
+		WithheldCategories: categoriesOf(ev.GetWithholdings()),
+		Withholdings:       ev.GetWithholdings(),
+		ProtocolId:         ev.GetProtocolId(),
+		ProtocolVersion:    ev.GetProtocolVersion(),
+		Actor:              ev.GetActor(),
+		Time:               timestampNow(s.now),
+		PayloadHash:        hash[:],
+		PersonHash:         s.personHash(ev.GetHandoverReferred().GetReleaseCase()),
+		Note: fmt.Sprintf("re-sent event %s (%s, sequence %d of handover %s), attempt %d: %s",
+			ev.GetEventId(), ev.GetType(), ev.GetSequence(), ev.GetHandoverId(), se.GetResends(), why),
+	}
+	if _, err := s.ledger.Append(ctx, entry, fmt.Sprintf("resent/%s/%d", ev.GetEventId(), se.GetResends())); err != nil {
+		return fmt.Errorf("record resend of event %s: %w", ev.GetEventId(), err)
+	}
+	if err := eventbus.PublishAs(ctx, s.js, ev, fmt.Sprintf("%s.r%d", ev.GetEventId(), se.GetResends())); err != nil {
+		return err
+	}
+	s.log.Warn("event re-sent", zap.String("handover_id", ev.GetHandoverId()), zap.String("case_id", ev.GetCaseId()),
+		zap.String("event_id", ev.GetEventId()), zap.String("type", ev.GetType().String()), zap.Uint64("sequence", ev.GetSequence()),
+		zap.String("recipient", ev.GetRecipient().String()), zap.Uint32("attempt", se.GetResends()), zap.String("reason", why))
+	return nil
+}
+
+// resendRequests remembers which gaps this process asked a resend for, so the events
+// behind one gap ask once per ResendAfter, not once each.
+type resendRequests struct {
+	mu   sync.Mutex
+	sent map[string]time.Time
+}
+
+// first reports whether no resend was requested for handoverID after received within
+// every, and notes this one.
+func (r *resendRequests) first(handoverID string, received uint64, now time.Time, every time.Duration) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	key := handoverID + "/" + strconv.FormatUint(received, 10)
+	if at, ok := r.sent[key]; ok && now.Sub(at) < every {
+		return false
+	}
+	if r.sent == nil || len(r.sent) >= maxResendRequests {
+		r.sent = map[string]time.Time{}
+	}
+	r.sent[key] = now
+	return true
+}
+
+// maxResendRequests bounds the gaps remembered; forgetting them only asks again.
+const maxResendRequests = 4096
