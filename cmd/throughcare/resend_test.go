@@ -70,7 +70,7 @@ func resentEntries(t *testing.T, sys *system, agency throughcarev1.Agency, event
 	if err != nil {
 		t.Fatalf("open %s's ledger: %v", agency, err)
 	}
-	entries, _, _, err := book.List(testCtx(t), func(d *throughcarev1.Disclosure) bool {
+	entries, _, _, err := book.List(testCtx(t), nil, func(d *throughcarev1.Disclosure) bool {
 		return d.GetKind() == throughcarev1.DisclosureKind_DISCLOSURE_KIND_RESENT && d.GetEventId() == eventID
 	}, 0, 100)
 	if err != nil {
