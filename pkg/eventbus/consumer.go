@@ -53,6 +53,11 @@ type ConsumerConfig struct {
 	Workers int
 	// OrderKey names what messages must keep their order within, such as the case id.
 	OrderKey func(jetstream.Msg) string
+	// EraseHandled erases each message once it is handled (processed, or dead-lettered),
+	// before acknowledging it: a work queue's acknowledgement deletes a message without
+	// erasing it, and its bytes stay in the stream's block (see records.WithErasure). For
+	// the inbox; never for a consumer of a stream that must keep its messages.
+	EraseHandled bool
 }
 
 // DefaultConsumerConfig retries for about a minute before giving up on a message.
@@ -150,8 +155,21 @@ func consumeOnce(ctx context.Context, log *zap.Logger, js jetstream.JetStream, c
 	if err != nil {
 		return fmt.Errorf("create consumer: %w", err)
 	}
+	var erase func(context.Context, uint64) error
+	if cfg.EraseHandled {
+		stream, err := js.Stream(ctx, cfg.Stream)
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", cfg.Stream, err)
+		}
+		erase = func(ctx context.Context, seq uint64) error {
+			if err := stream.SecureDeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+				return err
+			}
+			return nil
+		}
+	}
 	lost := make(chan error, 1)
-	dispatch, stopWorkers := startWorkers(cfg, func(msg jetstream.Msg) { process(ctx, log, cfg, dead, handle, msg) })
+	dispatch, stopWorkers := startWorkers(cfg, func(msg jetstream.Msg) { process(ctx, log, cfg, dead, handle, erase, msg) })
 	defer stopWorkers()
 	cc, err := cons.Consume(dispatch,
 		jetstream.PullMaxMessages(64),
@@ -218,7 +236,7 @@ func startWorkers(cfg ConsumerConfig, work func(jetstream.Msg)) (dispatch func(j
 	return dispatch, stop
 }
 
-func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *DeadLetters, handle Handler, msg jetstream.Msg) {
+func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *DeadLetters, handle Handler, erase func(context.Context, uint64) error, msg jetstream.Msg) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		log.Error("message without metadata", zap.Error(err))
@@ -228,8 +246,24 @@ func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *Dea
 	// A message in hand is finished even when shutdown has begun.
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.AckWait)
 	defer cancel()
+	// erased erases a handled message first; one it fails to erase is not acknowledged,
+	// so it comes again (every handler is idempotent) and is erased then.
+	erased := func() bool {
+		if erase == nil {
+			return true
+		}
+		if err := erase(hctx, meta.Sequence.Stream); err != nil {
+			log.Warn("erasing a handled message failed; it will be delivered again", zap.Uint64("sequence", meta.Sequence.Stream), zap.Error(err))
+			_ = msg.NakWithDelay(cfg.backoff(meta.NumDelivered))
+			return false
+		}
+		return true
+	}
 	err = handle(hctx, msg)
 	if err == nil {
+		if !erased() {
+			return
+		}
 		if err := msg.Ack(); err != nil {
 			log.Warn("ack failed; the message will be delivered again", zap.Uint64("sequence", meta.Sequence.Stream), zap.Error(err))
 		}
@@ -257,6 +291,9 @@ func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *Dea
 	if err := dead.add(hctx, cfg.Stream, dl); err != nil {
 		log.Error("recording dead letter failed; retrying the message", zap.Uint64("sequence", meta.Sequence.Stream), zap.Error(err))
 		_ = msg.NakWithDelay(cfg.backoff(meta.NumDelivered))
+		return
+	}
+	if !erased() {
 		return
 	}
 	log.Error("message dead-lettered", zap.Uint64("sequence", meta.Sequence.Stream), zap.String("subject", msg.Subject()), zap.String("event_id", dl.GetEventId()), zap.String("reason", dl.GetReason()))
