@@ -136,7 +136,7 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 		return nil, err
 	}
 	replicas := records.WithReplicas(cfg.Limits.Replicas)
-	handovers, err := records.Open(ctx, js, name+"_handovers", func() *storev1.HandoverRecord { return new(storev1.HandoverRecord) }, replicas, records.WithHistory(historyKept))
+	handovers, err := records.Open(ctx, js, name+"_handovers", func() *storev1.HandoverRecord { return new(storev1.HandoverRecord) }, replicas, records.WithHistory(historyKept), records.WithErasure())
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +224,7 @@ func (s *Service) Protocol() *throughcarev1.SharingProtocol { return s.cfg.Proto
 func (s *Service) Run(ctx context.Context) error {
 	relay := s.cfg.Inbox
 	stream, prefix := s.handovers.ChangeStream()
-	relay.Stream, relay.Durable, relay.FilterSubject = stream, eventbus.Token(s.cfg.Agency)+"-outbox-relay", prefix+"*"
+	relay.Stream, relay.Durable, relay.FilterSubject = stream, relayDurable(s.cfg.Agency), prefix+"*"
 	relay.MaxDeliver = 0                                                     // an outbox is never given up on
 	relay.OrderKey = func(msg jetstream.Msg) string { return msg.Subject() } // per handover
 	inbox := s.cfg.Inbox
@@ -251,6 +251,11 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// relayDurable names the agency's outbox relay, the consumer of its handovers' changes.
+func relayDurable(agency throughcarev1.Agency) string {
+	return eventbus.Token(agency) + "-outbox-relay"
 }
 
 // errUnchanged tells mutate that the record already holds the change: nothing to write.
@@ -295,6 +300,13 @@ func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec
 func (s *Service) write(ctx context.Context, rec *storev1.HandoverRecord, rev uint64) (uint64, error) {
 	id := rec.GetHandover().GetHandoverId()
 	var err error
+	if rec.GetHandover().GetRevision() >= historyKept {
+		// This write may push the oldest revision out of the history: erase it first,
+		// or its bytes would stay in the store (records.WithErasure).
+		if err := s.handovers.EraseOldest(ctx, id, historyKept-1); err != nil {
+			return 0, err
+		}
+	}
 	if rev == 0 {
 		rev, err = s.handovers.Create(ctx, id, rec)
 	} else {

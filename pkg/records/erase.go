@@ -8,8 +8,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// ErrNoErasure is returned by the erasing methods of a bucket not opened WithErasure.
-var ErrNoErasure = errors.New("bucket not opened with erasure")
+var (
+	// ErrNoErasure is returned by the erasing methods of a bucket not opened WithErasure.
+	ErrNoErasure = errors.New("bucket not opened with erasure")
+	// ErrNotErased says a write was stored but a revision it superseded is not yet erased.
+	ErrNotErased = errors.New("superseded revision not erased")
+)
 
 // Revisions returns every revision the bucket still holds of key, oldest first, removal
 // markers included (their Data is empty).

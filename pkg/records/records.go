@@ -206,7 +206,10 @@ func (s *Store[T]) Get(ctx context.Context, key string) (T, uint64, error) {
 }
 
 // Update replaces the record only if its stored revision is still
-// expectedRevision, and returns the new revision. The server checks the
+// expectedRevision, and returns the new revision. In a bucket opened WithErasure with
+// history 1 it then erases the revision it superseded; when that fails the update stands
+// and Update returns its revision with ErrNotErased (the next Update, EraseBefore or Purge
+// of the key erases what is left). The server checks the
 // revision as part of the write, so concurrent updates from the same revision
 // cannot both succeed: the losers get ErrRevisionMismatch. A missing key
 // gives ErrNotFound.
@@ -230,9 +233,8 @@ func (s *Store[T]) Update(ctx context.Context, key string, msg T, expectedRevisi
 		return 0, fmt.Errorf("update %s: %w", key, err)
 	}
 	if s.erasing != nil && s.history == 1 {
-		// The update stands; a revision left unerased is erased by the next write.
 		if err := s.EraseBefore(ctx, key, rev, expectedRevision); err != nil {
-			return rev, fmt.Errorf("update %s: stored at revision %d, but %w", key, rev, err)
+			return rev, fmt.Errorf("update %s: stored at revision %d, %w: %w", key, rev, ErrNotErased, err)
 		}
 	}
 	return rev, nil
