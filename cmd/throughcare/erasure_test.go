@@ -28,6 +28,8 @@ const (
 	questionMarker  = "QUESTION-MARKER-c81e"
 	answerMarker    = "ANSWER-MARKER-c81e"
 	declineMarker   = "DECLINE-MARKER-c81e"
+
+	kindRetrieved = throughcarev1.DisclosureKind_DISCLOSURE_KIND_RETRIEVED
 )
 
 // TestErasureLeavesNoBytesAtTheRecipient runs a journey to social work whose consented
@@ -62,8 +64,22 @@ func TestErasureLeavesNoBytesAtTheRecipient(t *testing.T) {
 		return stored.GetHealth() != nil && stored.GetSubstanceUse() != nil, "social work's copy has no health and substance use yet"
 	})
 
+	// The first read issues the RETRIEVED receipt, and is in social work's ledger.
 	sw := sys.Handovers[socialWorkAgency]
-	getHandover(t, sw, id)
+	if got := getHandover(t, sw, id).GetHandover().GetState(); got != stateRetrieved {
+		t.Fatalf("social work's first GetHandover: state %v, want RETRIEVED", got)
+	}
+	getHandover(t, sw, id) // a second read is no disclosure of its own
+	waitLedgerKind(t, auditClient(t, sys, socialWorkAgency), caseID, kindRetrieved)
+	all, err := tryListDisclosures(ctx, auditClient(t, sys, socialWorkAgency), &throughcarev1.ListDisclosuresRequest{CaseId: caseID})
+	if err != nil {
+		t.Fatalf("social work ledger: %v", err)
+	}
+	if r := filterKind(all, kindRetrieved); len(r) != 1 || r[0].GetSender() != prisonAgency || r[0].GetRecipient() != socialWorkAgency ||
+		r[0].GetPurpose() != purposeAssistance || len(r[0].GetPersonHash()) == 0 {
+		t.Errorf("social work's RETRIEVED entries: %v; want one, from the prison, for assistance, with the person's hash", r)
+	}
+
 	if err := acknowledge(ctx, sw, id, "sw-1"); err != nil {
 		t.Fatalf("acknowledge: %v", err)
 	}

@@ -38,6 +38,9 @@ const (
 	DisclosureKind_DISCLOSURE_KIND_REFUSED DisclosureKind = 4
 	// A case worker changed this agency's records: the method in note, with actor and purpose.
 	DisclosureKind_DISCLOSURE_KIND_WRITE DisclosureKind = 5
+	// This agency's system first read a handover another agency sent it (the RETRIEVED
+	// receipt): the case, actor and purpose of the read.
+	DisclosureKind_DISCLOSURE_KIND_RETRIEVED DisclosureKind = 6
 )
 
 // Enum value maps for DisclosureKind.
@@ -49,6 +52,7 @@ var (
 		3: "DISCLOSURE_KIND_EXPIRED",
 		4: "DISCLOSURE_KIND_REFUSED",
 		5: "DISCLOSURE_KIND_WRITE",
+		6: "DISCLOSURE_KIND_RETRIEVED",
 	}
 	DisclosureKind_value = map[string]int32{
 		"DISCLOSURE_KIND_UNSPECIFIED": 0,
@@ -57,6 +61,7 @@ var (
 		"DISCLOSURE_KIND_EXPIRED":     3,
 		"DISCLOSURE_KIND_REFUSED":     4,
 		"DISCLOSURE_KIND_WRITE":       5,
+		"DISCLOSURE_KIND_RETRIEVED":   6,
 	}
 )
 
@@ -641,14 +646,15 @@ const file_throughcare_v1_audit_proto_rawDesc = "" +
 	"\aproblem\x18\x04 \x01(\tB\x04\xd0\xf3\x18\x01R\aproblem\"\x1b\n" +
 	"\x19GetSharingProtocolRequest\"_\n" +
 	"\x1aGetSharingProtocolResponse\x12A\n" +
-	"\bprotocol\x18\x01 \x01(\v2\x1f.throughcare.v1.SharingProtocolB\x04\xd0\xf3\x18\x01R\bprotocol*\xbe\x01\n" +
+	"\bprotocol\x18\x01 \x01(\v2\x1f.throughcare.v1.SharingProtocolB\x04\xd0\xf3\x18\x01R\bprotocol*\xdd\x01\n" +
 	"\x0eDisclosureKind\x12\x1f\n" +
 	"\x1bDISCLOSURE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DISCLOSURE_KIND_SHARED\x10\x01\x12\x1a\n" +
 	"\x16DISCLOSURE_KIND_PURGED\x10\x02\x12\x1b\n" +
 	"\x17DISCLOSURE_KIND_EXPIRED\x10\x03\x12\x1b\n" +
 	"\x17DISCLOSURE_KIND_REFUSED\x10\x04\x12\x19\n" +
-	"\x15DISCLOSURE_KIND_WRITE\x10\x052\xba\x02\n" +
+	"\x15DISCLOSURE_KIND_WRITE\x10\x05\x12\x1d\n" +
+	"\x19DISCLOSURE_KIND_RETRIEVED\x10\x062\xba\x02\n" +
 	"\fAuditService\x12b\n" +
 	"\x0fListDisclosures\x12&.throughcare.v1.ListDisclosuresRequest\x1a'.throughcare.v1.ListDisclosuresResponse\x12Y\n" +
 	"\fVerifyLedger\x12#.throughcare.v1.VerifyLedgerRequest\x1a$.throughcare.v1.VerifyLedgerResponse\x12k\n" +
