@@ -272,8 +272,11 @@ func (s *Store[T]) Purge(ctx context.Context, key string, expectedRevision uint6
 		if err := s.EraseBefore(ctx, key, expectedRevision+1, 0); err != nil {
 			return fmt.Errorf("purge %s: %w", key, err)
 		}
+		// The marker expects nothing left: a write since the check stands, and is a conflict.
 		none := uint64(0)
-		if err := s.apply(ctx, []op{{key: key, remove: true, expect: &none}}); err != nil && !errors.Is(err, ErrRevisionMismatch) {
+		if err := s.apply(ctx, []op{{key: key, remove: true, expect: &none}}); errors.Is(err, ErrRevisionMismatch) {
+			return fmt.Errorf("purge %s: %w", key, ErrRevisionMismatch)
+		} else if err != nil {
 			return fmt.Errorf("purge %s: %w", key, err)
 		}
 		return nil
