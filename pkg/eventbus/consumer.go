@@ -53,11 +53,13 @@ type ConsumerConfig struct {
 	Workers int
 	// OrderKey names what messages must keep their order within, such as the case id.
 	OrderKey func(jetstream.Msg) string
-	// EraseHandled erases each message once it is handled (processed, or dead-lettered),
-	// before acknowledging it: a work queue's acknowledgement deletes a message without
-	// erasing it, and its bytes stay in the stream's block (see records.WithErasure). For
-	// the inbox; never for a consumer of a stream that must keep its messages.
-	EraseHandled bool
+	// EraseHandled, when set, says which messages to erase once handled (processed, or
+	// dead-lettered), before acknowledging them: a work queue's acknowledgement deletes a
+	// message without erasing it, and its bytes stay in the stream's block until the block
+	// empties (see records.WithErasure). An erasure rewrites the block, so it is for the
+	// messages that hold something to forget. For the inbox; never for a consumer of a
+	// stream that must keep its messages.
+	EraseHandled func(jetstream.Msg) bool
 }
 
 // DefaultConsumerConfig retries for about a minute before giving up on a message.
@@ -156,16 +158,18 @@ func consumeOnce(ctx context.Context, log *zap.Logger, js jetstream.JetStream, c
 		return fmt.Errorf("create consumer: %w", err)
 	}
 	var erase func(context.Context, uint64) error
-	if cfg.EraseHandled {
+	if cfg.EraseHandled != nil {
 		stream, err := js.Stream(ctx, cfg.Stream)
 		if err != nil {
 			return fmt.Errorf("stream %s: %w", cfg.Stream, err)
 		}
 		erase = func(ctx context.Context, seq uint64) error {
-			if err := stream.SecureDeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-				return err
+			err := stream.SecureDeleteMsg(ctx, seq)
+			var apiErr *jetstream.APIError
+			if errors.Is(err, jetstream.ErrMsgNotFound) || errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeSequenceNotFound {
+				return nil // gone already: erased by an earlier delivery of it
 			}
-			return nil
+			return err
 		}
 	}
 	lost := make(chan error, 1)
@@ -249,7 +253,7 @@ func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *Dea
 	// erased erases a handled message first; one it fails to erase is not acknowledged,
 	// so it comes again (every handler is idempotent) and is erased then.
 	erased := func() bool {
-		if erase == nil {
+		if erase == nil || !cfg.EraseHandled(msg) {
 			return true
 		}
 		if err := erase(hctx, meta.Sequence.Stream); err != nil {
@@ -299,3 +303,7 @@ func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *Dea
 	log.Error("message dead-lettered", zap.Uint64("sequence", meta.Sequence.Stream), zap.String("subject", msg.Subject()), zap.String("event_id", dl.GetEventId()), zap.String("reason", dl.GetReason()))
 	_ = msg.TermWithReason("dead-lettered")
 }
+
+// errCodeSequenceNotFound is the server's answer to deleting a sequence a stream no longer
+// holds (JSSequenceNotFoundErr), which the client has no constant for.
+const errCodeSequenceNotFound jetstream.ErrorCode = 10043

@@ -23,6 +23,10 @@ import (
 // work queue deleted it.
 func TestEraseHandledLeavesNoBytes(t *testing.T) {
 	for _, erase := range []bool{true, false} {
+		var eraseHandled func(jetstream.Msg) bool
+		if erase {
+			eraseHandled = func(jetstream.Msg) bool { return true }
+		}
 		ns := natstest.Start(t)
 		js := ns.JetStream(t)
 		ctx := t.Context()
@@ -40,7 +44,7 @@ func TestEraseHandledLeavesNoBytes(t *testing.T) {
 				t.Fatalf("publish: %v", err)
 			}
 		}
-		cfg := eventbus.ConsumerConfig{Stream: "WQ", Durable: "wq", MaxDeliver: 3, AckWait: 2 * time.Second, CheckInterval: 100 * time.Millisecond, EraseHandled: erase}
+		cfg := eventbus.ConsumerConfig{Stream: "WQ", Durable: "wq", MaxDeliver: 3, AckWait: 2 * time.Second, CheckInterval: 100 * time.Millisecond, EraseHandled: eraseHandled}
 		cctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() {

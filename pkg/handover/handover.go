@@ -229,7 +229,7 @@ func (s *Service) Run(ctx context.Context) error {
 	relay.OrderKey = func(msg jetstream.Msg) string { return msg.Subject() } // per handover
 	inbox := s.cfg.Inbox
 	inbox.OrderKey = eventbus.OrderByCase
-	inbox.EraseHandled = true // what arrived lives on in the records it was stored in, or nowhere
+	inbox.EraseHandled = holdsPersonalData // what arrived lives on in the records it was stored in, or nowhere
 
 	handoverIndex := relay
 	handoverIndex.Durable = eventbus.Token(s.cfg.Agency) + "-handover-index"

@@ -11,8 +11,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
@@ -206,6 +208,41 @@ func (s *Service) forbiddenIn(ev *throughcarev1.Event, consents []*throughcarev1
 		return protocol.Purge(proto.CloneOf(ev), allCategories), nil
 	}
 	return forbidden, err
+}
+
+// holdsPersonalData reports whether an inbox message may hold something personal, so must
+// be erased once handled: unless it is an event that carries no categorized field and no
+// field this service does not know, it may.
+func holdsPersonalData(msg jetstream.Msg) bool {
+	ev, err := eventbus.Decode(msg.Subject(), msg.Headers(), msg.Data())
+	return err != nil || carriesPersonalData(ev) || hasUnknownFields(ev.ProtoReflect())
+}
+
+func hasUnknownFields(m protoreflect.Message) bool {
+	if len(m.GetUnknown()) > 0 {
+		return true
+	}
+	found := false
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsMap():
+			if fd.MapValue().Message() != nil {
+				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+					found = hasUnknownFields(mv.Message())
+					return !found
+				})
+			}
+		case fd.Message() == nil:
+		case fd.IsList():
+			for i := 0; i < v.List().Len() && !found; i++ {
+				found = hasUnknownFields(v.List().Get(i).Message())
+			}
+		default:
+			found = hasUnknownFields(v.Message())
+		}
+		return !found
+	})
+	return found
 }
 
 // carriesPersonalData reports whether any categorized field of ev is set.
