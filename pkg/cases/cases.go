@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -29,8 +30,11 @@ type Store struct {
 	log     *zap.Logger
 }
 
-// Open opens the agency's bucket, creating it on first start.
+// Open opens the agency's bucket, creating it on first start. The bucket erases what it
+// removes (records.WithErasure): each update erases the revision it supersedes, and Purge
+// every revision, so a copy cut down or removed leaves no bytes in the store.
 func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, bucket string, opts ...records.Option) (*Store, error) {
+	opts = append(opts, records.WithErasure())
 	rs, err := records.Open(ctx, js, bucket, func() *throughcarev1.ReleaseCase { return new(throughcarev1.ReleaseCase) }, opts...)
 	if err != nil {
 		return nil, err
@@ -111,12 +115,32 @@ func (s *Store) Get(ctx context.Context, caseID string) (*throughcarev1.ReleaseC
 func (s *Store) Update(ctx context.Context, rc *throughcarev1.ReleaseCase, expectedRevision uint64) (*throughcarev1.ReleaseCase, error) {
 	rc.Revision = 0
 	rev, err := s.records.Update(ctx, rc.GetCaseId(), rc, expectedRevision)
+	if errors.Is(err, records.ErrNotErased) {
+		// The update stands; the next write of the case erases what this one left.
+		s.log.Warn("case updated, but the revision it replaced is not yet erased", zap.String("case_id", rc.GetCaseId()), zap.Error(err))
+		err = nil
+	}
 	if err != nil {
 		return nil, domainError(rc.GetCaseId(), err)
 	}
 	rc.Revision = rev
 	s.applyIndex(ctx, rc)
 	return rc, nil
+}
+
+// EraseHistory erases every revision of the case but the current one: for a change that
+// must leave nothing behind (consent withdrawn), whose own erasure may have failed.
+func (s *Store) EraseHistory(ctx context.Context, caseID string) error {
+	_, rev, err := s.records.Get(ctx, caseID)
+	if errors.Is(err, records.ErrNotFound) {
+		rev = math.MaxUint64 // removed: erase whatever is left
+	} else if err != nil {
+		return domainError(caseID, err)
+	}
+	if err := s.records.EraseBefore(ctx, caseID, rev, 0); err != nil {
+		return domainError(caseID, err)
+	}
+	return nil
 }
 
 // Purge removes the case, its history and its index entries if it is still at

@@ -53,6 +53,13 @@ type ConsumerConfig struct {
 	Workers int
 	// OrderKey names what messages must keep their order within, such as the case id.
 	OrderKey func(jetstream.Msg) string
+	// EraseHandled, when set, says which messages to erase once handled (processed, or
+	// dead-lettered), before acknowledging them: a work queue's acknowledgement deletes a
+	// message without erasing it, and its bytes stay in the stream's block until the block
+	// empties (see records.WithErasure). An erasure rewrites the block, so it is for the
+	// messages that hold something to forget. For the inbox; never for a consumer of a
+	// stream that must keep its messages.
+	EraseHandled func(jetstream.Msg) bool
 }
 
 // DefaultConsumerConfig retries for about a minute before giving up on a message.
@@ -150,8 +157,23 @@ func consumeOnce(ctx context.Context, log *zap.Logger, js jetstream.JetStream, c
 	if err != nil {
 		return fmt.Errorf("create consumer: %w", err)
 	}
+	var erase func(context.Context, uint64) error
+	if cfg.EraseHandled != nil {
+		stream, err := js.Stream(ctx, cfg.Stream)
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", cfg.Stream, err)
+		}
+		erase = func(ctx context.Context, seq uint64) error {
+			err := stream.SecureDeleteMsg(ctx, seq)
+			var apiErr *jetstream.APIError
+			if errors.Is(err, jetstream.ErrMsgNotFound) || errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeSequenceNotFound {
+				return nil // gone already: erased by an earlier delivery of it
+			}
+			return err
+		}
+	}
 	lost := make(chan error, 1)
-	dispatch, stopWorkers := startWorkers(cfg, func(msg jetstream.Msg) { process(ctx, log, cfg, dead, handle, msg) })
+	dispatch, stopWorkers := startWorkers(cfg, func(msg jetstream.Msg) { process(ctx, log, cfg, dead, handle, erase, msg) })
 	defer stopWorkers()
 	cc, err := cons.Consume(dispatch,
 		jetstream.PullMaxMessages(64),
@@ -218,7 +240,7 @@ func startWorkers(cfg ConsumerConfig, work func(jetstream.Msg)) (dispatch func(j
 	return dispatch, stop
 }
 
-func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *DeadLetters, handle Handler, msg jetstream.Msg) {
+func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *DeadLetters, handle Handler, erase func(context.Context, uint64) error, msg jetstream.Msg) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		log.Error("message without metadata", zap.Error(err))
@@ -228,8 +250,24 @@ func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *Dea
 	// A message in hand is finished even when shutdown has begun.
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.AckWait)
 	defer cancel()
+	// erased erases a handled message first; one it fails to erase is not acknowledged,
+	// so it comes again (every handler is idempotent) and is erased then.
+	erased := func() bool {
+		if erase == nil || !cfg.EraseHandled(msg) {
+			return true
+		}
+		if err := erase(hctx, meta.Sequence.Stream); err != nil {
+			log.Warn("erasing a handled message failed; it will be delivered again", zap.Uint64("sequence", meta.Sequence.Stream), zap.Error(err))
+			_ = msg.NakWithDelay(cfg.backoff(meta.NumDelivered))
+			return false
+		}
+		return true
+	}
 	err = handle(hctx, msg)
 	if err == nil {
+		if !erased() {
+			return
+		}
 		if err := msg.Ack(); err != nil {
 			log.Warn("ack failed; the message will be delivered again", zap.Uint64("sequence", meta.Sequence.Stream), zap.Error(err))
 		}
@@ -259,6 +297,13 @@ func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *Dea
 		_ = msg.NakWithDelay(cfg.backoff(meta.NumDelivered))
 		return
 	}
+	if !erased() {
+		return
+	}
 	log.Error("message dead-lettered", zap.Uint64("sequence", meta.Sequence.Stream), zap.String("subject", msg.Subject()), zap.String("event_id", dl.GetEventId()), zap.String("reason", dl.GetReason()))
 	_ = msg.TermWithReason("dead-lettered")
 }
+
+// errCodeSequenceNotFound is the server's answer to deleting a sequence a stream no longer
+// holds (JSSequenceNotFoundErr), which the client has no constant for.
+const errCodeSequenceNotFound jetstream.ErrorCode = 10043

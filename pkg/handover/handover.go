@@ -144,7 +144,7 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 		return nil, err
 	}
 	replicas := records.WithReplicas(cfg.Limits.Replicas)
-	handovers, err := records.Open(ctx, js, name+"_handovers", func() *storev1.HandoverRecord { return new(storev1.HandoverRecord) }, replicas, records.WithHistory(historyKept))
+	handovers, err := records.Open(ctx, js, name+"_handovers", func() *storev1.HandoverRecord { return new(storev1.HandoverRecord) }, replicas, records.WithHistory(historyKept), records.WithErasure())
 	if err != nil {
 		return nil, err
 	}
@@ -232,11 +232,12 @@ func (s *Service) Protocol() *throughcarev1.SharingProtocol { return s.cfg.Proto
 func (s *Service) Run(ctx context.Context) error {
 	relay := s.cfg.Inbox
 	stream, prefix := s.handovers.ChangeStream()
-	relay.Stream, relay.Durable, relay.FilterSubject = stream, eventbus.Token(s.cfg.Agency)+"-outbox-relay", prefix+"*"
+	relay.Stream, relay.Durable, relay.FilterSubject = stream, relayDurable(s.cfg.Agency), prefix+"*"
 	relay.MaxDeliver = 0                                                     // an outbox is never given up on
 	relay.OrderKey = func(msg jetstream.Msg) string { return msg.Subject() } // per handover
 	inbox := s.cfg.Inbox
 	inbox.OrderKey = eventbus.OrderByCase
+	inbox.EraseHandled = holdsPersonalData // what arrived lives on in the records it was stored in, or nowhere
 
 	handoverIndex := relay
 	handoverIndex.Durable = eventbus.Token(s.cfg.Agency) + "-handover-index"
@@ -258,6 +259,11 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// relayDurable names the agency's outbox relay, the consumer of its handovers' changes.
+func relayDurable(agency throughcarev1.Agency) string {
+	return eventbus.Token(agency) + "-outbox-relay"
 }
 
 // errUnchanged tells mutate that the record already holds the change: nothing to write.
@@ -303,6 +309,13 @@ func (s *Service) write(ctx context.Context, rec *storev1.HandoverRecord, rev ui
 	id := rec.GetHandover().GetHandoverId()
 	s.number(rec)
 	var err error
+	if rec.GetHandover().GetRevision() >= historyKept {
+		// This write may push the oldest revision out of the history: erase it first,
+		// or its bytes would stay in the store (records.WithErasure).
+		if err := s.handovers.EraseOldest(ctx, id, historyKept-1); err != nil {
+			return 0, err
+		}
+	}
 	if rev == 0 {
 		rev, err = s.handovers.Create(ctx, id, rec)
 	} else {

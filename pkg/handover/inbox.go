@@ -275,6 +275,10 @@ func (s *Service) receiveConsentWithdrawn(ctx context.Context, ev *throughcarev1
 	if err != nil && !errors.Is(err, fault.ErrNotFound) { // no copy left (retention) is nothing to purge
 		return err
 	}
+	// The revisions before the purge held the categories: none may be left unerased.
+	if err := s.cases.EraseHistory(ctx, ev.GetCaseId()); err != nil {
+		return err
+	}
 	entry := &throughcarev1.Disclosure{
 		Kind:               throughcarev1.DisclosureKind_DISCLOSURE_KIND_PURGED,
 		CaseId:             ev.GetCaseId(),

@@ -13,6 +13,7 @@ import (
 	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/cases"
+	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/records"
@@ -151,10 +152,13 @@ func (s *Service) GetHandover(ctx context.Context, req *throughcarev1.GetHandove
 }
 
 // retrieved marks an incoming handover retrieved the first time the recipient's system
-// reads it, and returns it as it now stands.
+// reads it, records that read in the ledger, and returns the handover as it now stands.
 func (s *Service) retrieved(ctx context.Context, h *throughcarev1.Handover) (*throughcarev1.Handover, error) {
 	if !s.incoming(h) || h.GetState() != throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED {
 		return h, nil
+	}
+	if err := s.recordRetrieved(ctx, h.GetHandoverId()); err != nil {
+		return nil, err
 	}
 	rec, err := s.recipientStep(ctx, h.GetHandoverId(), "", throughcarev1.ReceiptType_RECEIPT_TYPE_RETRIEVED, throughcarev1.HandoverState_HANDOVER_STATE_RETRIEVED, nil)
 	if errors.Is(err, fault.ErrFailedPrecondition) {
@@ -165,6 +169,41 @@ func (s *Service) retrieved(ctx context.Context, h *throughcarev1.Handover) (*th
 		return nil, err
 	}
 	return rec.GetHandover(), nil
+}
+
+// recordRetrieved records in the ledger that this agency's system read an incoming
+// handover for the first time, unless it has moved on from delivered (a watch replaying an
+// old revision). The entry comes before the receipt: a crash in between repeats both, and
+// the dedupe id keeps the entry single.
+func (s *Service) recordRetrieved(ctx context.Context, handoverID string) error {
+	rec, err := s.get(ctx, handoverID)
+	if err != nil {
+		return err
+	}
+	h := rec.GetHandover()
+	if h.GetState() != throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED {
+		return nil
+	}
+	rc, err := s.localCase(ctx, h.GetCaseId())
+	if err != nil {
+		return err
+	}
+	entry := &throughcarev1.Disclosure{
+		Kind:            throughcarev1.DisclosureKind_DISCLOSURE_KIND_RETRIEVED,
+		CaseId:          h.GetCaseId(),
+		Sender:          h.GetSender(),
+		Recipient:       s.cfg.Agency,
+		Purpose:         h.GetPurpose(),
+		ProtocolId:      s.cfg.Protocol.ID(),
+		ProtocolVersion: s.cfg.Protocol.Version(),
+		Time:            timestampNow(s.now),
+		PersonHash:      s.personHash(rc),
+		Note:            fmt.Sprintf("handover %s first read by %s's system", handoverID, eventbus.Token(s.cfg.Agency)),
+	}
+	if _, err := s.ledger.Append(ctx, entry, "retrieved/"+handoverID); err != nil {
+		return fmt.Errorf("record retrieval of handover %s: %w", handoverID, err)
+	}
+	return nil
 }
 
 // recipientStep takes one of the recipient's steps on an incoming handover: it checks the

@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
@@ -212,6 +215,41 @@ func (s *Service) forbiddenIn(ev *throughcarev1.Event, consents []*throughcarev1
 	return forbidden, err
 }
 
+// holdsPersonalData reports whether an inbox message may hold something personal, so must
+// be erased once handled: unless it is an event that carries no categorized field and no
+// field this service does not know, it may.
+func holdsPersonalData(msg jetstream.Msg) bool {
+	ev, err := eventbus.Decode(msg.Subject(), msg.Headers(), msg.Data())
+	return err != nil || carriesPersonalData(ev) || hasUnknownFields(ev.ProtoReflect())
+}
+
+func hasUnknownFields(m protoreflect.Message) bool {
+	if len(m.GetUnknown()) > 0 {
+		return true
+	}
+	found := false
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsMap():
+			if fd.MapValue().Message() != nil {
+				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+					found = hasUnknownFields(mv.Message())
+					return !found
+				})
+			}
+		case fd.Message() == nil:
+		case fd.IsList():
+			for i := 0; i < v.List().Len() && !found; i++ {
+				found = hasUnknownFields(v.List().Get(i).Message())
+			}
+		default:
+			found = hasUnknownFields(v.Message())
+		}
+		return !found
+	})
+	return found
+}
+
 // carriesPersonalData reports whether any categorized field of ev is set.
 func carriesPersonalData(ev *throughcarev1.Event) bool {
 	return len(protocol.Purge(proto.CloneOf(ev), allCategories)) > 0
@@ -295,6 +333,8 @@ func (s *Service) CheckRetention(ctx context.Context) error {
 
 // expireCopy removes this agency's copy of a case once the retention of every handover
 // that brought it has run out, records the removal, and clears the handovers' free text.
+// Every revision that held any of it is erased (records.WithErasure): the copy's, by the
+// erasing bucket; the handovers', here.
 func (s *Service) expireCopy(ctx context.Context, caseID string, now time.Time) error {
 	received, err := s.ofCase(ctx, caseID, true)
 	if err != nil {
@@ -308,6 +348,13 @@ func (s *Service) expireCopy(ctx context.Context, caseID string, now time.Time) 
 	}
 	if now.Before(until) {
 		return nil // a later handover keeps the copy; its own entry comes due later
+	}
+	// A revision whose events are not yet published cannot be erased: leave the whole
+	// removal to a later pass, while the handovers are still filed as due.
+	for _, rec := range received {
+		if err := s.erasable(ctx, rec.GetHandover().GetHandoverId(), math.MaxUint64); err != nil {
+			return err
+		}
 	}
 	rc, err := s.localCase(ctx, caseID)
 	if err != nil {
@@ -351,8 +398,73 @@ func (s *Service) expireCopy(ctx context.Context, caseID string, now time.Time) 
 		if err != nil {
 			return err
 		}
+		if err := s.eraseHistory(ctx, rec.GetHandover().GetHandoverId()); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// eraseHistory erases every revision of a handover but the current one (the history a
+// watch replays): for a handover whose free text was just cleared.
+func (s *Service) eraseHistory(ctx context.Context, handoverID string) error {
+	revs, err := s.handovers.Revisions(ctx, handoverID)
+	if err != nil || len(revs) < 2 {
+		return err
+	}
+	current := revs[len(revs)-1].Revision
+	if err := s.erasable(ctx, handoverID, current); err != nil {
+		return err
+	}
+	if err := s.handovers.EraseBefore(ctx, handoverID, current, 0); err != nil {
+		return fmt.Errorf("handover %s: %w", handoverID, err)
+	}
+	return nil
+}
+
+// erasable checks that the outbox relay has published the events of every revision of a
+// handover below before: erasing one it has not would lose them.
+func (s *Service) erasable(ctx context.Context, handoverID string, before uint64) error {
+	revs, err := s.handovers.Revisions(ctx, handoverID)
+	if err != nil {
+		return err
+	}
+	var floor uint64
+	var floorRead bool
+	for _, r := range revs {
+		if r.Revision >= before || len(r.Data) == 0 {
+			continue
+		}
+		rec, err := s.handovers.Decode(r.Data)
+		if err != nil || len(rec.GetOutbox()) == 0 {
+			continue // nothing to publish
+		}
+		if !floorRead {
+			if floor, err = s.relayed(ctx); err != nil {
+				return err
+			}
+			floorRead = true
+		}
+		if r.Revision > floor {
+			return fmt.Errorf("handover %s: revision %d is not yet relayed; erasing it waits: %w", handoverID, r.Revision, fault.ErrUnavailable)
+		}
+	}
+	return nil
+}
+
+// relayed is the revision of the handovers bucket up to which the outbox relay has
+// published and acknowledged everything.
+func (s *Service) relayed(ctx context.Context) (uint64, error) {
+	stream, _ := s.handovers.ChangeStream()
+	cons, err := s.js.Consumer(ctx, stream, relayDurable(s.cfg.Agency))
+	if err != nil {
+		return 0, fmt.Errorf("outbox relay: %w", err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("outbox relay: %w", err)
+	}
+	return info.AckFloor.Stream, nil
 }
 
 func (s *Service) personHash(rc *throughcarev1.ReleaseCase) []byte {

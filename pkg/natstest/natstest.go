@@ -148,3 +148,7 @@ func (s *Server) start(t testing.TB) {
 	}
 	s.srv = srv
 }
+
+// StoreDir is the directory the server keeps its JetStream store in (its jetstream/
+// subdirectory holds one directory per account).
+func (s *Server) StoreDir() string { return s.cfg.StoreDir }

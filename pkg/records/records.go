@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -43,6 +44,9 @@ type bucket struct {
 	name    string
 	stream  string
 	replies replyMux
+	// erasing is set for a bucket opened WithErasure: the handle its erasures go through.
+	erasing jetstream.Stream
+	history int64
 }
 
 func (b *bucket) subject(key string) string { return "$KV." + b.name + "." + key }
@@ -50,6 +54,7 @@ func (b *bucket) subject(key string) string { return "$KV." + b.name + "." + key
 type options struct {
 	replicas int
 	history  int64
+	erasure  bool
 }
 
 // Option configures Open.
@@ -76,6 +81,31 @@ func WithHistory(n int64) Option {
 	return historyOption(n)
 }
 
+type erasureOption struct{}
+
+func (erasureOption) apply(o *options) { o.erasure = true }
+
+// WithErasure makes a bucket whose removed data leaves no bytes behind in the server's
+// store files. JetStream keeps a removed message's bytes in its block until it compacts the
+// block (never, for the last block), whether it was deleted, purged, rolled up or pushed
+// out by the history limit; an erased message (jetstream.Stream.SecureDeleteMsg) is
+// overwritten in place with random bytes on every replica. So such a bucket:
+//   - allows message deletes on its stream (a Key-Value bucket normally denies them), for
+//     the store's own erasures;
+//   - with history 1, erases on every Update the revision it supersedes (the server keeps
+//     up to erasureSlack revisions of a key, so one whose erasure failed is still there to
+//     be erased by the next Update, EraseBefore or Purge, instead of falling out unerased);
+//   - with more history, keeps it, and leaves erasing it to the caller (EraseBefore,
+//     EraseOldest), as a watch may replay it;
+//   - Purge erases every revision of the key.
+//
+// A stream created without it denies deletes for good (the server refuses to lift that):
+// Open then fails, naming the bucket.
+func WithErasure() Option { return erasureOption{} }
+
+// erasureSlack is how many revisions past its history an erasing bucket keeps of a key.
+const erasureSlack = 8
+
 // Open creates the bucket, or updates its configuration, and returns a store
 // for it. newMsg returns an empty message to decode into, e.g.
 // func() *pb.ReleaseCase { return new(pb.ReleaseCase) }.
@@ -97,11 +127,15 @@ func Open[T proto.Message](ctx context.Context, js jetstream.JetStream, name str
 		return nil, fmt.Errorf("open bucket %s: replicas %d < 1", name, o.replicas)
 	}
 	stream := "KV_" + name
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	perSubject := o.history
+	if o.erasure && o.history == 1 {
+		perSubject = 1 + erasureSlack
+	}
+	str, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:              stream,
 		Description:       fmt.Sprintf("%s records", newMsg().ProtoReflect().Descriptor().FullName()),
 		Subjects:          []string{"$KV." + name + ".>"},
-		MaxMsgsPerSubject: o.history,
+		MaxMsgsPerSubject: perSubject,
 		MaxBytes:          -1,
 		MaxMsgSize:        -1,
 		MaxMsgs:           -1,
@@ -109,20 +143,27 @@ func Open[T proto.Message](ctx context.Context, js jetstream.JetStream, name str
 		Storage:           jetstream.FileStorage,
 		Replicas:          o.replicas,
 		AllowRollup:       true,
-		DenyDelete:        true,
+		DenyDelete:        !o.erasure,
 		Duplicates:        2 * time.Minute,
 		AllowDirect:       true,
 		Discard:           jetstream.DiscardNew,
 		AllowMsgTTL:       true,
 	})
 	if err != nil {
+		if o.erasure && strings.Contains(err.Error(), "deny message deletes") {
+			return nil, fmt.Errorf("open bucket %s: it was created before erasure and denies the deletes erasure needs (JetStream cannot lift that); move its records to a new bucket: %w", name, err)
+		}
 		return nil, fmt.Errorf("open bucket %s: %w", name, err)
 	}
 	kv, err := js.KeyValue(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", name, err)
 	}
-	return &Store[T]{bucket: &bucket{js: js, kv: kv, name: name, stream: stream}, newMsg: newMsg}, nil
+	b := &bucket{js: js, kv: kv, name: name, stream: stream, history: o.history}
+	if o.erasure {
+		b.erasing = str
+	}
+	return &Store[T]{bucket: b, newMsg: newMsg}, nil
 }
 
 // Create stores msg under a new key and returns its revision, or ErrExists.
@@ -165,7 +206,10 @@ func (s *Store[T]) Get(ctx context.Context, key string) (T, uint64, error) {
 }
 
 // Update replaces the record only if its stored revision is still
-// expectedRevision, and returns the new revision. The server checks the
+// expectedRevision, and returns the new revision. In a bucket opened WithErasure with
+// history 1 it then erases the revision it superseded; when that fails the update stands
+// and Update returns its revision with ErrNotErased (the next Update, EraseBefore or Purge
+// of the key erases what is left). The server checks the
 // revision as part of the write, so concurrent updates from the same revision
 // cannot both succeed: the losers get ErrRevisionMismatch. A missing key
 // gives ErrNotFound.
@@ -188,6 +232,11 @@ func (s *Store[T]) Update(ctx context.Context, key string, msg T, expectedRevisi
 	if err != nil {
 		return 0, fmt.Errorf("update %s: %w", key, err)
 	}
+	if s.erasing != nil && s.history == 1 {
+		if err := s.EraseBefore(ctx, key, rev, expectedRevision); err != nil {
+			return rev, fmt.Errorf("update %s: stored at revision %d, %w: %w", key, rev, ErrNotErased, err)
+		}
+	}
 	return rev, nil
 }
 
@@ -206,10 +255,31 @@ func (s *Store[T]) conflict(ctx context.Context, key string) error {
 }
 
 // Purge removes key and every earlier revision of it, if it is still at expectedRevision:
-// data removed for retention or erasure must not linger in the bucket's history.
+// data removed for retention or erasure must not linger in the bucket's history. In a
+// bucket opened WithErasure every revision is erased, oldest first (a read meanwhile sees
+// the current revision or nothing), and a removal marker that expires is left for the
+// change stream's followers.
 func (s *Store[T]) Purge(ctx context.Context, key string, expectedRevision uint64) error {
 	if err := validateKey(key); err != nil {
 		return err
+	}
+	if s.erasing != nil {
+		if _, rev, err := s.Get(ctx, key); err != nil {
+			return fmt.Errorf("purge %s: %w", key, err)
+		} else if rev != expectedRevision {
+			return fmt.Errorf("purge %s: %w", key, ErrRevisionMismatch)
+		}
+		if err := s.EraseBefore(ctx, key, expectedRevision+1, 0); err != nil {
+			return fmt.Errorf("purge %s: %w", key, err)
+		}
+		// The marker expects nothing left: a write since the check stands, and is a conflict.
+		none := uint64(0)
+		if err := s.apply(ctx, []op{{key: key, remove: true, expect: &none}}); errors.Is(err, ErrRevisionMismatch) {
+			return fmt.Errorf("purge %s: %w", key, ErrRevisionMismatch)
+		} else if err != nil {
+			return fmt.Errorf("purge %s: %w", key, err)
+		}
+		return nil
 	}
 	err := s.kv.Purge(ctx, key, jetstream.LastRevision(expectedRevision))
 	if err != nil {
@@ -383,3 +453,6 @@ func (s *bucket) GetRaw(ctx context.Context, key string) ([]byte, uint64, error)
 	}
 	return entry.Value(), entry.Revision(), nil
 }
+
+// Name is the bucket's name.
+func (s *bucket) Name() string { return s.name }

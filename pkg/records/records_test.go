@@ -354,9 +354,19 @@ func TestManyRecordsInPages(t *testing.T) {
 }
 
 func TestPurgeRemovesKeyAndHistoryOnlyAtExpectedRevision(t *testing.T) {
+	for _, erasure := range []bool{false, true} {
+		t.Run(fmt.Sprintf("erasure=%v", erasure), func(t *testing.T) { testPurge(t, erasure) })
+	}
+}
+
+func testPurge(t *testing.T, erasure bool) {
 	ctx := context.Background()
 	srv := natstest.Start(t)
-	store, err := records.Open(ctx, srv.JetStream(t), "purge_test", func() *wrapperspb.StringValue { return new(wrapperspb.StringValue) }, records.WithHistory(5))
+	opts := []records.Option{records.WithHistory(5)}
+	if erasure {
+		opts = append(opts, records.WithErasure())
+	}
+	store, err := records.Open(ctx, srv.JetStream(t), "purge_test", func() *wrapperspb.StringValue { return new(wrapperspb.StringValue) }, opts...)
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
