@@ -144,11 +144,33 @@ func (s *Service) kept(ctx context.Context, handoverID string) ([]*storev1.SentE
 // repeats both.
 func (s *Service) forget(ctx context.Context, handoverID string, from, through uint64) error {
 	for seq := from + 1; seq <= through; seq++ {
-		if err := s.handovers.RemoveRaw(ctx, sentKey(handoverID, seq)); err != nil {
+		if err := s.dropKept(ctx, sentKey(handoverID, seq)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// dropKept removes a kept event. One that carries personal data is erased first, revision
+// by revision, or its bytes would stay in the store's files (records.WithErasure); most
+// kept events are receipts with routing metadata only, and erasing costs a block rewrite.
+func (s *Service) dropKept(ctx context.Context, key string) error {
+	revs, err := s.handovers.Revisions(ctx, key)
+	if err != nil {
+		return err
+	}
+	personal := false
+	for _, r := range revs {
+		se := new(storev1.SentEvent)
+		// An unreadable copy is erased too: nothing shows it holds nothing.
+		personal = personal || len(r.Data) > 0 && (proto.Unmarshal(r.Data, se) != nil || carriesPersonalData(se.GetEvent()))
+	}
+	if personal {
+		if err := s.handovers.EraseBefore(ctx, key, revs[len(revs)-1].Revision+1, 0); err != nil {
+			return err
+		}
+	}
+	return s.handovers.RemoveRaw(ctx, key)
 }
 
 // takeAcknowledgement records on rec that the other agency received everything up to ack,
@@ -402,7 +424,7 @@ func (s *Service) resend(ctx context.Context, handoverID string, onTimeout bool,
 		return err
 	}
 	for _, se := range stale { // acknowledged while a crash kept them
-		if err := s.handovers.RemoveRaw(ctx, sentKey(handoverID, se.GetEvent().GetSequence())); err != nil {
+		if err := s.dropKept(ctx, sentKey(handoverID, se.GetEvent().GetSequence())); err != nil {
 			return err
 		}
 	}
