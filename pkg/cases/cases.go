@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"math"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -72,10 +71,8 @@ func (s *Store) ChangeStream() (stream, keyPrefix string) { return s.records.Cha
 // place (records.Index.Follow): a write applies them itself, so this mends only a crash
 // in between.
 func (s *Store) FollowChange(ctx context.Context, msg jetstream.Msg) error {
-	return s.index.Follow(ctx, msg, later)
+	return s.index.Follow(ctx, msg, eventbus.Later)
 }
-
-func later(d time.Duration) error { return &eventbus.LaterError{After: d} }
 
 // Index is the cases' index, for building it at start and for checks.
 func (s *Store) Index() *records.Index[*throughcarev1.ReleaseCase] { return s.index }

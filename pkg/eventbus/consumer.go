@@ -27,6 +27,9 @@ type LaterError struct{ After time.Duration }
 
 func (e *LaterError) Error() string { return fmt.Sprintf("not yet: again in %s", e.After) }
 
+// Later asks for the message again after d (a LaterError).
+func Later(d time.Duration) error { return &LaterError{After: d} }
+
 // Handler processes one message. It must be idempotent: a message may arrive twice. Its
 // errors become dead-letter reasons, so they name ids, never personal data.
 type Handler func(ctx context.Context, msg jetstream.Msg) error

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -374,5 +373,5 @@ func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
 // followIndex puts a handover's index entries in place if the write that changed it did
 // not (it crashed in between).
 func (s *Service) followIndex(ctx context.Context, msg jetstream.Msg) error {
-	return s.index.Follow(ctx, msg, func(d time.Duration) error { return &eventbus.LaterError{After: d} })
+	return s.index.Follow(ctx, msg, eventbus.Later)
 }
