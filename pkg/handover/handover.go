@@ -303,8 +303,8 @@ func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec
 }
 
 // write stores rec, with the events of its outbox, if its key is still at rev (0: if it is
-// new), then puts its index entries in place. The relay applies the index again from the
-// change stream, so a crash between the two leaves it right once the relay catches up.
+// new), then puts its index entries in place. A follower of the change stream (followIndex)
+// mends a crash between the two.
 func (s *Service) write(ctx context.Context, rec *storev1.HandoverRecord, rev uint64) (uint64, error) {
 	id := rec.GetHandover().GetHandoverId()
 	s.number(rec)

@@ -11,9 +11,9 @@ import (
 )
 
 // The handovers bucket holds, beside each record, index entries that point at it. They are
-// a pure function of the record (indexKeys), put in place after each write and again by the
-// relay from the change stream (records.Index), so no crash leaves them out of step for
-// long, and every request path and periodic job reads only the entries it needs:
+// a pure function of the record (indexKeys), put in place after each write and, if the
+// writer crashed first, by a follower of the change stream (records.Index.Follow), so every
+// request path and periodic job reads only the entries it needs:
 //
 //	ix.case.<case>.<in|out>.<handover>       the handovers of a case (release, plans, consent)
 //	ix.list.<in|out>.<state>.<handover>       ListHandovers by direction and state
