@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -19,6 +17,7 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natsserver"
+	"github.com/throughcare/throughcare/pkg/natstest"
 )
 
 // Markers the journey writes into what social work is sent and writes, so that their bytes
@@ -247,38 +246,15 @@ func checkFilesHoldNone(t *testing.T, sys *system, markers, inOutbox []string) {
 	outbox := filepath.Join(recipient, "streams", eventbus.OutboxStream(socialWorkAgency)) + string(filepath.Separator)
 	sys.NATS.Stop()
 	for _, marker := range markers {
-		for _, path := range filesHolding(t, recipient, marker) {
+		for _, path := range natstest.FilesHolding(t, recipient, marker) {
 			if strings.HasPrefix(path, outbox) && slices.Contains(inOutbox, marker) {
 				continue
 			}
 			t.Errorf("%s still holds %s", strings.TrimPrefix(path, root+string(filepath.Separator)), marker)
 		}
-		if len(filesHolding(t, filepath.Join(root, natsserver.AccountName(prisonAgency)), marker)) == 0 {
+		if len(natstest.FilesHolding(t, filepath.Join(root, natsserver.AccountName(prisonAgency)), marker)) == 0 {
 			t.Errorf("%s is in no file of the prison's own store: the search finds nothing", marker)
 		}
 	}
 	sys.RestartNATS()
-}
-
-// filesHolding lists the files under dir whose bytes contain marker.
-func filesHolding(t *testing.T, dir, marker string) []string {
-	t.Helper()
-	var found []string
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		if bytes.Contains(data, []byte(marker)) {
-			found = append(found, path)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("search %s: %v", dir, err)
-	}
-	return found
 }

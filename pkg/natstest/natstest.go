@@ -2,7 +2,10 @@
 package natstest
 
 import (
+	"bytes"
+	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -152,3 +155,27 @@ func (s *Server) start(t testing.TB) {
 // StoreDir is the directory the server keeps its JetStream store in (its jetstream/
 // subdirectory holds one directory per account).
 func (s *Server) StoreDir() string { return s.cfg.StoreDir }
+
+// FilesHolding lists the files under dir (a server's store directory, say) whose bytes
+// contain marker, for tests that data is gone from disk and not only from reads.
+func FilesHolding(t testing.TB, dir, marker string) []string {
+	t.Helper()
+	var found []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(data, []byte(marker)) {
+			found = append(found, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("search %s: %v", dir, err)
+	}
+	return found
+}

@@ -1,10 +1,6 @@
 package records_test
 
 import (
-	"bytes"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -12,29 +8,6 @@ import (
 	"github.com/throughcare/throughcare/pkg/natstest"
 	"github.com/throughcare/throughcare/pkg/records"
 )
-
-// filesHolding lists the files under dir whose bytes contain marker.
-func filesHolding(t *testing.T, dir, marker string) []string {
-	t.Helper()
-	var found []string
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		if bytes.Contains(data, []byte(marker)) {
-			found = append(found, path)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("search %s: %v", dir, err)
-	}
-	return found
-}
 
 // TestErasureLeavesNoBytes writes, updates and purges records and then reads every file of
 // the server's store: what was superseded or purged in a bucket opened WithErasure is not
@@ -70,13 +43,13 @@ func TestErasureLeavesNoBytes(t *testing.T) {
 	}
 	dir := srv.StoreDir()
 	srv.Stop()
-	if found := filesHolding(t, dir, "MARKER-erasing"); len(found) > 0 {
+	if found := natstest.FilesHolding(t, dir, "MARKER-erasing"); len(found) > 0 {
 		t.Errorf("superseded revisions of an erasing bucket are still in %v", found)
 	}
-	if found := filesHolding(t, dir, "MARKER-plain"); len(found) == 0 {
+	if found := natstest.FilesHolding(t, dir, "MARKER-plain"); len(found) == 0 {
 		t.Errorf("superseded revisions of a plain bucket are in no file: the search finds nothing")
 	}
-	if found := filesHolding(t, dir, "current-erasing"); len(found) == 0 {
+	if found := natstest.FilesHolding(t, dir, "current-erasing"); len(found) == 0 {
 		t.Errorf("the current revision is in no file")
 	}
 
@@ -102,7 +75,7 @@ func TestErasureLeavesNoBytes(t *testing.T) {
 		t.Errorf("a bucket that denies deletes opened with erasure")
 	}
 	srv.Stop()
-	if found := filesHolding(t, dir, "current-erasing"); len(found) > 0 {
+	if found := natstest.FilesHolding(t, dir, "current-erasing"); len(found) > 0 {
 		t.Errorf("a purged record is still in %v", found)
 	}
 }
