@@ -48,9 +48,6 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, bucket s
 //	ix.state.<state>.<case>              by state
 //	ix.release.<yyyy>.<mm>.<dd>.<case>   by expected release date
 func indexKeys(rc *throughcarev1.ReleaseCase) []string {
-	if rc == nil {
-		return nil
-	}
 	id := rc.GetCaseId()
 	keys := []string{"ix.all." + id, "ix.state." + stateToken(rc.GetState()) + "." + id}
 	if d := rc.GetReleasePlan().GetExpectedReleaseDate(); d != nil {

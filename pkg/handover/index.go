@@ -54,9 +54,6 @@ func filedUnit(at time.Time, rec *storev1.HandoverRecord, unit time.Duration) in
 
 // indexKeys are the index entries rec needs.
 func (s *Service) indexKeys(rec *storev1.HandoverRecord) []string {
-	if rec == nil {
-		return nil
-	}
 	h := rec.GetHandover()
 	id, dir, state := h.GetHandoverId(), dirToken(s.incoming(h)), stateToken(h.GetState())
 	keys := []string{
