@@ -16,12 +16,12 @@ import (
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/cases"
-	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/grpcserver"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/records"
+	"github.com/throughcare/throughcare/services/casework"
 	"github.com/throughcare/throughcare/services/prison"
 	"github.com/throughcare/throughcare/services/probation"
 	"github.com/throughcare/throughcare/services/socialwork"
@@ -52,7 +52,7 @@ type listen struct {
 
 // agencyServer is one agency's service: its stores in JetStream and its gRPC server.
 type agencyServer struct {
-	agency         throughcarev1.Agency
+	agency         string
 	server         *grpcserver.Server
 	listener       net.Listener
 	healthListener net.Listener // nil without a health port
@@ -66,9 +66,11 @@ type agencyServer struct {
 // startAgency opens the agency's stores and streams, registers its services, starts
 // processing events and serves gRPC as l says.
 func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, hcfg handover.Config, l listen) (*agencyServer, error) {
-	agency := hcfg.Agency
-	name := eventbus.Token(agency)
+	agency, name := hcfg.Agency, hcfg.Agency
 	log = log.With(zap.String("agency", name))
+	if hcfg.Protocol == nil || !hcfg.Protocol.Agencies().Has(agency) {
+		return nil, fmt.Errorf("%q is not among the protocol's agencies", agency)
+	}
 	if hcfg.PersonKey.IsZero() {
 		return nil, fmt.Errorf("%s: no person-hash key: the ledger would refer to people without it", name)
 	}
@@ -84,16 +86,16 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	switch agency {
-	case throughcarev1.Agency_AGENCY_PRISON:
-		throughcarev1.RegisterPrisonServiceServer(srv.Server, prison.New(log, store, handovers))
-	case throughcarev1.Agency_AGENCY_PROBATION:
+	// The role's own service, beside those every agency serves.
+	switch hcfg.Protocol.Agencies().Role(agency) {
+	case throughcarev1.AgencyRole_AGENCY_ROLE_PRISON:
+		throughcarev1.RegisterPrisonServiceServer(srv.Server, prison.New(log, agency, store, handovers))
+	case throughcarev1.AgencyRole_AGENCY_ROLE_PROBATION:
 		throughcarev1.RegisterProbationServiceServer(srv.Server, probation.New(log, store, handovers))
-	case throughcarev1.Agency_AGENCY_SOCIAL_WORK:
+	case throughcarev1.AgencyRole_AGENCY_ROLE_SOCIAL_WORK:
 		throughcarev1.RegisterSocialWorkServiceServer(srv.Server, socialwork.New(log, store, handovers))
-	default:
-		return nil, fmt.Errorf("no service for agency %s", agency)
 	}
+	throughcarev1.RegisterCaseServiceServer(srv.Server, casework.New(log, agency, store, handovers))
 	throughcarev1.RegisterHandoverServiceServer(srv.Server, handovers)
 	throughcarev1.RegisterAuditServiceServer(srv.Server, ledger.NewServer(handovers.Ledger(), hcfg.PersonKey, handovers.Protocol))
 
@@ -132,7 +134,7 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 // gets through.
 // Every write must declare its purpose, and is recorded in the agency's ledger with its
 // actor and purpose once it succeeds.
-func serverConfig(agency throughcarev1.Agency, l listen, record func(context.Context, grpcserver.Write) error) grpcserver.Config {
+func serverConfig(agency string, l listen, record func(context.Context, grpcserver.Write) error) grpcserver.Config {
 	cfg := grpcserver.Config{CallTimeout: l.CallTimeout, MaxInFlightPerCaller: l.MaxInFlightPerCaller}
 	if l.TLS != nil {
 		authorizeUnary, authorizeStream := grpcserver.OwnAgencyOnly(agency, operatorMethods)
@@ -148,7 +150,7 @@ func serverConfig(agency throughcarev1.Agency, l listen, record func(context.Con
 
 // recordWrite appends a write to the agency's ledger: the method, the actor and the
 // purpose, and the case or handover it touched.
-func recordWrite(agency throughcarev1.Agency, book *ledger.Ledger) func(context.Context, grpcserver.Write) error {
+func recordWrite(agency string, book *ledger.Ledger) func(context.Context, grpcserver.Write) error {
 	return func(ctx context.Context, w grpcserver.Write) error {
 		note := "write " + w.Method
 		if w.HandoverID != "" {

@@ -82,7 +82,7 @@ func benchRefer(b *testing.B, sys *system, tr *tracker, inFlight int) benchStats
 					return
 				}
 				t0 := time.Now()
-				resp, err := sys.Prison.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: cases[i].GetCaseId(), Recipient: probationAgency, Purpose: throughcarev1.Purpose_PURPOSE_SUPERVISION})
+				resp, err := sys.Cases[prisonAgency].ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: cases[i].GetCaseId(), Recipient: probationAgency, Purpose: throughcarev1.Purpose_PURPOSE_SUPERVISION})
 				if err != nil {
 					err = fmt.Errorf("refer: %w", err)
 					failed.Store(&err)

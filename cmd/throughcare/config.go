@@ -14,8 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
-	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/agency"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/signing"
@@ -97,7 +96,7 @@ func (c handoverFlags) loadProtocol() (*protocol.Protocol, error) {
 }
 
 // loadSigning reads this agency's signing key and the agencies' keyring.
-func (c handoverFlags) loadSigning(agency throughcarev1.Agency) (signing.Key, *signing.Keyring, error) {
+func (c handoverFlags) loadSigning(agency string) (signing.Key, *signing.Keyring, error) {
 	if c.SigningKeyFile == "" || c.KeyringFile == "" {
 		return signing.Key{}, nil, errors.New("--signing-key and --keyring: both are required, every event is signed")
 	}
@@ -116,7 +115,7 @@ func (c handoverFlags) loadSigning(agency throughcarev1.Agency) (signing.Key, *s
 }
 
 // handoverConfig is the agency's handover settings with these flags.
-func (c handoverFlags) handoverConfig(agency throughcarev1.Agency, p *protocol.Protocol, replicas int) handover.Config {
+func (c handoverFlags) handoverConfig(agency string, p *protocol.Protocol, replicas int) handover.Config {
 	hc := handover.DefaultConfig(agency)
 	hc.AcknowledgeWithin, hc.AcceptBeforeRelease, hc.DeadlineScanInterval = c.AcknowledgeWithin, c.AcceptBeforeRelease, c.DeadlineScanInterval
 	hc.ResendAfter = c.ResendAfter
@@ -165,18 +164,26 @@ func (c grpcFlags) listen(addr, healthAddr string, serverTLS *tls.Config) listen
 const insecureWarning = "gRPC is served in plaintext (--insecure): no client certificates, so every caller may call every method of every agency; use it on a laptop only"
 
 type devConfig struct {
-	DataDir              string
-	NATSPort             int
-	NATSAccounts         bool
-	PrisonAddr           string
-	ProbationAddr        string
-	SocialWorkAddr       string
-	PrisonHealthAddr     string
-	ProbationHealthAddr  string
-	SocialWorkHealthAddr string
-	GRPC                 grpcFlags
-	Handover             handoverFlags
-	Log                  logConfig
+	DataDir      string
+	NATSPort     int
+	NATSAccounts bool
+	// BasePort places the agencies, in the protocol's order: the i-th serves gRPC on
+	// BasePort+1+i and health on BasePort+11+i. Zero picks free ports.
+	BasePort int
+	GRPC     grpcFlags
+	Handover handoverFlags
+	Log      logConfig
+}
+
+// maxDevAgencies is how many agencies dev's port scheme places before health ports collide.
+const maxDevAgencies = 10
+
+// agencyAddrs are where the i-th agency of the protocol serves gRPC and health in dev.
+func (c devConfig) agencyAddrs(i int) (addr, healthAddr string) {
+	if c.BasePort == 0 {
+		return "127.0.0.1:0", "127.0.0.1:0"
+	}
+	return fmt.Sprintf("127.0.0.1:%d", c.BasePort+1+i), fmt.Sprintf("127.0.0.1:%d", c.BasePort+11+i)
 }
 
 // CertsDir is where dev keeps its local CA and certificates.
@@ -194,12 +201,7 @@ func parseDevConfig(args []string, getenv func(string) string, out io.Writer) (d
 	fs.StringVar(&c.DataDir, "data-dir", "./.throughcare", "where the embedded NATS keeps its data")
 	fs.IntVar(&c.NATSPort, "nats-port", 4222, "port of the embedded NATS on 127.0.0.1 (-1 picks a free one)")
 	fs.BoolVar(&c.NATSAccounts, "nats-accounts", true, "run one NATS account per agency, each service with its own nkey (credentials in <data-dir>/credentials); false shares one unauthenticated account")
-	fs.StringVar(&c.PrisonAddr, "prison-addr", "127.0.0.1:7101", "gRPC address of the prison service")
-	fs.StringVar(&c.ProbationAddr, "probation-addr", "127.0.0.1:7102", "gRPC address of the probation service")
-	fs.StringVar(&c.SocialWorkAddr, "socialwork-addr", "127.0.0.1:7103", "gRPC address of the social-work service")
-	fs.StringVar(&c.PrisonHealthAddr, "prison-health-addr", "127.0.0.1:7111", "plaintext gRPC health address of the prison service (nothing else is served there)")
-	fs.StringVar(&c.ProbationHealthAddr, "probation-health-addr", "127.0.0.1:7112", "plaintext gRPC health address of the probation service")
-	fs.StringVar(&c.SocialWorkHealthAddr, "socialwork-health-addr", "127.0.0.1:7113", "plaintext gRPC health address of the social-work service")
+	fs.IntVar(&c.BasePort, "base-port", 7100, "ports of the agencies on 127.0.0.1, in the protocol's order: the i-th (from 0) serves gRPC on base+1+i and plaintext health on base+11+i; 0 picks free ports")
 	c.GRPC.register(fs)
 	c.Handover.register(fs)
 	c.Log.register(fs, "console")
@@ -209,12 +211,17 @@ func parseDevConfig(args []string, getenv func(string) string, out io.Writer) (d
 	if c.DataDir == "" {
 		return c, errors.New("--data-dir: must not be empty")
 	}
+	if c.BasePort < 0 || c.BasePort > 65535-2*maxDevAgencies {
+		return c, fmt.Errorf("--base-port %d: want 0 to %d", c.BasePort, 65535-2*maxDevAgencies)
+	}
 	return c, errors.Join(c.GRPC.validate(), c.Handover.validate())
 }
 
 // certsConfig is `throughcare certs`: the local CA and certificates that dev uses.
 type certsConfig struct {
 	DataDir string
+	// Protocol names the agencies to issue for: each gets a server and a client certificate.
+	Protocol handoverFlags
 }
 
 // CertsDir is where the certificates go: the same place as dev's.
@@ -225,6 +232,7 @@ func parseCertsConfig(args []string, getenv func(string) string, out io.Writer) 
 	fs := flag.NewFlagSet("certs", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.StringVar(&c.DataDir, "data-dir", "./.throughcare", "data directory; the certificates go in its certs/")
+	fs.StringVar(&c.Protocol.ProtocolFile, "protocol", "", "sharing protocol file whose agencies get certificates; empty uses the built-in default")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		return c, err
 	}
@@ -235,8 +243,8 @@ func parseCertsConfig(args []string, getenv func(string) string, out io.Writer) 
 }
 
 type serveConfig struct {
+	// Service is the agency's id.
 	Service string
-	Agency  throughcarev1.Agency
 	NATSURL string
 	// NATSSeed is the agency user's nkey seed file; set, the service runs in its own
 	// NATS account (deploy/nats) and its inbox sources through imports.
@@ -258,7 +266,7 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	var c serveConfig
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(out)
-	fs.StringVar(&c.Service, "service", "", "which agency's service: prison, probation or socialwork")
+	fs.StringVar(&c.Service, "service", "", "which agency's service: the id of one of the protocol's agencies (prison, probation or socialwork in the default protocol)")
 	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
 	fs.StringVar(&c.NATSSeed, "nats-nkey-seed", "", "file holding the service's NATS user nkey seed (mode 0600); set when NATS runs an account per agency (deploy/nats)")
 	fs.StringVar(&c.Addr, "addr", ":7100", "gRPC listen address (mutual TLS)")
@@ -274,11 +282,9 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	if err := parseFlags(fs, args, getenv); err != nil {
 		return c, err
 	}
-	agency, ok := eventbus.AgencyOf(c.Service)
-	if !ok {
-		return c, fmt.Errorf("--service %q: want prison, probation or socialwork", c.Service)
+	if !agency.ValidID(c.Service) {
+		return c, fmt.Errorf("--service %q: want the id of one of the protocol's agencies (prison, probation or socialwork in the default protocol)", c.Service)
 	}
-	c.Agency = agency
 	if c.Replicas < 1 || c.Replicas > 5 {
 		return c, fmt.Errorf("--replicas %d: want 1 to 5", c.Replicas)
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
-	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/ledger"
@@ -42,9 +41,7 @@ func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
 	}
 	defer func() { _ = log.Sync() }()
 	log.Info("starting throughcare dev", zap.String("data_dir", cfg.DataDir), zap.Int("nats_port", cfg.NATSPort),
-		zap.String("prison_addr", cfg.PrisonAddr), zap.String("probation_addr", cfg.ProbationAddr), zap.String("socialwork_addr", cfg.SocialWorkAddr),
-		zap.String("prison_health_addr", cfg.PrisonHealthAddr), zap.String("probation_health_addr", cfg.ProbationHealthAddr),
-		zap.String("socialwork_health_addr", cfg.SocialWorkHealthAddr), zap.Bool("insecure", cfg.GRPC.Insecure),
+		zap.Int("base_port", cfg.BasePort), zap.Bool("insecure", cfg.GRPC.Insecure),
 		zap.Duration("call_timeout", cfg.GRPC.CallTimeout), zap.Int("max_inflight_per_caller", cfg.GRPC.MaxInFlightPerCaller))
 
 	sys, err := startDev(ctx, log, cfg)
@@ -57,24 +54,28 @@ func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
 	return sys.Stop()
 }
 
-// startDev makes or loads the local certificates, starts the embedded NATS, then the
-// three agency services on it.
+// startDev makes or loads the local certificates, starts the embedded NATS, then every
+// agency of the protocol on it.
 func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, error) {
 	sharing, err := cfg.Handover.loadProtocol()
 	if err != nil {
 		return nil, err
 	}
+	registry := sharing.Agencies()
+	if n := len(registry.IDs()); n > maxDevAgencies {
+		return nil, fmt.Errorf("the protocol declares %d agencies; dev places at most %d", n, maxDevAgencies)
+	}
 	var bundle *certs.Bundle
 	if cfg.GRPC.Insecure {
 		log.Warn(insecureWarning)
 	} else {
-		if bundle, err = certs.Ensure(cfg.CertsDir(), time.Now()); err != nil {
+		if bundle, err = certs.Ensure(cfg.CertsDir(), registry.IDs(), time.Now()); err != nil {
 			return nil, err
 		}
 		log.Info("certificates", zap.String("dir", bundle.Dir()), zap.String("ca_sha256", bundle.CAFingerprint()))
 	}
 	log.Info("sharing protocol", zap.String("protocol_id", sharing.ID()), zap.Uint32("version", sharing.Version()))
-	keyring, keys, err := signing.Ensure(filepath.Join(cfg.DataDir, "keys"), eventbus.Agencies, time.Now())
+	keyring, keys, err := signing.Ensure(filepath.Join(cfg.DataDir, "keys"), registry.IDs(), time.Now())
 	if err != nil {
 		return nil, fmt.Errorf("signing keys: %w", err)
 	}
@@ -93,7 +94,7 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 	var creds natsserver.Credentials
 	topology := eventbus.SharedAccount
 	if cfg.NATSAccounts {
-		creds, err = natsserver.LoadOrCreateCredentials(devCredentialsDir(cfg.DataDir))
+		creds, err = natsserver.LoadOrCreateCredentials(devCredentialsDir(cfg.DataDir), registry)
 		if err != nil {
 			return nil, err
 		}
@@ -108,17 +109,15 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	sys := &devSystem{log: log, nats: ns, certs: bundle, personKey: personKey}
-	agencies := []struct {
-		agency           throughcarev1.Agency
-		addr, healthAddr string
-	}{
-		{throughcarev1.Agency_AGENCY_PRISON, cfg.PrisonAddr, cfg.PrisonHealthAddr},
-		{throughcarev1.Agency_AGENCY_PROBATION, cfg.ProbationAddr, cfg.ProbationHealthAddr},
-		{throughcarev1.Agency_AGENCY_SOCIAL_WORK, cfg.SocialWorkAddr, cfg.SocialWorkHealthAddr},
+	type devAgency struct{ agency, addr, healthAddr string }
+	var agencies []devAgency
+	for i, id := range registry.IDs() {
+		addr, healthAddr := cfg.agencyAddrs(i)
+		agencies = append(agencies, devAgency{id, addr, healthAddr})
 	}
 	streams := make([]jetstream.JetStream, len(agencies))
 	for i, a := range agencies {
-		opts := []nats.Option{nats.Name("throughcare-dev-" + eventbus.Token(a.agency)), nats.MaxReconnects(-1)}
+		opts := []nats.Option{nats.Name("throughcare-dev-" + a.agency), nats.MaxReconnects(-1)}
 		if cfg.NATSAccounts {
 			auth, err := creds.ConnectOptions(a.agency)
 			if err != nil {
@@ -128,7 +127,7 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		}
 		nc, err := nats.Connect(ns.ClientURL(), opts...)
 		if err != nil {
-			return nil, errors.Join(fmt.Errorf("connect %s to embedded nats: %w", eventbus.Token(a.agency), err), sys.Stop())
+			return nil, errors.Join(fmt.Errorf("connect %s to embedded nats: %w", a.agency, err), sys.Stop())
 		}
 		sys.conns = append(sys.conns, nc)
 		if streams[i], err = jetstream.New(nc); err != nil {
@@ -136,14 +135,14 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		}
 		// Every outbox before any inbox, so no inbox source starts on a missing stream.
 		if err := eventbus.SetupOutbox(ctx, streams[i], a.agency, cfg.Handover.handoverConfig(a.agency, sharing, 1).Limits); err != nil {
-			return nil, errors.Join(fmt.Errorf("%s: %w", eventbus.Token(a.agency), err), sys.Stop())
+			return nil, errors.Join(fmt.Errorf("%s: %w", a.agency, err), sys.Stop())
 		}
 	}
 	for i, a := range agencies {
 		js := streams[i]
 		var serverTLS *tls.Config
 		if bundle != nil {
-			if serverTLS, err = bundle.ServerTLS(eventbus.Token(a.agency)); err != nil {
+			if serverTLS, err = bundle.ServerTLS(a.agency); err != nil {
 				return nil, errors.Join(err, sys.Stop())
 			}
 		}
@@ -178,8 +177,8 @@ func (s *devSystem) stopNATS() {
 
 func printDevBanner(w io.Writer, cfg devConfig, sys *devSystem) {
 	fmt.Fprintf(w, "\nthroughcare dev is running (data in %s)\n", cfg.DataDir)
-	for i, name := range []string{"prison", "probation", "social work"} {
-		a := sys.agencies[i]
+	for _, a := range sys.agencies {
+		name := a.handovers.Agencies().Name(a.agency)
 		health := "no health port"
 		if a.HealthAddr() != "" {
 			health = "health " + a.HealthAddr() + " (plaintext)"
@@ -191,30 +190,32 @@ func printDevBanner(w io.Writer, cfg devConfig, sys *devSystem) {
 		natsAccess = "an account per agency; nkey seeds in " + devCredentialsDir(cfg.DataDir)
 	}
 	fmt.Fprintf(w, "  %-12s %s (%s)\n", "nats", sys.nats.ClientURL(), natsAccess)
-	prison := sys.agencies[0].Addr()
+	first := sys.agencies[0]
+	addr, who := first.Addr(), first.handovers.Agencies().Name(first.agency)
 	if sys.certs == nil {
 		fmt.Fprintf(w, `
 gRPC is PLAINTEXT (--insecure): no certificates, no authorization.
 
 Try:
   grpcurl -plaintext %s list
-  grpcurl -plaintext -d '{"page_size": 10}' %s throughcare.v1.PrisonService/ListReleaseCases
+  grpcurl -plaintext -d '{"page_size": 10}' %s throughcare.v1.HandoverService/ListHandovers
 
 Ctrl-C stops; the data stays for the next start.
-`, prison, prison)
+`, addr, addr)
 		return
 	}
+	tls := grpcurlTLS(sys.certs, first.agency)
 	fmt.Fprintf(w, `  %-12s %s (CA SHA-256 %s)
 
 gRPC is mutual TLS: each agency's own system calls with its client certificate,
 <certs>/<agency>/client.pem; operators with <certs>/operator/client.pem.
 
-Try, as the prison's system:
+Try, as the %s's system:
   %s %s list
-  %s -d '{"page_size": 10}' %s throughcare.v1.PrisonService/ListReleaseCases
+  %s -d '{"page_size": 10}' %s throughcare.v1.HandoverService/ListHandovers
 
 Ctrl-C stops; the data and certificates stay for the next start.
-`, "certs", sys.certs.Dir(), sys.certs.CAFingerprint(), grpcurlTLS(sys.certs, "prison"), prison, grpcurlTLS(sys.certs, "prison"), prison)
+`, "certs", sys.certs.Dir(), sys.certs.CAFingerprint(), who, tls, addr, tls, addr)
 }
 
 // grpcurlTLS is grpcurl with identity's client certificate, trusting the bundle's CA.

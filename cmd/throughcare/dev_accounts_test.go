@@ -70,9 +70,9 @@ func TestDevRunsAnAccountPerAgency(t *testing.T) {
 		t.Errorf("probation's credentials cannot open probation_cases: %v", err)
 	}
 
-	prison := throughcarev1.NewPrisonServiceClient(dialDev(t, sys, sys.agencies[0]))
-	rc := openCase(t, prison)
-	resp, err := prison.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: rc.GetCaseId(),
+	prisonConn := dialDev(t, sys, sys.agencies[0])
+	rc := openCase(t, throughcarev1.NewPrisonServiceClient(prisonConn))
+	resp, err := throughcarev1.NewCaseServiceClient(prisonConn).ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: rc.GetCaseId(),
 		Recipient: probationAgency, Purpose: throughcarev1.Purpose_PURPOSE_SUPERVISION})
 	if err != nil {
 		t.Fatalf("refer: %v", err)
@@ -89,7 +89,7 @@ func TestDevRunsAnAccountPerAgency(t *testing.T) {
 func TestServeConnectsWithItsSeedIntoItsAccount(t *testing.T) {
 	srv := natstest.StartWithAgencies(t)
 	keys := t.TempDir()
-	if _, _, err := signing.Ensure(keys, eventbus.Agencies, time.Now()); err != nil {
+	if _, _, err := signing.Ensure(keys, testAgencies.IDs(), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	env := map[string]string{"THROUGHCARE_NATS_NKEY_SEED": srv.Creds.AgencySeedFile(prisonAgency)}
@@ -135,13 +135,13 @@ func TestServeConnectsWithItsSeedIntoItsAccount(t *testing.T) {
 	}
 }
 
-func agencyOf(outbox string) throughcarev1.Agency {
-	for _, a := range eventbus.Agencies {
+func agencyOf(outbox string) string {
+	for _, a := range testAgencies.IDs() {
 		if eventbus.OutboxStream(a) == outbox {
 			return a
 		}
 	}
-	return throughcarev1.Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
 // TestDevWithoutAccountsSharesOneOpenAccount: --nats-accounts=false keeps the former
@@ -152,8 +152,7 @@ func TestDevWithoutAccountsSharesOneOpenAccount(t *testing.T) {
 	dataDir := t.TempDir()
 	cfg, err := parseDevConfig([]string{
 		"--data-dir", dataDir, "--nats-port", "-1", "--nats-accounts=false",
-		"--prison-addr", "127.0.0.1:0", "--probation-addr", "127.0.0.1:0", "--socialwork-addr", "127.0.0.1:0",
-		"--prison-health-addr", "127.0.0.1:0", "--probation-health-addr", "127.0.0.1:0", "--socialwork-health-addr", "127.0.0.1:0",
+		"--base-port", "0",
 	}, func(string) string { return "" }, &strings.Builder{})
 	if err != nil {
 		t.Fatalf("parse dev config: %v", err)
@@ -180,9 +179,9 @@ func TestDevWithoutAccountsSharesOneOpenAccount(t *testing.T) {
 			t.Errorf("bucket %s in the shared account: %v", bucket, err)
 		}
 	}
-	prison := throughcarev1.NewPrisonServiceClient(dialDev(t, sys, sys.agencies[0]))
-	rc := openCase(t, prison)
-	resp, err := prison.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: rc.GetCaseId(),
+	prisonConn := dialDev(t, sys, sys.agencies[0])
+	rc := openCase(t, throughcarev1.NewPrisonServiceClient(prisonConn))
+	resp, err := throughcarev1.NewCaseServiceClient(prisonConn).ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: rc.GetCaseId(),
 		Recipient: probationAgency, Purpose: throughcarev1.Purpose_PURPOSE_SUPERVISION})
 	if err != nil {
 		t.Fatalf("refer: %v", err)

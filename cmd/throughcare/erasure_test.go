@@ -157,7 +157,7 @@ func TestErasureLeavesNoBytesAtTheRecipient(t *testing.T) {
 // checkStreamsHoldNone reads every message that every stream of agency's account still
 // holds (a bucket's every revision included) through the stream API, and fails on a marker
 // in any, but for markers allowed in the agency's own outbox.
-func checkStreamsHoldNone(t *testing.T, sys *system, agency throughcarev1.Agency, markers, inOutbox []string) {
+func checkStreamsHoldNone(t *testing.T, sys *system, agency string, markers, inOutbox []string) {
 	t.Helper()
 	ctx := testCtx(t)
 	js := sys.JS[agency]

@@ -23,20 +23,22 @@ import (
 	"google.golang.org/grpc/status"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/agency"
 	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/grpcserver"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/natstest"
+	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // Short names for the agencies, states and receipts the tests use most.
 const (
-	prisonAgency     = throughcarev1.Agency_AGENCY_PRISON
-	probationAgency  = throughcarev1.Agency_AGENCY_PROBATION
-	socialWorkAgency = throughcarev1.Agency_AGENCY_SOCIAL_WORK
+	prisonAgency     = "prison"
+	probationAgency  = "probation"
+	socialWorkAgency = "socialwork"
 
 	stateReferred     = throughcarev1.HandoverState_HANDOVER_STATE_REFERRED
 	stateDelivered    = throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED
@@ -59,11 +61,14 @@ const (
 	outgoing = throughcarev1.Direction_DIRECTION_OUTGOING
 )
 
-var allAgencies = []throughcarev1.Agency{prisonAgency, probationAgency, socialWorkAgency}
+var allAgencies = []string{prisonAgency, probationAgency, socialWorkAgency}
+
+// testAgencies are the default protocol's agencies.
+var testAgencies = defaultProtocol().Agencies()
 
 // testHandoverConfig is the shipped configuration with retries, ack waits and scans short
 // enough for tests.
-func testHandoverConfig(agency throughcarev1.Agency) handover.Config {
+func testHandoverConfig(agency string) handover.Config {
 	c := handover.DefaultConfig(agency)
 	keyring, keys := testSigningKeys()
 	c.SigningKey, c.Keyring = keys[agency], keyring
@@ -79,11 +84,24 @@ func testHandoverConfig(agency throughcarev1.Agency) handover.Config {
 // testPersonKey is the test deployment's person-hash key, the same for every agency.
 var testPersonKey = ledger.GeneratePersonKey()
 
-// testSigningKeys are every agency's signing keys, made once for all the tests.
-var testSigningKeys = sync.OnceValues(func() (*signing.Keyring, map[throughcarev1.Agency]signing.Key) {
+// testSigningKeys are the default agencies' signing keys, made once for all the tests.
+var testSigningKeys = sync.OnceValues(func() (*signing.Keyring, map[string]signing.Key) {
+	return makeSigningKeys(allAgencies)
+})
+
+// testSigningKeysFor are the keys of agencies: the shared ones for the default agencies,
+// new ones for a system with others.
+func testSigningKeysFor(agencies []string) (*signing.Keyring, map[string]signing.Key) {
+	if slices.Equal(agencies, allAgencies) {
+		return testSigningKeys()
+	}
+	return makeSigningKeys(agencies)
+}
+
+func makeSigningKeys(agencies []string) (*signing.Keyring, map[string]signing.Key) {
 	keyring := new(signing.Keyring)
-	keys := map[throughcarev1.Agency]signing.Key{}
-	for _, a := range allAgencies {
+	keys := map[string]signing.Key{}
+	for _, a := range agencies {
 		k, err := signing.GenerateKey(a, time.Now())
 		if err != nil {
 			panic(err) // crypto/rand does not fail
@@ -94,21 +112,31 @@ var testSigningKeys = sync.OnceValues(func() (*signing.Keyring, map[throughcarev
 		}
 	}
 	return keyring, keys
-})
+}
+
+// defaultProtocol is the shipped default, parsed once for all the tests.
+var defaultProtocol = sync.OnceValue(protocol.Default)
 
 // systemOption changes how newSystem starts the system.
 type systemOption func(*systemOptions)
 
 type systemOptions struct {
-	tune      map[throughcarev1.Agency]func(*handover.Config)
+	tune      map[string]func(*handover.Config)
+	protocol  *protocol.Protocol
 	level     zapcore.Level
 	grpc      grpcFlags
 	innermost []grpc.UnaryServerInterceptor
 }
 
 // withConfig changes one agency's handover configuration.
-func withConfig(agency throughcarev1.Agency, tune func(*handover.Config)) systemOption {
+func withConfig(agency string, tune func(*handover.Config)) systemOption {
 	return func(o *systemOptions) { o.tune[agency] = tune }
+}
+
+// withProtocol runs the system under p, with every agency it declares, in place of the
+// default protocol's three.
+func withProtocol(p *protocol.Protocol) systemOption {
+	return func(o *systemOptions) { o.protocol = p }
 }
 
 // withGRPC serves gRPC with flags in place of the shipped defaults.
@@ -135,7 +163,7 @@ type system struct {
 	NATS *natstest.AgencyServer
 	// JS is the test's own connection per agency, with that agency's credentials, for
 	// looking at and writing to its streams directly.
-	JS map[throughcarev1.Agency]jetstream.JetStream
+	JS map[string]jetstream.JetStream
 	// Certs is the local PKI every agency serves mutual TLS with; every client below calls
 	// as its agency's own system.
 	Certs *certs.Bundle
@@ -143,17 +171,21 @@ type system struct {
 	Prison     throughcarev1.PrisonServiceClient
 	Probation  throughcarev1.ProbationServiceClient
 	SocialWork throughcarev1.SocialWorkServiceClient
+	// Cases is each agency's CaseService: referral and the copies it received.
+	Cases map[string]throughcarev1.CaseServiceClient
 	// Handovers is each agency's HandoverService.
-	Handovers map[throughcarev1.Agency]throughcarev1.HandoverServiceClient
+	Handovers map[string]throughcarev1.HandoverServiceClient
+	// Agencies are the system's parties, from its protocol.
+	Agencies *agency.Registry
 	// Delivered counts, per handover id, every "handover delivered" each node logged: a
 	// recipient logs it once per referral it stored.
 	Delivered *deliveries
 
 	log   *zap.Logger
-	cfg   map[throughcarev1.Agency]handover.Config
+	cfg   map[string]handover.Config
 	opts  systemOptions
 	mu    sync.Mutex
-	nodes map[throughcarev1.Agency][]*node
+	nodes map[string][]*node
 }
 
 // node is one running (or stopped) process of an agency's service.
@@ -169,28 +201,37 @@ type node struct {
 func newSystem(t testing.TB, opts ...systemOption) *system {
 	t.Helper()
 	o := systemOptions{
-		tune:  map[throughcarev1.Agency]func(*handover.Config){},
+		tune:  map[string]func(*handover.Config){},
 		level: zapcore.InfoLevel,
 		grpc:  grpcFlags{CallTimeout: defaultCallTimeout, MaxInFlightPerCaller: defaultMaxInFlightPerCaller},
 	}
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.protocol == nil {
+		o.protocol = defaultProtocol()
+	}
+	registry := o.protocol.Agencies()
+	keyring, keys := testSigningKeysFor(registry.IDs())
 	sys := &system{
 		t:         t,
-		NATS:      natstest.StartWithAgencies(t),
-		JS:        map[throughcarev1.Agency]jetstream.JetStream{},
-		Handovers: map[throughcarev1.Agency]throughcarev1.HandoverServiceClient{},
+		NATS:      natstest.StartWithRegistry(t, registry),
+		JS:        map[string]jetstream.JetStream{},
+		Cases:     map[string]throughcarev1.CaseServiceClient{},
+		Handovers: map[string]throughcarev1.HandoverServiceClient{},
+		Agencies:  registry,
 		Delivered: &deliveries{nodes: map[string][]string{}},
 		log:       zaptest.NewLogger(t, zaptest.Level(o.level)),
-		cfg:       map[throughcarev1.Agency]handover.Config{},
+		cfg:       map[string]handover.Config{},
 		opts:      o,
-		nodes:     map[throughcarev1.Agency][]*node{},
-		Certs:     testCerts(t),
+		nodes:     map[string][]*node{},
+		Certs:     testCertsFor(t, registry.IDs()),
 	}
-	for _, a := range allAgencies {
+	for _, a := range registry.IDs() {
 		sys.JS[a] = sys.NATS.JetStreamAs(t, a)
 		cfg := testHandoverConfig(a)
+		cfg.Protocol = o.protocol
+		cfg.SigningKey, cfg.Keyring = keys[a], keyring
 		cfg.Topology = eventbus.AccountPerAgency
 		if tune := o.tune[a]; tune != nil {
 			tune(&cfg)
@@ -201,11 +242,12 @@ func newSystem(t testing.TB, opts ...systemOption) *system {
 			t.Fatalf("outbox %s: %v", a, err)
 		}
 	}
-	for _, a := range allAgencies {
+	for _, a := range registry.IDs() {
 		n := sys.startNode(a, "127.0.0.1:0")
 		sys.nodes[a] = []*node{n}
-		conn := dialAgency(t, n.addr, clientTLS(t, sys.Certs, eventbus.Token(a), a))
+		conn := dialAgency(t, n.addr, clientTLS(t, sys.Certs, a, a))
 		sys.Handovers[a] = throughcarev1.NewHandoverServiceClient(conn)
+		sys.Cases[a] = throughcarev1.NewCaseServiceClient(conn)
 		switch a {
 		case prisonAgency:
 			sys.Prison = throughcarev1.NewPrisonServiceClient(conn)
@@ -218,10 +260,13 @@ func newSystem(t testing.TB, opts ...systemOption) *system {
 	return sys
 }
 
-// testCerts is a fresh local PKI, as `throughcare certs` makes it.
-func testCerts(t testing.TB) *certs.Bundle {
+// testCerts is a fresh local PKI for the default agencies, as `throughcare certs` makes it.
+func testCerts(t testing.TB) *certs.Bundle { return testCertsFor(t, allAgencies) }
+
+// testCertsFor is a fresh local PKI for agencies.
+func testCertsFor(t testing.TB, agencies []string) *certs.Bundle {
 	t.Helper()
-	b, err := certs.Ensure(t.TempDir(), time.Now())
+	b, err := certs.Ensure(t.TempDir(), agencies, time.Now())
 	if err != nil {
 		t.Fatalf("certs: %v", err)
 	}
@@ -230,29 +275,29 @@ func testCerts(t testing.TB) *certs.Bundle {
 
 // clientTLS is identity's client configuration (an agency's name or certs.Operator) from
 // b, for calling server's service: what an agency's system, or an operator, dials with.
-func clientTLS(t testing.TB, b *certs.Bundle, identity string, server throughcarev1.Agency) *tls.Config {
+func clientTLS(t testing.TB, b *certs.Bundle, identity string, server string) *tls.Config {
 	t.Helper()
 	cfg, err := b.ClientTLS(identity)
 	if err != nil {
 		t.Fatalf("client TLS of %s: %v", identity, err)
 	}
-	cfg.ServerName = eventbus.Token(server)
+	cfg.ServerName = server
 	return cfg
 }
 
 // serverTLS is agency's server configuration from b.
-func serverTLS(t testing.TB, b *certs.Bundle, agency throughcarev1.Agency) *tls.Config {
+func serverTLS(t testing.TB, b *certs.Bundle, agency string) *tls.Config {
 	t.Helper()
-	cfg, err := b.ServerTLS(eventbus.Token(agency))
+	cfg, err := b.ServerTLS(agency)
 	if err != nil {
-		t.Fatalf("server TLS of %s: %v", eventbus.Token(agency), err)
+		t.Fatalf("server TLS of %s: %v", agency, err)
 	}
 	return cfg
 }
 
 // dialAs connects to agency's (first) service as identity: its own system, another
 // agency's or certs.Operator.
-func (s *system) dialAs(identity string, agency throughcarev1.Agency) *grpc.ClientConn {
+func (s *system) dialAs(identity string, agency string) *grpc.ClientConn {
 	s.t.Helper()
 	return dialAgency(s.t, s.nodes[agency][0].addr, clientTLS(s.t, s.Certs, identity, agency))
 }
@@ -287,10 +332,10 @@ func dialAgency(t testing.TB, addr string, clientTLS *tls.Config) *grpc.ClientCo
 
 // startNode starts one process of agency's service on addr, on a NATS connection of its
 // own, and stops it when the test ends unless it was stopped before.
-func (s *system) startNode(agency throughcarev1.Agency, addr string) *node {
+func (s *system) startNode(agency string, addr string) *node {
 	s.t.Helper()
 	s.mu.Lock()
-	name := fmt.Sprintf("%s-%d", eventbus.Token(agency), len(s.nodes[agency])+1)
+	name := fmt.Sprintf("%s-%d", agency, len(s.nodes[agency])+1)
 	s.mu.Unlock()
 	n, err := s.tryStartNode(agency, name, addr)
 	if err != nil {
@@ -300,7 +345,7 @@ func (s *system) startNode(agency throughcarev1.Agency, addr string) *node {
 }
 
 // tryStartNode is startNode that reports an error instead of failing the test.
-func (s *system) tryStartNode(agency throughcarev1.Agency, name, addr string) (*node, error) {
+func (s *system) tryStartNode(agency string, name, addr string) (*node, error) {
 	js := s.NATS.JetStreamAs(s.t, agency)
 	log := s.log.With(zap.String("node", name)).WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewTee(c, deliveryCore{d: s.Delivered, node: name})
@@ -327,7 +372,7 @@ func (s *system) tryStartNode(agency throughcarev1.Agency, name, addr string) (*
 
 // Stop stops agency's first process, as a deployment would: calls in flight finish, the
 // message in hand is acknowledged, then its NATS connection closes.
-func (s *system) Stop(agency throughcarev1.Agency) {
+func (s *system) Stop(agency string) {
 	s.t.Helper()
 	n := s.nodes[agency][0]
 	if n.stopped {
@@ -341,7 +386,7 @@ func (s *system) Stop(agency throughcarev1.Agency) {
 }
 
 // Start starts agency's first process again on the same address, so clients reconnect.
-func (s *system) Start(agency throughcarev1.Agency) {
+func (s *system) Start(agency string) {
 	s.t.Helper()
 	old := s.nodes[agency][0]
 	if !old.stopped {
@@ -359,13 +404,13 @@ func (s *system) Start(agency throughcarev1.Agency) {
 
 // StartReplica starts another process of agency on a port of its own, on the same
 // streams, buckets and durable consumers, and returns its HandoverService.
-func (s *system) StartReplica(agency throughcarev1.Agency) throughcarev1.HandoverServiceClient {
+func (s *system) StartReplica(agency string) throughcarev1.HandoverServiceClient {
 	s.t.Helper()
 	n := s.startNode(agency, "127.0.0.1:0")
 	s.mu.Lock()
 	s.nodes[agency] = append(s.nodes[agency], n)
 	s.mu.Unlock()
-	return throughcarev1.NewHandoverServiceClient(dialAgency(s.t, n.addr, clientTLS(s.t, s.Certs, eventbus.Token(agency), agency)))
+	return throughcarev1.NewHandoverServiceClient(dialAgency(s.t, n.addr, clientTLS(s.t, s.Certs, agency, agency)))
 }
 
 // RestartNATS stops the NATS server and starts it again on the same port and store, then
@@ -555,15 +600,21 @@ func tryOpenCase(ctx context.Context, prison throughcarev1.PrisonServiceClient, 
 }
 
 // refer refers a case from the prison and checks the answer.
-func refer(t testing.TB, sys *system, caseID string, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) *throughcarev1.Handover {
+func refer(t testing.TB, sys *system, caseID string, recipient string, purpose throughcarev1.Purpose) *throughcarev1.Handover {
 	t.Helper()
-	resp, err := sys.Prison.ReferCase(testCtx(t), &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: caseID, Recipient: recipient, Purpose: purpose})
+	return referFrom(t, sys, prisonAgency, caseID, recipient, purpose)
+}
+
+// referFrom refers a case sender holds and checks the answer.
+func referFrom(t testing.TB, sys *system, sender, caseID string, recipient string, purpose throughcarev1.Purpose) *throughcarev1.Handover {
+	t.Helper()
+	resp, err := sys.Cases[sender].ReferCase(testCtx(t), &throughcarev1.ReferCaseRequest{Actor: sender + "-worker-1", CaseId: caseID, Recipient: recipient, Purpose: purpose})
 	if err != nil {
-		t.Fatalf("refer %s to %s: %v", caseID, recipient, err)
+		t.Fatalf("refer %s from %s to %s: %v", caseID, sender, recipient, err)
 	}
 	h := resp.GetHandover()
-	if h.GetState() != stateReferred || h.GetCaseId() != caseID || h.GetSender() != prisonAgency || h.GetRecipient() != recipient || h.GetPurpose() != purpose {
-		t.Fatalf("refer %s: got handover %v, want REFERRED from prison to %s for %s", caseID, h, recipient, purpose)
+	if h.GetState() != stateReferred || h.GetCaseId() != caseID || h.GetSender() != sender || h.GetRecipient() != recipient || h.GetPurpose() != purpose {
+		t.Fatalf("refer %s: got handover %v, want REFERRED from %s to %s for %s", caseID, h, sender, recipient, purpose)
 	}
 	return h
 }
@@ -848,7 +899,7 @@ func (w *handoverWatch) waitAll(t testing.TB, ids []string, state throughcarev1.
 }
 
 // service is agency's first process's handover service, for calls no RPC offers.
-func (s *system) service(agency throughcarev1.Agency) *handover.Service {
+func (s *system) service(agency string) *handover.Service {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.nodes[agency][0].srv.handovers

@@ -30,14 +30,14 @@ func TestIndexRebuildEqualsLiveIndex(t *testing.T) {
 	sys := newSystem(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	recipients := map[throughcarev1.Agency]throughcarev1.Purpose{
+	recipients := map[string]throughcarev1.Purpose{
 		probationAgency:  throughcarev1.Purpose_PURPOSE_SUPERVISION,
 		socialWorkAgency: throughcarev1.Purpose_PURPOSE_POST_PENAL_ASSISTANCE,
 	}
 	var caseIDs []string
 	type referral struct {
 		id        string
-		recipient throughcarev1.Agency
+		recipient string
 	}
 	var referrals []referral
 
@@ -55,9 +55,9 @@ func TestIndexRebuildEqualsLiveIndex(t *testing.T) {
 				}
 			case action == 1 || len(referrals) == 0:
 				caseID := rapid.SampledFrom(caseIDs).Draw(rt, "case")
-				to := rapid.SampledFrom([]throughcarev1.Agency{probationAgency, socialWorkAgency}).Draw(rt, "recipient")
+				to := rapid.SampledFrom([]string{probationAgency, socialWorkAgency}).Draw(rt, "recipient")
 				var resp *throughcarev1.ReferCaseResponse
-				resp, err = sys.Prison.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: caseID, Recipient: to, Purpose: recipients[to]})
+				resp, err = sys.Cases[prisonAgency].ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: caseID, Recipient: to, Purpose: recipients[to]})
 				if err == nil {
 					id := resp.GetHandover().GetHandoverId()
 					referrals = append(referrals, referral{id, to})

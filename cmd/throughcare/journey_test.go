@@ -320,7 +320,7 @@ func openCases(t testing.TB, sys *system, n int) []*throughcarev1.ReleaseCase {
 
 // referAll refers every case to recipient, up to workers at once, and returns the
 // handover ids in case order.
-func referAll(t testing.TB, sys *system, cases []*throughcarev1.ReleaseCase, recipient throughcarev1.Agency, workers int) []string {
+func referAll(t testing.TB, sys *system, cases []*throughcarev1.ReleaseCase, recipient string, workers int) []string {
 	t.Helper()
 	ctx := testCtx(t)
 	purpose := throughcarev1.Purpose_PURPOSE_SUPERVISION
@@ -329,7 +329,7 @@ func referAll(t testing.TB, sys *system, cases []*throughcarev1.ReleaseCase, rec
 	}
 	handoverIDs := make([]string, len(cases))
 	if err := parallel(len(cases), workers, func(i int) error {
-		resp, err := sys.Prison.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: cases[i].GetCaseId(), Recipient: recipient, Purpose: purpose})
+		resp, err := sys.Cases[prisonAgency].ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: cases[i].GetCaseId(), Recipient: recipient, Purpose: purpose})
 		handoverIDs[i] = resp.GetHandover().GetHandoverId()
 		return err
 	}); err != nil {
@@ -340,7 +340,7 @@ func referAll(t testing.TB, sys *system, cases []*throughcarev1.ReleaseCase, rec
 
 // checkDeliveredOnce fails unless the recipient stored each handover exactly once, has
 // no other incoming handover, and the sender holds exactly one delivered receipt for each.
-func checkDeliveredOnce(t testing.TB, sys *system, recipient throughcarev1.Agency, handoverIDs []string) {
+func checkDeliveredOnce(t testing.TB, sys *system, recipient string, handoverIDs []string) {
 	t.Helper()
 	for _, id := range handoverIDs {
 		// The recipient logs the delivery after its write has also put the handover's
@@ -386,7 +386,7 @@ func TestHandoversSurviveNATSRestart(t *testing.T) {
 	all := slices.Concat(toProbation, toSocial)
 	waitAllState(t, sys.Handovers[prisonAgency], outgoing, all, stateDelivered, 30*time.Second)
 	for _, ids := range []struct {
-		agency throughcarev1.Agency
+		agency string
 		ids    []string
 	}{{probationAgency, toProbation}, {socialWorkAgency, toSocial}} {
 		for _, id := range ids.ids {
@@ -397,7 +397,7 @@ func TestHandoversSurviveNATSRestart(t *testing.T) {
 	}
 	sys.RestartNATS() // the acknowledgements are on their way back
 	for _, ids := range []struct {
-		agency throughcarev1.Agency
+		agency string
 		ids    []string
 	}{{probationAgency, toProbation}, {socialWorkAgency, toSocial}} {
 		for _, id := range ids.ids {
@@ -443,7 +443,7 @@ func TestRecipientDownDuringDelivery(t *testing.T) {
 
 // waitInboxReceived waits until agency's inbox stream has received at least n messages.
 // The inbox is a work queue, so it counts what arrived, not what it still holds.
-func waitInboxReceived(t testing.TB, sys *system, agency throughcarev1.Agency, n uint64) {
+func waitInboxReceived(t testing.TB, sys *system, agency string, n uint64) {
 	t.Helper()
 	eventually(t, 10*time.Second, func() (bool, string) {
 		info, err := streamInfo(t, sys, agency, eventbus.InboxStream(agency))
@@ -455,7 +455,7 @@ func waitInboxReceived(t testing.TB, sys *system, agency throughcarev1.Agency, n
 }
 
 // streamInfo reads one of agency's streams, in agency's account.
-func streamInfo(t testing.TB, sys *system, agency throughcarev1.Agency, name string) (*jetstream.StreamInfo, error) {
+func streamInfo(t testing.TB, sys *system, agency string, name string) (*jetstream.StreamInfo, error) {
 	t.Helper()
 	stream, err := sys.JS[agency].Stream(testCtx(t), name)
 	if err != nil {
@@ -466,14 +466,14 @@ func streamInfo(t testing.TB, sys *system, agency throughcarev1.Agency, name str
 
 // waitInboxProcessed waits until agency's inbox consumer has finished with every message
 // its inbox holds.
-func waitInboxProcessed(t testing.TB, sys *system, agency throughcarev1.Agency) {
+func waitInboxProcessed(t testing.TB, sys *system, agency string) {
 	t.Helper()
 	eventually(t, 15*time.Second, func() (bool, string) {
 		info, err := streamInfo(t, sys, agency, eventbus.InboxStream(agency))
 		if err != nil {
 			return false, err.Error()
 		}
-		cons, err := sys.JS[agency].Consumer(testCtx(t), eventbus.InboxStream(agency), eventbus.Token(agency)+"-inbox")
+		cons, err := sys.JS[agency].Consumer(testCtx(t), eventbus.InboxStream(agency), agency+"-inbox")
 		if err != nil {
 			return false, err.Error()
 		}

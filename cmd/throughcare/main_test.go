@@ -24,7 +24,6 @@ import (
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/certs"
-	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/natstest"
 	"github.com/throughcare/throughcare/pkg/signing"
@@ -34,8 +33,7 @@ func testDevConfig(t *testing.T, dataDir string) devConfig {
 	t.Helper()
 	cfg, err := parseDevConfig([]string{
 		"--data-dir", dataDir, "--nats-port", "-1",
-		"--prison-addr", "127.0.0.1:0", "--probation-addr", "127.0.0.1:0", "--socialwork-addr", "127.0.0.1:0",
-		"--prison-health-addr", "127.0.0.1:0", "--probation-health-addr", "127.0.0.1:0", "--socialwork-health-addr", "127.0.0.1:0",
+		"--base-port", "0",
 	}, func(string) string { return "" }, &strings.Builder{})
 	if err != nil {
 		t.Fatalf("parse dev config: %v", err)
@@ -57,7 +55,7 @@ func dialPlain(t *testing.T, addr string) *grpc.ClientConn {
 // dialDev connects to a dev agency as its own system, with the certificate dev made.
 func dialDev(t *testing.T, sys *devSystem, a *agencyServer) *grpc.ClientConn {
 	t.Helper()
-	return dialAgency(t, a.Addr(), clientTLS(t, sys.certs, eventbus.Token(a.agency), a.agency))
+	return dialAgency(t, a.Addr(), clientTLS(t, sys.certs, a.agency, a.agency))
 }
 
 // TestDevServesAllAgenciesAndKeepsDataAcrossRestart runs the system the README's run
@@ -85,7 +83,7 @@ func TestDevServesAllAgenciesAndKeepsDataAcrossRestart(t *testing.T) {
 	for _, a := range sys.agencies {
 		resp, err := healthpb.NewHealthClient(dialDev(t, sys, a)).Check(ctx, &healthpb.HealthCheckRequest{})
 		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-			t.Fatalf("%s health: got %v, %v; want SERVING", eventbus.Token(a.agency), resp.GetStatus(), err)
+			t.Fatalf("%s health: got %v, %v; want SERVING", a.agency, resp.GetStatus(), err)
 		}
 	}
 	fingerprint := sys.certs.CAFingerprint()
@@ -161,8 +159,8 @@ func TestRunDevPrintsBannerAndStopsOnCancel(t *testing.T) {
 	var out syncBuffer
 	go func() {
 		done <- run(ctx, []string{"dev", "--data-dir", dir, "--nats-port", "-1", "--log-level", "warn",
-			"--prison-addr", "127.0.0.1:0", "--probation-addr", "127.0.0.1:0", "--socialwork-addr", "127.0.0.1:0",
-			"--prison-health-addr", "127.0.0.1:0", "--probation-health-addr", "127.0.0.1:0", "--socialwork-health-addr", "127.0.0.1:0"}, &out, func(string) string { return "" })
+			"--base-port", "0",
+		}, &out, func(string) string { return "" })
 	}()
 	deadline := time.Now().Add(30 * time.Second)
 	wantTry := "grpcurl -cacert " + filepath.Join(dir, "certs", "ca.pem") + " -cert " + filepath.Join(dir, "certs", "prison", "client.pem") +
@@ -199,7 +197,7 @@ func TestConfigFlagsWinOverEnvironmentOverDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatalf("parse: %v", err)
 	}
-	if cfg.Addr != ":8000" || cfg.NATSURL != "nats://env:4222" || cfg.Agency != throughcarev1.Agency_AGENCY_PROBATION || cfg.Replicas != 1 {
+	if cfg.Addr != ":8000" || cfg.NATSURL != "nats://env:4222" || cfg.Service != "probation" || cfg.Replicas != 1 {
 		t.Errorf("got %+v; want addr from flag, nats url and service from env, replicas default", cfg)
 	}
 	if cfg.TLSCA != "/etc/tc/ca.pem" || cfg.TLSCert != "/etc/tc/tls.crt" || cfg.TLSKey != "/etc/tc/tls.key" || cfg.GRPC.Insecure {
@@ -219,7 +217,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{[]string{"--service", "police"}, nil, "--service"},
+		{[]string{"--service", "Police"}, nil, "--service"},
 		{nil, map[string]string{"THROUGHCARE_SERVICE": "prison", "THROUGHCARE_REPLICAS": "many"}, "THROUGHCARE_REPLICAS"},
 		{[]string{"--service", "prison", "--replicas", "9"}, nil, "--replicas"},
 		{[]string{"--service", "prison"}, nil, "--tls-ca (THROUGHCARE_TLS_CA) is required"},
@@ -372,7 +370,7 @@ func TestCertsCommandMakesTheSetOnceAndShowsIt(t *testing.T) {
 			t.Fatalf("certs: %v", err)
 		}
 	}
-	b, err := certs.Ensure(filepath.Join(dir, "certs"), time.Now())
+	b, err := certs.Ensure(filepath.Join(dir, "certs"), allAgencies, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

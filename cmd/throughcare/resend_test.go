@@ -13,21 +13,21 @@ import (
 )
 
 // resendAfter tunes one agency's resend timeout for a test.
-func resendAfter(agency throughcarev1.Agency, d time.Duration) systemOption {
+func resendAfter(agency string, d time.Duration) systemOption {
 	return withConfig(agency, func(c *handover.Config) { c.ResendAfter = d })
 }
 
 // dropFromInbox waits until agency's inbox (its service stopped) holds an event that
 // match picks, then deletes every such message with the stream API, as if NATS had lost
 // it, and returns the event.
-func dropFromInbox(t *testing.T, sys *system, agency throughcarev1.Agency, match func(*throughcarev1.Event) bool) *throughcarev1.Event {
+func dropFromInbox(t *testing.T, sys *system, agency string, match func(*throughcarev1.Event) bool) *throughcarev1.Event {
 	t.Helper()
 	return inInbox(t, sys, agency, match, true)
 }
 
 // inInbox waits until agency's inbox holds an event that match picks and returns it; with
 // drop, it deletes every such message.
-func inInbox(t *testing.T, sys *system, agency throughcarev1.Agency, match func(*throughcarev1.Event) bool, drop bool) *throughcarev1.Event {
+func inInbox(t *testing.T, sys *system, agency string, match func(*throughcarev1.Event) bool, drop bool) *throughcarev1.Event {
 	t.Helper()
 	ctx := testCtx(t)
 	inbox, err := sys.JS[agency].Stream(ctx, eventbus.InboxStream(agency))
@@ -64,7 +64,7 @@ func inInbox(t *testing.T, sys *system, agency throughcarev1.Agency, match func(
 }
 
 // resentEntries are the RESENT entries of agency's ledger for eventID.
-func resentEntries(t *testing.T, sys *system, agency throughcarev1.Agency, eventID string) []*throughcarev1.Disclosure {
+func resentEntries(t *testing.T, sys *system, agency string, eventID string) []*throughcarev1.Disclosure {
 	t.Helper()
 	book, err := ledger.Open(testCtx(t), sys.JS[agency], agency, 1)
 	if err != nil {
@@ -80,7 +80,7 @@ func resentEntries(t *testing.T, sys *system, agency throughcarev1.Agency, event
 }
 
 // outboxHas reports whether agency's outbox holds a message on subject.
-func outboxHas(t *testing.T, sys *system, agency throughcarev1.Agency, subject string) bool {
+func outboxHas(t *testing.T, sys *system, agency string, subject string) bool {
 	t.Helper()
 	outbox, err := sys.JS[agency].Stream(testCtx(t), eventbus.OutboxStream(agency))
 	if err != nil {
@@ -225,7 +225,7 @@ func TestDuplicateResendChangesNothing(t *testing.T) {
 }
 
 // outboxEvent is the last event agency's outbox holds on subject.
-func outboxEvent(t *testing.T, sys *system, agency throughcarev1.Agency, subject string) *throughcarev1.Event {
+func outboxEvent(t *testing.T, sys *system, agency string, subject string) *throughcarev1.Event {
 	t.Helper()
 	outbox, err := sys.JS[agency].Stream(testCtx(t), eventbus.OutboxStream(agency))
 	if err != nil {

@@ -260,7 +260,7 @@ func (s *scaleBench) prefillOne(ctx context.Context, num int, kind prefillKind) 
 	}
 	var id string
 	err = scaleCall(ctx, false, func(ctx context.Context) error {
-		resp, err := s.sys.Prison.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: caseID, Recipient: probationAgency, Purpose: throughcarev1.Purpose_PURPOSE_SUPERVISION})
+		resp, err := s.sys.Cases[prisonAgency].ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: caseID, Recipient: probationAgency, Purpose: throughcarev1.Purpose_PURPOSE_SUPERVISION})
 		id = resp.GetHandover().GetHandoverId()
 		return err
 	})
@@ -549,7 +549,7 @@ func (s *scaleBench) measure(b *testing.B, size int, prefill time.Duration) {
 		}
 	})
 
-	checkDeadlines := func(agency throughcarev1.Agency) func(b *testing.B) {
+	checkDeadlines := func(agency string) func(b *testing.B) {
 		svc := s.sys.nodes[agency][0].srv.handovers
 		return func(b *testing.B) {
 			for range b.N {
@@ -652,7 +652,7 @@ func (s *scaleBench) middleToken(b *testing.B, client throughcarev1.HandoverServ
 func (s *scaleBench) referUntilDelivered(b *testing.B, caseID string) error {
 	ctx, cancel := callCtx(b)
 	defer cancel()
-	resp, err := s.sys.Prison.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: caseID, Recipient: probationAgency, Purpose: throughcarev1.Purpose_PURPOSE_SUPERVISION})
+	resp, err := s.sys.Cases[prisonAgency].ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: caseID, Recipient: probationAgency, Purpose: throughcarev1.Purpose_PURPOSE_SUPERVISION})
 	if err != nil {
 		return fmt.Errorf("refer %s: %w", caseID, err)
 	}

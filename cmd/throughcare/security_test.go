@@ -31,7 +31,6 @@ import (
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/certs"
-	"github.com/throughcare/throughcare/pkg/eventbus"
 )
 
 // dialOnce connects with creds and fails calls at once when the connection cannot be
@@ -120,7 +119,7 @@ func TestAPI2BrokenAuthenticationIsRefused(t *testing.T) {
 		// Authentication comes before validation: a stranger learns nothing of the
 		// request's shape, not even that this one is invalid.
 		{"our CA but no throughcare identity, invalid request", credentials.NewTLS(withCert(t, sys.Certs, issue(t, ca, "spiffe://elsewhere/agency/prison", now.Add(-time.Hour), now.Add(time.Hour)))), &throughcarev1.OpenReleaseCaseRequest{}, codes.Unauthenticated, "names no throughcare identity"},
-		{"probation's valid certificate", credentials.NewTLS(clientTLS(t, sys.Certs, "probation", prisonAgency)), validOpen(), codes.PermissionDenied, "this is the prison's service; the calling certificate is probation's"},
+		{"probation's valid certificate", credentials.NewTLS(clientTLS(t, sys.Certs, "probation", prisonAgency)), validOpen(), codes.PermissionDenied, "this is prison's service; the calling certificate is probation's"},
 		{"the operator's valid certificate", credentials.NewTLS(clientTLS(t, sys.Certs, certs.Operator, prisonAgency)), validOpen(), codes.PermissionDenied, "operator"},
 		{"the prison's own certificate", credentials.NewTLS(clientTLS(t, sys.Certs, "prison", prisonAgency)), validOpen(), codes.OK, ""},
 	}
@@ -392,7 +391,7 @@ func TestHealthPortServesHealthAloneInPlaintext(t *testing.T) {
 		for _, service := range []string{"", "throughcare.v1.HandoverService"} {
 			resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: service})
 			if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-				t.Errorf("%s health of %q on %s: got %v, %v; want SERVING", eventbus.Token(a.agency), service, a.HealthAddr(), resp.GetStatus(), err)
+				t.Errorf("%s health of %q on %s: got %v, %v; want SERVING", a.agency, service, a.HealthAddr(), resp.GetStatus(), err)
 			}
 		}
 	}

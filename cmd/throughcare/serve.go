@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -44,7 +45,10 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		return err
 	}
 	log.Info("sharing protocol", zap.String("protocol_id", sharing.ID()), zap.Uint32("version", sharing.Version()))
-	key, keyring, err := cfg.Handover.loadSigning(cfg.Agency)
+	if !sharing.Agencies().Has(cfg.Service) {
+		return fmt.Errorf("--service %q: not among the protocol's agencies (%s)", cfg.Service, strings.Join(sharing.Agencies().IDs(), ", "))
+	}
+	key, keyring, err := cfg.Handover.loadSigning(cfg.Service)
 	if err != nil {
 		return err
 	}
@@ -54,11 +58,11 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", zap.Error(err)) }),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", zap.String("url", redactURLs(c.ConnectedUrl()))) }),
 	}
-	hc := cfg.Handover.handoverConfig(cfg.Agency, sharing, cfg.Replicas)
+	hc := cfg.Handover.handoverConfig(cfg.Service, sharing, cfg.Replicas)
 	hc.SigningKey, hc.Keyring = key, keyring
 	hc.PersonKey = personKey
 	if cfg.NATSSeed != "" {
-		auth, err := natsserver.AgencyConnectOptions(cfg.Agency, cfg.NATSSeed)
+		auth, err := natsserver.AgencyConnectOptions(cfg.Service, cfg.NATSSeed)
 		if err != nil {
 			return err
 		}

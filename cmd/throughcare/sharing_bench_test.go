@@ -67,7 +67,7 @@ type noEnforcement struct{ *protocol.Protocol }
 
 var _ handover.Policy = noEnforcement{}
 
-func (p noEnforcement) Enforce(_ proto.Message, sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose, _ []*throughcarev1.Consent) (protocol.Report, error) {
+func (p noEnforcement) Enforce(_ proto.Message, sender, recipient string, purpose throughcarev1.Purpose, _ []*throughcarev1.Consent) (protocol.Report, error) {
 	rule, err := p.RuleFor(sender, recipient, purpose)
 	if err != nil {
 		return protocol.Report{}, err
@@ -75,6 +75,6 @@ func (p noEnforcement) Enforce(_ proto.Message, sender, recipient throughcarev1.
 	return protocol.Report{Rule: rule}, nil
 }
 
-func (noEnforcement) Check(proto.Message, throughcarev1.Agency, throughcarev1.Agency, throughcarev1.Purpose, []*throughcarev1.Consent) ([]throughcarev1.DataCategory, error) {
+func (noEnforcement) Check(proto.Message, string, string, throughcarev1.Purpose, []*throughcarev1.Consent) ([]throughcarev1.DataCategory, error) {
 	return nil, nil
 }

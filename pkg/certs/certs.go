@@ -46,14 +46,10 @@ const (
 	backdate = 5 * time.Minute
 )
 
-// Agencies are the agencies a Bundle holds certificates for, by the names that
-// `throughcare serve --service` takes.
-func Agencies() []string { return []string{"prison", "probation", "socialwork"} }
-
 // AgencyURI is the identity of agency's own system.
 func AgencyURI(agency string) string { return AgencyURIPrefix + agency }
 
-func isAgency(name string) bool { return slices.Contains(Agencies(), name) }
+func (b *Bundle) isAgency(name string) bool { return slices.Contains(b.agencies, name) }
 
 // serverHosts are the names an agency's server answers to: on a laptop, in a compose file
 // and in a cluster namespace.
@@ -83,15 +79,20 @@ type leaf struct {
 	issue func(ca *CA, now time.Time) (tls.Certificate, error)
 }
 
-func leaves() []leaf {
+// agencyLeaves are the certificates of one agency: its server's, and its own system's.
+func agencyLeaves(agency string) []leaf {
+	return []leaf{
+		{files: serverFiles(agency), usage: x509.ExtKeyUsageServerAuth, issue: func(ca *CA, now time.Time) (tls.Certificate, error) {
+			return ca.IssueServer(serverHosts(agency), now.Add(-backdate), now.AddDate(leafYears, 0, 0))
+		}},
+		clientLeaf(agency, AgencyURI(agency)),
+	}
+}
+
+func leaves(agencies []string) []leaf {
 	var all []leaf
-	for _, agency := range Agencies() {
-		all = append(all,
-			leaf{files: serverFiles(agency), usage: x509.ExtKeyUsageServerAuth, issue: func(ca *CA, now time.Time) (tls.Certificate, error) {
-				return ca.IssueServer(serverHosts(agency), now.Add(-backdate), now.AddDate(leafYears, 0, 0))
-			}},
-			clientLeaf(agency, AgencyURI(agency)),
-		)
+	for _, agency := range agencies {
+		all = append(all, agencyLeaves(agency)...)
 	}
 	return append(all, clientLeaf(Operator, OperatorURI))
 }
@@ -104,16 +105,40 @@ func clientLeaf(identity, uri string) leaf {
 
 // Bundle is a complete local PKI on disk.
 type Bundle struct {
-	dir string
-	ca  *x509.Certificate
+	dir      string
+	ca       *x509.Certificate
+	agencies []string
 }
 
-// Ensure loads the set in dir, or creates it when dir holds none of it. It never overwrites
-// a file: a partial set is an error naming what is missing, because a new CA would make
-// every certificate already handed out worthless. A loaded set must be valid at now.
-func Ensure(dir string, now time.Time) (*Bundle, error) {
-	var present, missing []string
-	for _, files := range append([]pairFiles{caFiles()}, leafFiles()...) {
+// Ensure loads the set for agencies in dir, or creates it when dir holds none of it. An
+// agency with none of its files yet (one that joined) gets them from the CA in dir. It
+// never overwrites a file: any other partial set is an error naming what is missing,
+// because a new CA would make every certificate already handed out worthless. A loaded set
+// must be valid at now.
+func Ensure(dir string, agencies []string, now time.Time) (*Bundle, error) {
+	var (
+		ca  *CA
+		err error
+	)
+	present, missing, err := inventory(dir, append([]pairFiles{caFiles()}, leafFiles(leaves(agencies))...))
+	switch {
+	case err != nil:
+	case len(missing) == 0:
+		ca, err = load(dir, agencies, now)
+	case len(present) == 0:
+		ca, err = create(dir, leaves(agencies), now)
+	default:
+		ca, err = join(dir, agencies, now)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("certs in %s: %w", dir, err)
+	}
+	return &Bundle{dir: dir, ca: ca.cert, agencies: slices.Clone(agencies)}, nil
+}
+
+// inventory sorts the files of pairs into those in dir and those not.
+func inventory(dir string, pairs []pairFiles) (present, missing []string, err error) {
+	for _, files := range pairs {
 		for _, name := range []string{files.cert, files.key} {
 			_, err := os.Stat(filepath.Join(dir, name))
 			switch {
@@ -122,45 +147,64 @@ func Ensure(dir string, now time.Time) (*Bundle, error) {
 			case errors.Is(err, fs.ErrNotExist):
 				missing = append(missing, name)
 			default:
-				return nil, fmt.Errorf("certs in %s: %w", dir, err)
+				return nil, nil, err
 			}
 		}
 	}
-	var (
-		ca  *CA
-		err error
-	)
-	switch {
-	case len(missing) == 0:
-		ca, err = load(dir, now)
-	case len(present) == 0:
-		ca, err = create(dir, now)
-	default:
-		return nil, fmt.Errorf("certs in %s: incomplete set, missing %s; restore them, or move the directory away to issue a new set (certificates from the old one will then be refused)", dir, strings.Join(missing, ", "))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("certs in %s: %w", dir, err)
-	}
-	return &Bundle{dir: dir, ca: ca.cert}, nil
+	return present, missing, nil
 }
 
-func leafFiles() []pairFiles {
-	var files []pairFiles
-	for _, l := range leaves() {
-		files = append(files, l.files)
+// join issues the certificates of every agency that has none yet from the CA in dir, then
+// loads the set. Anything else missing is an incomplete set.
+func join(dir string, agencies []string, now time.Time) (*CA, error) {
+	var joining []leaf
+	var incomplete []string
+	for _, agency := range agencies {
+		present, missing, err := inventory(dir, leafFiles(agencyLeaves(agency)))
+		if err != nil {
+			return nil, err
+		}
+		if len(present) == 0 {
+			joining = append(joining, agencyLeaves(agency)...)
+		} else {
+			incomplete = append(incomplete, missing...)
+		}
+	}
+	_, missing, err := inventory(dir, []pairFiles{caFiles(), clientFiles(Operator)})
+	if err != nil {
+		return nil, err
+	}
+	incomplete = append(missing, incomplete...)
+	if len(incomplete) > 0 {
+		return nil, fmt.Errorf("incomplete set, missing %s; restore them, or move the directory away to issue a new set (certificates from the old one will then be refused)", strings.Join(incomplete, ", "))
+	}
+	ca, err := LoadCA(filepath.Join(dir, caFiles().cert), filepath.Join(dir, caFiles().key))
+	if err != nil {
+		return nil, err
+	}
+	if err := write(dir, ca, joining, now); err != nil {
+		return nil, err
+	}
+	return load(dir, agencies, now)
+}
+
+func leafFiles(ls []leaf) []pairFiles {
+	files := make([]pairFiles, len(ls))
+	for i, l := range ls {
+		files[i] = l.files
 	}
 	return files
 }
 
 // load reads the set and checks that every pair matches, chains to the CA for its use,
 // is valid at now, and that each client certificate names the identity its place says.
-func load(dir string, now time.Time) (*CA, error) {
+func load(dir string, agencies []string, now time.Time) (*CA, error) {
 	ca, err := LoadCA(filepath.Join(dir, caFiles().cert), filepath.Join(dir, caFiles().key))
 	if err != nil {
 		return nil, err
 	}
 	roots := ca.Pool()
-	for _, l := range leaves() {
+	for _, l := range leaves(agencies) {
 		pair, err := tls.LoadX509KeyPair(filepath.Join(dir, l.files.cert), filepath.Join(dir, l.files.key))
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", l.files.cert, err)
@@ -176,26 +220,33 @@ func load(dir string, now time.Time) (*CA, error) {
 	return ca, nil
 }
 
-// create issues the whole set before writing any of it, so that a failure to issue leaves
-// no files behind; a failure to write removes what this call wrote.
-func create(dir string, now time.Time) (ca *CA, err error) {
-	ca, err = NewCA(localCAName, now)
+// create makes a CA and issues every leaf from it.
+func create(dir string, ls []leaf, now time.Time) (*CA, error) {
+	ca, err := NewCA(localCAName, now)
 	if err != nil {
 		return nil, err
 	}
-	type issued struct {
-		files pairFiles
-		cert  tls.Certificate
+	if err := write(dir, ca, ls, now, issued{files: caFiles(), cert: ca.pair()}); err != nil {
+		return nil, err
 	}
-	set := []issued{{files: caFiles(), cert: ca.pair()}}
-	for _, l := range leaves() {
+	return ca, nil
+}
+
+type issued struct {
+	files pairFiles
+	cert  tls.Certificate
+}
+
+// write issues ls from ca before writing any of it (after the pairs given), so that a
+// failure to issue leaves no files behind; a failure to write removes what this call wrote.
+func write(dir string, ca *CA, ls []leaf, now time.Time, set ...issued) (err error) {
+	for _, l := range ls {
 		cert, err := l.issue(ca, now)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", l.files.cert, err)
+			return fmt.Errorf("%s: %w", l.files.cert, err)
 		}
 		set = append(set, issued{files: l.files, cert: cert})
 	}
-
 	var written []string
 	defer func() {
 		if err != nil {
@@ -207,7 +258,7 @@ func create(dir string, now time.Time) (ca *CA, err error) {
 	for _, pair := range set {
 		certPEM, keyPEM, err := encodePEM(pair.cert)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", pair.files.key, err)
+			return fmt.Errorf("%s: %w", pair.files.key, err)
 		}
 		for _, file := range []struct {
 			name string
@@ -216,12 +267,12 @@ func create(dir string, now time.Time) (ca *CA, err error) {
 		}{{pair.files.cert, certPEM, 0o644}, {pair.files.key, keyPEM, 0o600}} {
 			path := filepath.Join(dir, file.name)
 			if err := writeNew(path, file.data, file.perm); err != nil {
-				return nil, err
+				return err
 			}
 			written = append(written, path)
 		}
 	}
-	return ca, nil
+	return nil
 }
 
 // writeNew writes a file that must not exist yet, in a directory only its owner may enter.
@@ -278,8 +329,8 @@ func (b *Bundle) CAFingerprint() string {
 // ServerTLS is the TLS configuration of agency's server: it requires a client certificate
 // from the bundle's CA.
 func (b *Bundle) ServerTLS(agency string) (*tls.Config, error) {
-	if !isAgency(agency) {
-		return nil, fmt.Errorf("server TLS: unknown agency %q (want one of %s)", agency, strings.Join(Agencies(), ", "))
+	if !b.isAgency(agency) {
+		return nil, fmt.Errorf("server TLS: unknown agency %q (want one of %s)", agency, strings.Join(b.agencies, ", "))
 	}
 	certFile, keyFile := b.ServerFiles(agency)
 	return LoadServerTLS(b.CAFile(), certFile, keyFile)
@@ -291,12 +342,12 @@ func (b *Bundle) ServerTLS(agency string) (*tls.Config, error) {
 func (b *Bundle) ClientTLS(identity string) (*tls.Config, error) {
 	var serverName string
 	switch {
-	case isAgency(identity):
+	case b.isAgency(identity):
 		serverName = identity
 	case identity == Operator:
 		serverName = "localhost"
 	default:
-		return nil, fmt.Errorf("client TLS: unknown identity %q (want one of %s or %s)", identity, strings.Join(Agencies(), ", "), Operator)
+		return nil, fmt.Errorf("client TLS: unknown identity %q (want one of %s or %s)", identity, strings.Join(b.agencies, ", "), Operator)
 	}
 	certFile, keyFile := b.ClientFiles(identity)
 	return LoadClientTLS(b.CAFile(), certFile, keyFile, serverName)

@@ -18,12 +18,15 @@ import (
 	"github.com/throughcare/throughcare/pkg/certs"
 )
 
+// testAgencies are the default protocol's agencies.
+var testAgencies = []string{"prison", "probation", "socialwork"}
+
 // now has no sub-second part: certificates keep whole seconds only.
 func now() time.Time { return time.Now().UTC().Truncate(time.Second) }
 
 func ensure(t *testing.T, dir string, at time.Time) *certs.Bundle {
 	t.Helper()
-	b, err := certs.Ensure(dir, at)
+	b, err := certs.Ensure(dir, testAgencies, at)
 	if err != nil {
 		t.Fatalf("Ensure: %v", err)
 	}
@@ -49,7 +52,7 @@ func readCert(t *testing.T, path string) *x509.Certificate {
 
 func setFiles(b *certs.Bundle) []string {
 	files := []string{b.CAFile(), b.CAKeyFile()}
-	for _, agency := range certs.Agencies() {
+	for _, agency := range testAgencies {
 		cert, key := b.ServerFiles(agency)
 		files = append(files, cert, key)
 		cert, key = b.ClientFiles(agency)
@@ -96,7 +99,7 @@ func TestEnsureCreatesSet(t *testing.T) {
 		t.Errorf("CA expires %v, want %v", ca.NotAfter, want)
 	}
 
-	for _, agency := range certs.Agencies() {
+	for _, agency := range testAgencies {
 		certFile, _ := b.ServerFiles(agency)
 		server := readCert(t, certFile)
 		if want := []string{"localhost", agency, agency + ".throughcare"}; !slices.Equal(server.DNSNames, want) {
@@ -170,6 +173,7 @@ func TestEnsureRefusesPartialSet(t *testing.T) {
 		{"CA key", []string{"ca-key.pem"}},
 		{"one client certificate", []string{filepath.Join("probation", "client.pem")}},
 		{"the operator", []string{filepath.Join("operator", "client.pem"), filepath.Join("operator", "client-key.pem")}},
+		// Every agency could join from the CA, but the operator's certificate is gone.
 		{"everything but the CA", everythingBut(t, "ca.pem", "ca-key.pem")},
 	}
 	for _, tt := range tests {
@@ -186,12 +190,12 @@ func TestEnsureRefusesPartialSet(t *testing.T) {
 				}
 			}
 
-			_, err = certs.Ensure(dir, now())
+			_, err = certs.Ensure(dir, testAgencies, now())
 			if err == nil {
 				t.Fatal("Ensure of a partial set: got no error")
 			}
 			for _, name := range tt.remove {
-				if !strings.Contains(err.Error(), name) {
+				if !strings.Contains(err.Error(), name) && (tt.name != "everything but the CA" || strings.HasPrefix(name, "operator")) {
 					t.Errorf("error %q does not name missing %s", err, name)
 				}
 				if _, statErr := os.Stat(filepath.Join(dir, name)); statErr == nil {
@@ -206,6 +210,34 @@ func TestEnsureRefusesPartialSet(t *testing.T) {
 				t.Error("ca.pem changed")
 			}
 		})
+	}
+}
+
+// An agency with none of its files yet joins: Ensure issues them from the CA it has.
+func TestEnsureIssuesAJoiningAgencyFromTheSameCA(t *testing.T) {
+	dir := t.TempDir()
+	ensure(t, dir, now())
+	caBefore, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := certs.Ensure(dir, append(slices.Clone(testAgencies), "pcve"), now())
+	if err != nil {
+		t.Fatalf("Ensure with a joining agency: %v", err)
+	}
+	caAfter, _ := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if !bytes.Equal(caAfter, caBefore) {
+		t.Error("ca.pem changed")
+	}
+	if _, err := b.ServerTLS("pcve"); err != nil {
+		t.Errorf("server TLS of the joining agency: %v", err)
+	}
+	if _, err := b.ClientTLS("pcve"); err != nil {
+		t.Errorf("client TLS of the joining agency: %v", err)
+	}
+	// Loaded again, the set with the new agency verifies against the same CA.
+	if _, err := certs.Ensure(dir, append(slices.Clone(testAgencies), "pcve"), now()); err != nil {
+		t.Errorf("Ensure again: %v", err)
 	}
 }
 
@@ -231,7 +263,7 @@ func TestEnsureRefusesUnusableSet(t *testing.T) {
 		dir := t.TempDir()
 		at := now()
 		ensure(t, dir, at)
-		_, err := certs.Ensure(dir, at.AddDate(3, 0, 0))
+		_, err := certs.Ensure(dir, testAgencies, at.AddDate(3, 0, 0))
 		if err == nil || !strings.Contains(err.Error(), "expired") {
 			t.Fatalf("Ensure three years on: got %v, want an error saying the set expired", err)
 		}
@@ -243,7 +275,7 @@ func TestEnsureRefusesUnusableSet(t *testing.T) {
 		prisonCert, prisonKey := b.ClientFiles("prison")
 		copyFile(t, probationCert, prisonCert)
 		copyFile(t, probationKey, prisonKey)
-		_, err := certs.Ensure(dir, now())
+		_, err := certs.Ensure(dir, testAgencies, now())
 		if err == nil || !strings.Contains(err.Error(), "spiffe://throughcare/agency/prison") {
 			t.Fatalf("Ensure with probation's certificate as prison's: got %v, want an error naming prison's identity", err)
 		}
@@ -254,7 +286,7 @@ func TestEnsureRefusesUnusableSet(t *testing.T) {
 		other := ensure(t, t.TempDir(), now())
 		copyFile(t, other.CAFile(), b.CAFile())
 		copyFile(t, other.CAKeyFile(), b.CAKeyFile())
-		if _, err := certs.Ensure(dir, now()); err == nil {
+		if _, err := certs.Ensure(dir, testAgencies, now()); err == nil {
 			t.Fatal("Ensure with another CA: got no error")
 		}
 	})

@@ -9,30 +9,29 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
-	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 	"github.com/throughcare/throughcare/pkg/natstest"
 )
 
 // agencyBus is every agency's streams, each set up in its own account with its own user.
-func agencyBus(t *testing.T, tune ...func(*natsserver.Config)) (*natstest.AgencyServer, map[throughcarev1.Agency]jetstream.JetStream) {
+func agencyBus(t *testing.T, tune ...func(*natsserver.Config)) (*natstest.AgencyServer, map[string]jetstream.JetStream) {
 	t.Helper()
 	srv := natstest.StartWithAgencies(t, tune...)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	js := map[throughcarev1.Agency]jetstream.JetStream{}
+	js := map[string]jetstream.JetStream{}
 	// Every outbox first, as dev does: a source that starts on a missing stream is
 	// retried only after 12s.
-	for _, a := range eventbus.Agencies {
+	for _, a := range testAgencies.IDs() {
 		js[a] = srv.JetStreamAs(t, a)
 		if err := eventbus.SetupOutbox(ctx, js[a], a, eventbus.DefaultLimits); err != nil {
-			t.Fatalf("outbox %s: %v", eventbus.Token(a), err)
+			t.Fatalf("outbox %s: %v", a, err)
 		}
 	}
-	for _, a := range eventbus.Agencies {
-		if err := eventbus.SetupTopology(ctx, js[a], a, eventbus.DefaultLimits, eventbus.AccountPerAgency); err != nil {
-			t.Fatalf("setup %s: %v", eventbus.Token(a), err)
+	for _, a := range testAgencies.IDs() {
+		if err := eventbus.SetupTopology(ctx, js[a], a, testAgencies.Peers(a), eventbus.DefaultLimits, eventbus.AccountPerAgency); err != nil {
+			t.Fatalf("setup %s: %v", a, err)
 		}
 	}
 	return srv, js
@@ -67,7 +66,7 @@ func TestAcrossAccountsEventReachesOnlyItsRecipient(t *testing.T) {
 	}
 }
 
-func eventReachesOnlyItsRecipient(t *testing.T, js map[throughcarev1.Agency]jetstream.JetStream) {
+func eventReachesOnlyItsRecipient(t *testing.T, js map[string]jetstream.JetStream) {
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 
@@ -112,7 +111,7 @@ func eventReachesOnlyItsRecipient(t *testing.T, js map[throughcarev1.Agency]jets
 
 func TestAcrossAccountsSourcesReportActive(t *testing.T) {
 	_, js := agencyBus(t)
-	for _, a := range eventbus.Agencies {
+	for _, a := range testAgencies.IDs() {
 		eventuallyTrue(t, 10*time.Second, func() (bool, string) {
 			sts, err := eventbus.InboxSources(t.Context(), js[a], a)
 			if err != nil {

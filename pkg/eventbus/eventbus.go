@@ -24,45 +24,16 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/agency"
 )
 
-// Agencies are every party of the protocol, in a fixed order.
-var Agencies = []throughcarev1.Agency{
-	throughcarev1.Agency_AGENCY_PRISON,
-	throughcarev1.Agency_AGENCY_PROBATION,
-	throughcarev1.Agency_AGENCY_SOCIAL_WORK,
-}
-
-// Token is the agency as a subject token, stream-name part and log value.
-func Token(a throughcarev1.Agency) string {
-	switch a {
-	case throughcarev1.Agency_AGENCY_PRISON:
-		return "prison"
-	case throughcarev1.Agency_AGENCY_PROBATION:
-		return "probation"
-	case throughcarev1.Agency_AGENCY_SOCIAL_WORK:
-		return "socialwork"
-	}
-	return ""
-}
-
-// AgencyOf is the agency a token names, the inverse of Token.
-func AgencyOf(token string) (throughcarev1.Agency, bool) {
-	for _, a := range Agencies {
-		if Token(a) == token {
-			return a, true
-		}
-	}
-	return throughcarev1.Agency_AGENCY_UNSPECIFIED, false
-}
-
 // OutboxStream and InboxStream name an agency's streams.
-func OutboxStream(a throughcarev1.Agency) string { return "OUTBOX_" + strings.ToUpper(Token(a)) }
-func InboxStream(a throughcarev1.Agency) string  { return "INBOX_" + strings.ToUpper(Token(a)) }
+func OutboxStream(a string) string { return "OUTBOX_" + strings.ToUpper(a) }
+func InboxStream(a string) string  { return "INBOX_" + strings.ToUpper(a) }
 
 // outboxFilter is every event source sends to recipient.
-func outboxFilter(source, recipient throughcarev1.Agency) string {
-	return "tc." + Token(source) + ".out." + Token(recipient) + ".>"
+func outboxFilter(source, recipient string) string {
+	return "tc." + source + ".out." + recipient + ".>"
 }
 
 func typeToken(t throughcarev1.EventType) string {
@@ -71,8 +42,8 @@ func typeToken(t throughcarev1.EventType) string {
 
 // Subject is where ev is published. It refuses an event whose routing fields are unset.
 func Subject(ev *throughcarev1.Event) (string, error) {
-	src, dst := Token(ev.GetSource()), Token(ev.GetRecipient())
-	if src == "" || dst == "" || src == dst {
+	src, dst := ev.GetSource(), ev.GetRecipient()
+	if !agency.ValidID(src) || !agency.ValidID(dst) || src == dst {
 		return "", fmt.Errorf("event %s: source %s and recipient %s must be two different agencies", ev.GetEventId(), ev.GetSource(), ev.GetRecipient())
 	}
 	if _, known := throughcarev1.EventType_name[int32(ev.GetType())]; !known || ev.GetType() == throughcarev1.EventType_EVENT_TYPE_UNSPECIFIED {
@@ -123,8 +94,8 @@ type ExternalSource struct {
 }
 
 // External names the subjects through which recipient's inbox sources source's outbox.
-func External(source, recipient throughcarev1.Agency) ExternalSource {
-	src, dst := Token(source), Token(recipient)
+func External(source, recipient string) ExternalSource {
+	src, dst := source, recipient
 	create := "CONSUMER.CREATE." + OutboxStream(source) + ".*." + outboxFilter(source, recipient)
 	return ExternalSource{
 		APIPrefix:              "$JS." + src + ".API",
@@ -135,23 +106,24 @@ func External(source, recipient throughcarev1.Agency) ExternalSource {
 }
 
 // Setup creates or updates the agency's outbox and inbox, with every agency in one
-// account. The inbox sources the other agencies' outboxes even before they exist, but the
+// account. The inbox sources the outboxes of its peers (the agencies a protocol rule links
+// it with, agency.Registry.Peers) even before they exist, but the
 // server then retries a missing one only after 12s, backing off by 10s a failure up to 2
 // minutes: where one process starts several agencies, SetupOutbox them all first. What
 // such an outbox stores meanwhile is delayed, not lost (see OptStartSeq below).
-func Setup(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits) error {
-	return SetupTopology(ctx, js, agency, limits, SharedAccount)
+func Setup(ctx context.Context, js jetstream.JetStream, id string, peers []string, limits Limits) error {
+	return SetupTopology(ctx, js, id, peers, limits, SharedAccount)
 }
 
 // SetupTopology is Setup for the given topology: with AccountPerAgency the inbox sources
 // each other agency's outbox through its imports (External).
-func SetupTopology(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits, topology Topology) error {
-	if err := SetupOutbox(ctx, js, agency, limits); err != nil {
+func SetupTopology(ctx context.Context, js jetstream.JetStream, id string, peers []string, limits Limits, topology Topology) error {
+	if err := SetupOutbox(ctx, js, id, limits); err != nil {
 		return err
 	}
 	inbox := jetstream.StreamConfig{
-		Name:        InboxStream(agency),
-		Description: "events other agencies send to " + Token(agency),
+		Name:        InboxStream(id),
+		Description: "events other agencies send to " + id,
 		Storage:     jetstream.FileStorage,
 		// A work queue forgets a message once it is handled (stored, or refused and
 		// dead-lettered): the inbox keeps nothing the agency was told to forget or
@@ -162,8 +134,8 @@ func SetupTopology(ctx context.Context, js jetstream.JetStream, agency throughca
 		MaxAge:    limits.MaxAge,
 		Replicas:  limits.Replicas,
 	}
-	for _, other := range Agencies {
-		if other != agency {
+	for _, peer := range peers {
+		if peer != id {
 			// OptStartSeq 1: a source the inbox has no sequence for yet (it never
 			// delivered, or the server restarted before it did) starts at the beginning
 			// of the outbox. Without it nats-server starts such a source at the time of
@@ -173,9 +145,9 @@ func SetupTopology(ctx context.Context, js jetstream.JetStream, agency throughca
 			// (trySetupSourceConsumer, server/stream.go). A source that has delivered
 			// resumes after its last sequence, which the inbox keeps even when the
 			// messages are gone, so this replays nothing.
-			src := &jetstream.StreamSource{Name: OutboxStream(other), FilterSubject: outboxFilter(other, agency), OptStartSeq: 1}
+			src := &jetstream.StreamSource{Name: OutboxStream(peer), FilterSubject: outboxFilter(peer, id), OptStartSeq: 1}
 			if topology == AccountPerAgency {
-				ext := External(other, agency)
+				ext := External(peer, id)
 				src.External = &jetstream.ExternalStream{APIPrefix: ext.APIPrefix, DeliverPrefix: ext.DeliverPrefix}
 			}
 			inbox.Sources = append(inbox.Sources, src)
@@ -188,11 +160,11 @@ func SetupTopology(ctx context.Context, js jetstream.JetStream, agency throughca
 }
 
 // SetupOutbox creates or updates the stream the agency publishes its events to.
-func SetupOutbox(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, limits Limits) error {
+func SetupOutbox(ctx context.Context, js jetstream.JetStream, id string, limits Limits) error {
 	outbox := jetstream.StreamConfig{
-		Name:        OutboxStream(agency),
-		Description: "events " + Token(agency) + " sends to other agencies",
-		Subjects:    []string{"tc." + Token(agency) + ".out.>"},
+		Name:        OutboxStream(id),
+		Description: "events " + id + " sends to other agencies",
+		Subjects:    []string{"tc." + id + ".out.>"},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardNew,
@@ -234,7 +206,7 @@ func Encode(ev *throughcarev1.Event) (*nats.Msg, error) {
 	msg.Header.Set(jetstream.MsgIDHeader, ev.GetEventId())
 	msg.Header.Set(headerSpecVersion, "1.0")
 	msg.Header.Set(headerID, ev.GetEventId())
-	msg.Header.Set(headerSource, "throughcare/"+Token(ev.GetSource()))
+	msg.Header.Set(headerSource, "throughcare/"+ev.GetSource())
 	msg.Header.Set(headerType, "throughcare.v1."+typeToken(ev.GetType()))
 	msg.Header.Set(headerTime, ev.GetOccurredAt().AsTime().UTC().Format(time.RFC3339Nano))
 	msg.Header.Set(headerSubject, ev.GetCaseId())

@@ -15,12 +15,16 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natstest"
+	"github.com/throughcare/throughcare/pkg/protocol"
 )
 
+// testAgencies are the default protocol's agencies.
+var testAgencies = protocol.Default().Agencies()
+
 const (
-	prison     = throughcarev1.Agency_AGENCY_PRISON
-	probation  = throughcarev1.Agency_AGENCY_PROBATION
-	socialWork = throughcarev1.Agency_AGENCY_SOCIAL_WORK
+	prison     = "prison"
+	probation  = "probation"
+	socialWork = "socialwork"
 )
 
 // referral is a well-formed referral event from the prison to probation.
@@ -50,9 +54,9 @@ func TestSubjectNamesSourceRecipientAndType(t *testing.T) {
 		throughcarev1.EventType_EVENT_TYPE_RELEASE_RECORDED:     "release_recorded",
 		throughcarev1.EventType_EVENT_TYPE_PLAN_SHARED:          "plan_shared",
 	}
-	tokens := map[throughcarev1.Agency]string{prison: "prison", probation: "probation", socialWork: "socialwork"}
-	for _, src := range eventbus.Agencies {
-		for _, dst := range eventbus.Agencies {
+	tokens := map[string]string{prison: "prison", probation: "probation", socialWork: "socialwork"}
+	for _, src := range testAgencies.IDs() {
+		for _, dst := range testAgencies.IDs() {
 			if src == dst {
 				continue
 			}
@@ -72,15 +76,15 @@ func TestSubjectRefusesEqualOrUnknownAgenciesAndTypes(t *testing.T) {
 	referred := throughcarev1.EventType_EVENT_TYPE_HANDOVER_REFERRED
 	for _, tc := range []struct {
 		name     string
-		src, dst throughcarev1.Agency
+		src, dst string
 		typ      throughcarev1.EventType
 	}{
 		{"same agency", prison, prison, referred},
 		{"same agency social work", socialWork, socialWork, referred},
-		{"unset source", throughcarev1.Agency_AGENCY_UNSPECIFIED, probation, referred},
-		{"unset recipient", prison, throughcarev1.Agency_AGENCY_UNSPECIFIED, referred},
-		{"unknown source", throughcarev1.Agency(42), probation, referred},
-		{"unknown recipient", prison, throughcarev1.Agency(42), referred},
+		{"unset source", "", probation, referred},
+		{"unset recipient", prison, "", referred},
+		{"malformed source", "Prison", probation, referred},
+		{"malformed recipient", prison, "social_work", referred},
 		{"unset type", prison, probation, throughcarev1.EventType_EVENT_TYPE_UNSPECIFIED},
 		{"unknown type", prison, probation, throughcarev1.EventType(42)},
 	} {
@@ -95,7 +99,7 @@ func TestSubjectRefusesEqualOrUnknownAgenciesAndTypes(t *testing.T) {
 }
 
 func TestStreamNames(t *testing.T) {
-	for agency, want := range map[throughcarev1.Agency][2]string{
+	for agency, want := range map[string][2]string{
 		prison:     {"OUTBOX_PRISON", "INBOX_PRISON"},
 		probation:  {"OUTBOX_PROBATION", "INBOX_PROBATION"},
 		socialWork: {"OUTBOX_SOCIALWORK", "INBOX_SOCIALWORK"},
@@ -243,13 +247,13 @@ func TestPublishRoutesToTheRecipientsInboxOnce(t *testing.T) {
 	ns := natstest.Start(t)
 	js := ns.JetStream(t)
 	ctx := t.Context()
-	for _, a := range eventbus.Agencies {
-		if err := eventbus.Setup(ctx, js, a, eventbus.DefaultLimits); err != nil {
+	for _, a := range testAgencies.IDs() {
+		if err := eventbus.Setup(ctx, js, a, testAgencies.Peers(a), eventbus.DefaultLimits); err != nil {
 			t.Fatalf("Setup %s: %v", a, err)
 		}
 	}
 	// Setting up again changes nothing.
-	if err := eventbus.Setup(ctx, js, probation, eventbus.DefaultLimits); err != nil {
+	if err := eventbus.Setup(ctx, js, probation, testAgencies.Peers(probation), eventbus.DefaultLimits); err != nil {
 		t.Fatalf("Setup again: %v", err)
 	}
 	ev := referral()

@@ -8,7 +8,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natstest"
 )
@@ -27,14 +26,14 @@ func TestInboxSourceThatNeverDeliveredStartsAtTheBeginningOfItsOutbox(t *testing
 	srv := natstest.StartWithAgencies(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	js := map[throughcarev1.Agency]jetstream.JetStream{}
-	for _, a := range eventbus.Agencies {
+	js := map[string]jetstream.JetStream{}
+	for _, a := range testAgencies.IDs() {
 		js[a] = srv.JetStreamAs(t, a)
 	}
 	if err := eventbus.SetupOutbox(ctx, js[socialWork], socialWork, eventbus.DefaultLimits); err != nil {
 		t.Fatalf("outbox: %v", err)
 	}
-	if err := eventbus.SetupTopology(ctx, js[prison], prison, eventbus.DefaultLimits, eventbus.AccountPerAgency); err != nil {
+	if err := eventbus.SetupTopology(ctx, js[prison], prison, testAgencies.Peers(prison), eventbus.DefaultLimits, eventbus.AccountPerAgency); err != nil {
 		t.Fatalf("prison: %v", err)
 	}
 	// The server has tried the missing outbox: it tries again only after 12s.
@@ -47,11 +46,11 @@ func TestInboxSourceThatNeverDeliveredStartsAtTheBeginningOfItsOutbox(t *testing
 		}
 		return false, fmt.Sprintf("sources %+v (%v), want an error from probation's", sts, err)
 	})
-	if err := eventbus.SetupTopology(ctx, js[probation], probation, eventbus.DefaultLimits, eventbus.AccountPerAgency); err != nil {
+	if err := eventbus.SetupTopology(ctx, js[probation], probation, testAgencies.Peers(probation), eventbus.DefaultLimits, eventbus.AccountPerAgency); err != nil {
 		t.Fatalf("probation: %v", err)
 	}
 
-	toPrison := func(from throughcarev1.Agency, id string) {
+	toPrison := func(from string, id string) {
 		t.Helper()
 		ev := referral()
 		ev.Source, ev.Recipient, ev.EventId = from, prison, id

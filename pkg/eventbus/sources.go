@@ -7,8 +7,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
-
-	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 )
 
 // SourceStatus is how one source of an inbox is doing, from the inbox's StreamInfo.
@@ -33,7 +31,7 @@ func (s SourceStatus) Inactive(maxSilence time.Duration) bool {
 }
 
 // InboxSources reports every source of the agency's inbox.
-func InboxSources(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency) ([]SourceStatus, error) {
+func InboxSources(ctx context.Context, js jetstream.JetStream, agency string) ([]SourceStatus, error) {
 	return StreamSources(ctx, js, InboxStream(agency))
 }
 
@@ -87,7 +85,7 @@ func (a SourceAlerts) check(st SourceStatus, prevLag uint64, seen bool) (string,
 // WatchSources checks the agency's inbox sources every Interval until ctx ends, logging
 // at warn each source that is inactive or whose lag grows above MaxLag. Errors reading
 // the stream are logged too: the watch never stops the service.
-func WatchSources(ctx context.Context, log *zap.Logger, js jetstream.JetStream, agency throughcarev1.Agency, alerts SourceAlerts) error {
+func WatchSources(ctx context.Context, log *zap.Logger, js jetstream.JetStream, agency string, alerts SourceAlerts) error {
 	if alerts.Interval <= 0 {
 		alerts.Interval = DefaultSourceAlerts.Interval
 	}

@@ -18,7 +18,7 @@ import (
 // inactive and the watch warns about each.
 func TestWatchSourcesWarnsAboutInactiveSources(t *testing.T) {
 	js := natstest.Start(t).JetStream(t)
-	if err := eventbus.Setup(t.Context(), js, probation, eventbus.DefaultLimits); err != nil {
+	if err := eventbus.Setup(t.Context(), js, probation, testAgencies.Peers(probation), eventbus.DefaultLimits); err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.WarnLevel)

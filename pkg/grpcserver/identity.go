@@ -12,14 +12,14 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/agency"
 	"github.com/throughcare/throughcare/pkg/certs"
 )
 
 // Caller is who is calling, as its verified client certificate says.
 type Caller struct {
 	// Agency is the agency whose own system calls; unspecified for an operator.
-	Agency   throughcarev1.Agency
+	Agency   string
 	Operator bool
 	// URI is the certificate's identity, such as spiffe://throughcare/agency/prison.
 	URI string
@@ -110,44 +110,17 @@ func parseCallerURI(uri string) (Caller, bool) {
 	if !ok {
 		return Caller{}, false
 	}
-	agency := agencyByName(name)
-	if agency == throughcarev1.Agency_AGENCY_UNSPECIFIED {
+	if !agency.ValidID(name) {
 		return Caller{}, false
 	}
-	return Caller{Agency: agency, URI: uri}, true
+	return Caller{Agency: name, URI: uri}, true
 }
 
-// agencyByName reads the agency names that package certs issues identities for.
-func agencyByName(name string) throughcarev1.Agency {
-	switch name {
-	case "prison":
-		return throughcarev1.Agency_AGENCY_PRISON
-	case "probation":
-		return throughcarev1.Agency_AGENCY_PROBATION
-	case "socialwork":
-		return throughcarev1.Agency_AGENCY_SOCIAL_WORK
-	}
-	return throughcarev1.Agency_AGENCY_UNSPECIFIED
-}
-
-// agencyProse is the agency as a sentence names it.
-func agencyProse(agency throughcarev1.Agency) string {
-	switch agency {
-	case throughcarev1.Agency_AGENCY_PRISON:
-		return "prison"
-	case throughcarev1.Agency_AGENCY_PROBATION:
-		return "probation"
-	case throughcarev1.Agency_AGENCY_SOCIAL_WORK:
-		return "social work"
-	}
-	return agency.String()
-}
-
-// OwnAgencyOnly lets through only agency's own system, and operators on operatorMethods
+// OwnAgencyOnly lets through only self's own system, and operators on operatorMethods
 // (full method names, read-only ones such as ListDeadLetters). Everyone else is denied,
 // so a method added later is closed until someone opens it. It runs after Identify;
 // health checks pass.
-func OwnAgencyOnly(agency throughcarev1.Agency, operatorMethods []string) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+func OwnAgencyOnly(self string, operatorMethods []string) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
 	forOperators := make(map[string]bool, len(operatorMethods))
 	for _, method := range operatorMethods {
 		forOperators[method] = true
@@ -165,10 +138,10 @@ func OwnAgencyOnly(agency throughcarev1.Agency, operatorMethods []string) (grpc.
 				return nil
 			}
 			return status.Errorf(codes.PermissionDenied, "an operator certificate may not call %s", method)
-		case caller.Agency == agency:
+		case caller.Agency == self:
 			return nil
 		}
-		return status.Error(codes.PermissionDenied, fmt.Sprintf("this is the %s's service; the calling certificate is %s's", agencyProse(agency), agencyProse(caller.Agency)))
+		return status.Error(codes.PermissionDenied, fmt.Sprintf("this is %s's service; the calling certificate is %s's", self, caller.Agency))
 	}
 	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if err := authorize(ctx, info.FullMethod); err != nil {

@@ -28,8 +28,11 @@ import (
 	"github.com/throughcare/throughcare/pkg/grpcserver"
 )
 
+// testAgencies are the default protocol's agencies.
+var testAgencies = []string{"prison", "probation", "socialwork"}
+
 const (
-	prison       = throughcarev1.Agency_AGENCY_PRISON
+	prison       = "prison"
 	getProtocol  = throughcarev1.AuditService_GetSharingProtocol_FullMethodName
 	verifyLedger = throughcarev1.AuditService_VerifyLedger_FullMethodName
 )
@@ -131,7 +134,7 @@ type pki struct {
 
 func newPKI(t *testing.T) pki {
 	t.Helper()
-	b, err := certs.Ensure(t.TempDir(), time.Now())
+	b, err := certs.Ensure(t.TempDir(), testAgencies, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,15 +225,15 @@ func TestMutualTLSCallers(t *testing.T) {
 		},
 		{
 			name: "our CA, unknown agency", method: getProtocol, wantCode: codes.Unauthenticated,
-			clientTLS: p.clientWith(t, issueClient(t, p.ca, certs.AgencyURI("police"), now.Add(-time.Hour), now.Add(time.Hour))),
+			clientTLS: p.clientWith(t, issueClient(t, p.ca, certs.AgencyURI("Police!"), now.Add(-time.Hour), now.Add(time.Hour))),
 		},
 		{
 			name: "probation", clientTLS: p.client(t, "probation"), method: getProtocol, wantCode: codes.PermissionDenied,
-			wantMsg: "this is the prison's service; the calling certificate is probation's",
+			wantMsg: "this is prison's service; the calling certificate is probation's",
 		},
 		{
 			name: "social work", clientTLS: p.client(t, "socialwork"), method: verifyLedger, wantCode: codes.PermissionDenied,
-			wantMsg: "the calling certificate is social work's",
+			wantMsg: "the calling certificate is socialwork's",
 		},
 		{
 			name: "operator, allowed method", clientTLS: p.client(t, certs.Operator), method: getProtocol, wantCode: codes.OK,
@@ -397,8 +400,8 @@ func TestIdentifyFindsCaller(t *testing.T) {
 		want grpcserver.Caller
 	}{
 		{certs.AgencyURI("prison"), grpcserver.Caller{Agency: prison, URI: certs.AgencyURI("prison")}},
-		{certs.AgencyURI("probation"), grpcserver.Caller{Agency: throughcarev1.Agency_AGENCY_PROBATION, URI: certs.AgencyURI("probation")}},
-		{certs.AgencyURI("socialwork"), grpcserver.Caller{Agency: throughcarev1.Agency_AGENCY_SOCIAL_WORK, URI: certs.AgencyURI("socialwork")}},
+		{certs.AgencyURI("probation"), grpcserver.Caller{Agency: "probation", URI: certs.AgencyURI("probation")}},
+		{certs.AgencyURI("socialwork"), grpcserver.Caller{Agency: "socialwork", URI: certs.AgencyURI("socialwork")}},
 		{certs.OperatorURI, grpcserver.Caller{Operator: true, URI: certs.OperatorURI}},
 	}
 	identifyUnary, _ := grpcserver.Identify()

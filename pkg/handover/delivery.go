@@ -46,7 +46,7 @@ func sequenced(ev *throughcarev1.Event) bool {
 }
 
 // peerOf is the other agency of a handover, for this agency.
-func (s *Service) peerOf(h *throughcarev1.Handover) throughcarev1.Agency {
+func (s *Service) peerOf(h *throughcarev1.Handover) string {
 	if s.incoming(h) {
 		return h.GetSender()
 	}
@@ -272,7 +272,7 @@ func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (done
 		}
 	}
 	fields := []zap.Field{zap.String("handover_id", ev.GetHandoverId()), zap.String("event_id", ev.GetEventId()),
-		zap.String("source", ev.GetSource().String()), zap.Uint64("sequence", seq), zap.Uint64("received_sequence", received)}
+		zap.String("source", ev.GetSource()), zap.Uint64("sequence", seq), zap.Uint64("received_sequence", received)}
 	if seq <= received {
 		s.log.Info("duplicate event acknowledged again, not applied", fields...)
 		return true, s.sendControl(ctx, ev, received, &throughcarev1.Event_SequenceAcknowledged{SequenceAcknowledged: &throughcarev1.SequenceAcknowledged{}})
@@ -487,7 +487,7 @@ func (s *Service) resendOne(ctx context.Context, se *storev1.SentEvent, why stri
 	}
 	s.log.Warn("event re-sent", zap.String("handover_id", ev.GetHandoverId()), zap.String("case_id", ev.GetCaseId()),
 		zap.String("event_id", ev.GetEventId()), zap.String("type", ev.GetType().String()), zap.Uint64("sequence", ev.GetSequence()),
-		zap.String("recipient", ev.GetRecipient().String()), zap.Uint32("attempt", se.GetResends()), zap.String("reason", why))
+		zap.String("recipient", ev.GetRecipient()), zap.Uint32("attempt", se.GetResends()), zap.String("reason", why))
 	return nil
 }
 

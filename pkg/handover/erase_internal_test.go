@@ -29,8 +29,8 @@ func TestHoldsPersonalData(t *testing.T) {
 			fill(issued)
 		}
 		return &throughcarev1.Event{
-			EventId: "ev_1", Type: throughcarev1.EventType_EVENT_TYPE_RECEIPT_ISSUED, Source: throughcarev1.Agency_AGENCY_SOCIAL_WORK,
-			Recipient: throughcarev1.Agency_AGENCY_PRISON, CaseId: "rc_1", HandoverId: "ho_1", OccurredAt: timestamppb.Now(),
+			EventId: "ev_1", Type: throughcarev1.EventType_EVENT_TYPE_RECEIPT_ISSUED, Source: "socialwork",
+			Recipient: "prison", CaseId: "rc_1", HandoverId: "ho_1", OccurredAt: timestamppb.Now(),
 			Payload: &throughcarev1.Event_ReceiptIssued{ReceiptIssued: issued},
 		}
 	}

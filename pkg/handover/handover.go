@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 
 	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/agency"
 	"github.com/throughcare/throughcare/pkg/cases"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
@@ -33,7 +35,7 @@ import (
 
 // Config is one agency's handover settings.
 type Config struct {
-	Agency throughcarev1.Agency
+	Agency string
 	// AcknowledgeWithin is how long after delivery an acknowledgement is due.
 	AcknowledgeWithin time.Duration
 	// AcceptBeforeRelease is how long before the expected release acceptance is due.
@@ -70,19 +72,20 @@ type Config struct {
 // Policy is the sharing protocol as handovers use it; *protocol.Protocol is the one
 // implementation outside tests.
 type Policy interface {
+	Agencies() *agency.Registry
 	ID() string
 	Version() uint32
 	Proto() *throughcarev1.SharingProtocol
-	Rule(sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.SharingRule, bool)
-	RuleFor(sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.SharingRule, error)
-	Enforce(msg proto.Message, sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose, consents []*throughcarev1.Consent) (protocol.Report, error)
-	Check(msg proto.Message, sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose, consents []*throughcarev1.Consent) ([]throughcarev1.DataCategory, error)
+	Rule(sender, recipient string, purpose throughcarev1.Purpose) (*throughcarev1.SharingRule, bool)
+	RuleFor(sender, recipient string, purpose throughcarev1.Purpose) (*throughcarev1.SharingRule, error)
+	Enforce(msg proto.Message, sender, recipient string, purpose throughcarev1.Purpose, consents []*throughcarev1.Consent) (protocol.Report, error)
+	Check(msg proto.Message, sender, recipient string, purpose throughcarev1.Purpose, consents []*throughcarev1.Consent) ([]throughcarev1.DataCategory, error)
 }
 
 var _ Policy = (*protocol.Protocol)(nil)
 
 // DefaultConfig is the shipped configuration for agency.
-func DefaultConfig(agency throughcarev1.Agency) Config {
+func DefaultConfig(agency string) Config {
 	return Config{
 		Agency:               agency,
 		AcknowledgeWithin:    48 * time.Hour,
@@ -127,12 +130,12 @@ const historyKept = 64
 
 // Open creates the agency's streams and buckets. Call Run to start processing events.
 func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStore *cases.Store, cfg Config) (*Service, error) {
-	name := eventbus.Token(cfg.Agency)
-	if name == "" {
-		return nil, fmt.Errorf("handover: unknown agency %v", cfg.Agency)
-	}
+	name := cfg.Agency
 	if cfg.Protocol == nil {
 		return nil, errors.New("handover: no sharing protocol")
+	}
+	if !cfg.Protocol.Agencies().Has(name) {
+		return nil, fmt.Errorf("handover: %q is not among the protocol's agencies (%s)", name, strings.Join(cfg.Protocol.Agencies().IDs(), ", "))
 	}
 	if cfg.ResendAfter <= 0 {
 		return nil, fmt.Errorf("handover: resend after %s must be positive", cfg.ResendAfter)
@@ -140,7 +143,7 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 	if cfg.SigningKey.Agency != cfg.Agency || cfg.Keyring == nil {
 		return nil, fmt.Errorf("handover: %s needs its own signing key and the agencies' keyring", name)
 	}
-	if err := eventbus.SetupTopology(ctx, js, cfg.Agency, cfg.Limits, cfg.Topology); err != nil {
+	if err := eventbus.SetupTopology(ctx, js, cfg.Agency, cfg.Protocol.Agencies().Peers(cfg.Agency), cfg.Limits, cfg.Topology); err != nil {
 		return nil, err
 	}
 	replicas := records.WithReplicas(cfg.Limits.Replicas)
@@ -224,6 +227,9 @@ func (s *Service) CloseWatches() { s.closeOnce.Do(func() { close(s.closing) }) }
 // Ledger is the agency's disclosure ledger, for its AuditService.
 func (s *Service) Ledger() *ledger.Ledger { return s.ledger }
 
+// Agencies are the deployment's parties, as the protocol declares them.
+func (s *Service) Agencies() *agency.Registry { return s.cfg.Protocol.Agencies() }
+
 // Protocol is the sharing protocol the agency enforces.
 func (s *Service) Protocol() *throughcarev1.SharingProtocol { return s.cfg.Protocol.Proto() }
 
@@ -240,10 +246,10 @@ func (s *Service) Run(ctx context.Context) error {
 	inbox.EraseHandled = holdsPersonalData // what arrived lives on in the records it was stored in, or nowhere
 
 	handoverIndex := relay
-	handoverIndex.Durable = eventbus.Token(s.cfg.Agency) + "-handover-index"
+	handoverIndex.Durable = s.cfg.Agency + "-handover-index"
 	caseIndex := s.cfg.Inbox
 	caseStream, casePrefix := s.cases.ChangeStream()
-	caseIndex.Stream, caseIndex.Durable, caseIndex.FilterSubject = caseStream, eventbus.Token(s.cfg.Agency)+"-case-index", casePrefix+"*"
+	caseIndex.Stream, caseIndex.Durable, caseIndex.FilterSubject = caseStream, s.cfg.Agency+"-case-index", casePrefix+"*"
 	caseIndex.MaxDeliver = 0
 	caseIndex.OrderKey = func(msg jetstream.Msg) string { return msg.Subject() }
 
@@ -262,8 +268,8 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 // relayDurable names the agency's outbox relay, the consumer of its handovers' changes.
-func relayDurable(agency throughcarev1.Agency) string {
-	return eventbus.Token(agency) + "-outbox-relay"
+func relayDurable(agency string) string {
+	return agency + "-outbox-relay"
 }
 
 // errUnchanged tells mutate that the record already holds the change: nothing to write.

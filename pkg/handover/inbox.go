@@ -95,6 +95,10 @@ func (s *Service) receiveReferral(ctx context.Context, ev *throughcarev1.Event, 
 		h.GetSender() != ev.GetSource() || h.GetRecipient() != s.cfg.Agency {
 		return eventbus.Permanent(fmt.Errorf("event %s: handover and case do not match the envelope", ev.GetEventId()))
 	}
+	if rc.GetOwner() == s.cfg.Agency {
+		// A copy of our own case would overwrite the original.
+		return eventbus.Permanent(fmt.Errorf("event %s: refers case %s back to %s, which opened it", ev.GetEventId(), rc.GetCaseId(), s.cfg.Agency))
+	}
 	// A redelivery stores the same copy again and then finds the handover created: the
 	// receipt went out with that first write.
 	if err := s.storeSharedCase(ctx, rc); err != nil {
@@ -110,7 +114,7 @@ func (s *Service) receiveReferral(ctx context.Context, ev *throughcarev1.Event, 
 	} else if err != nil {
 		return handoverError(h.GetHandoverId(), err)
 	}
-	s.log.Info("handover delivered", zap.String("handover_id", h.GetHandoverId()), zap.String("case_id", h.GetCaseId()), zap.String("sender", h.GetSender().String()))
+	s.log.Info("handover delivered", zap.String("handover_id", h.GetHandoverId()), zap.String("case_id", h.GetCaseId()), zap.String("sender", h.GetSender()))
 	return nil
 }
 

@@ -17,10 +17,10 @@ import (
 	"github.com/throughcare/throughcare/pkg/ids"
 )
 
-// Refer creates a handover of a case this agency holds to recipient for purpose, and sends
-// the case with it, cut down to what the protocol allows. It returns the handover and what
+// Refer creates a handover of a case this agency holds (its own, or its copy of one referred
+// to it) to recipient for purpose, and sends the case with it, cut down to what the protocol allows. It returns the handover and what
 // was held back, and why. With no rule for the flow it refuses, naming the missing rule.
-func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []*throughcarev1.Withholding, error) {
+func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient string, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []*throughcarev1.Withholding, error) {
 	if recipient == s.cfg.Agency {
 		return nil, nil, fault.InvalidField("recipient", "must be another agency")
 	}
@@ -30,6 +30,10 @@ func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient thr
 	rc, err := s.cases.Get(ctx, caseID)
 	if err != nil {
 		return nil, nil, err
+	}
+	if rc.GetOwner() == recipient {
+		// Its copy would overwrite the original the recipient keeps under the same id.
+		return nil, nil, fault.InvalidField("recipient", "%s opened case %s and holds the original", recipient, caseID)
 	}
 	if rc.GetState() != throughcarev1.CaseState_CASE_STATE_OPEN {
 		return nil, nil, fmt.Errorf("release case %s is %s; only an open case can be referred: %w", caseID, rc.GetState(), fault.ErrFailedPrecondition)
@@ -63,7 +67,7 @@ func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient thr
 		return nil, nil, handoverError(h.GetHandoverId(), err)
 	}
 	s.log.Info("handover referred", zap.String("handover_id", h.GetHandoverId()), zap.String("case_id", caseID),
-		zap.String("recipient", recipient.String()), zap.String("purpose", purpose.String()), zap.String("actor", actor),
+		zap.String("recipient", recipient), zap.String("purpose", purpose.String()), zap.String("actor", actor),
 		zap.Any("withheld", h.GetWithheldCategories()))
 	return h, report.Withheld, nil
 }
@@ -173,7 +177,7 @@ func (s *Service) ofCase(ctx context.Context, caseID string, incoming bool) ([]*
 // person withdrew consent to categories: each purges them from its copy and confirms with
 // a PURGED receipt. A recipient that declined still holds the copy it was sent, so it is
 // told too.
-func (s *Service) WithdrawConsent(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, categories []throughcarev1.DataCategory) (int, error) {
+func (s *Service) WithdrawConsent(ctx context.Context, actor, caseID string, recipient string, categories []throughcarev1.DataCategory) (int, error) {
 	referred, err := s.find(ctx, caseID, false, func(h *throughcarev1.Handover) bool {
 		return h.GetRecipient() == recipient
 	})

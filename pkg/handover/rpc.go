@@ -13,7 +13,6 @@ import (
 	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/cases"
-	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/records"
@@ -198,7 +197,7 @@ func (s *Service) recordRetrieved(ctx context.Context, handoverID string) error 
 		ProtocolVersion: s.cfg.Protocol.Version(),
 		Time:            timestampNow(s.now),
 		PersonHash:      s.personHash(rc),
-		Note:            fmt.Sprintf("handover %s first read by %s's system", handoverID, eventbus.Token(s.cfg.Agency)),
+		Note:            fmt.Sprintf("handover %s first read by %s's system", handoverID, s.cfg.Agency),
 	}
 	if _, err := s.ledger.Append(ctx, entry, "retrieved/"+handoverID); err != nil {
 		return fmt.Errorf("record retrieval of handover %s: %w", handoverID, err)

@@ -145,7 +145,7 @@ func (s *Service) refuseUnauthentic(ctx context.Context, ev *throughcarev1.Event
 	if _, lerr := s.ledger.Append(ctx, entry, "unauthenticated/"+ev.GetEventId()+"/"+refusalKind(err)); lerr != nil {
 		return fmt.Errorf("record refusal of event %s: %w", ev.GetEventId(), lerr)
 	}
-	s.log.Warn("event refused: not authentic", zap.String("event_id", ev.GetEventId()), zap.String("claimed_source", ev.GetSource().String()), zap.String("reason", refusalKind(err)))
+	s.log.Warn("event refused: not authentic", zap.String("event_id", ev.GetEventId()), zap.String("claimed_source", ev.GetSource()), zap.String("reason", refusalKind(err)))
 	return eventbus.Permanent(err)
 }
 
@@ -202,7 +202,7 @@ func (s *Service) checkIncoming(ctx context.Context, ev *throughcarev1.Event) er
 	if _, err := s.ledger.Append(ctx, entry, "refused/"+ev.GetEventId()); err != nil {
 		return fmt.Errorf("record refusal of event %s: %w", ev.GetEventId(), err)
 	}
-	s.log.Warn("event refused: protocol violation", zap.String("event_id", ev.GetEventId()), zap.String("source", ev.GetSource().String()), zap.Any("categories", forbidden))
+	s.log.Warn("event refused: protocol violation", zap.String("event_id", ev.GetEventId()), zap.String("source", ev.GetSource()), zap.Any("categories", forbidden))
 	return eventbus.Permanent(errors.New(note))
 }
 

@@ -83,7 +83,7 @@ func (s *Service) issueReceipt(rec *storev1.HandoverRecord, t throughcarev1.Rece
 }
 
 // newEvent starts an event about h from this agency to recipient.
-func (s *Service) newEvent(h *throughcarev1.Handover, recipient throughcarev1.Agency, actor string, t throughcarev1.EventType) *throughcarev1.Event {
+func (s *Service) newEvent(h *throughcarev1.Handover, recipient string, actor string, t throughcarev1.EventType) *throughcarev1.Event {
 	return &throughcarev1.Event{
 		EventId:    ids.New(ids.Event),
 		Type:       t,

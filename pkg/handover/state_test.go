@@ -51,7 +51,7 @@ func receipt(seq uint64, rt throughcarev1.ReceiptType, st throughcarev1.Handover
 }
 
 func TestApplyReceiptOrdersBySequenceAndIgnoresDuplicates(t *testing.T) {
-	s := &Service{cfg: Config{Agency: throughcarev1.Agency_AGENCY_PRISON, AcknowledgeWithin: time.Hour}}
+	s := &Service{cfg: Config{Agency: "prison", AcknowledgeWithin: time.Hour}}
 	h := &throughcarev1.Handover{HandoverId: "ho_1", State: referred}
 	t0 := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 	accept := receipt(4, throughcarev1.ReceiptType_RECEIPT_TYPE_ACCEPTED, accepted, t0.Add(3*time.Minute))
@@ -91,7 +91,7 @@ func TestApplyReceiptOrdersBySequenceAndIgnoresDuplicates(t *testing.T) {
 }
 
 func TestApplyReceiptCarriesTheRecipientsDetail(t *testing.T) {
-	s := &Service{cfg: Config{Agency: throughcarev1.Agency_AGENCY_PRISON, AcknowledgeWithin: time.Hour}}
+	s := &Service{cfg: Config{Agency: "prison", AcknowledgeWithin: time.Hour}}
 	h := &throughcarev1.Handover{HandoverId: "ho_1", State: referred}
 	t0 := time.Now()
 	ask := receipt(2, throughcarev1.ReceiptType_RECEIPT_TYPE_INFORMATION_REQUESTED, infoReq, t0)

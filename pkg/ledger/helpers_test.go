@@ -14,7 +14,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/ledger"
 )
 
-const agency = throughcarev1.Agency_AGENCY_PRISON
+const agency = "prison"
 
 // testPersonKey is the test deployment's person-hash key.
 var testPersonKey = ledger.GeneratePersonKey()
@@ -41,8 +41,8 @@ func disclosure(n int, caseID, prisonNumber string) *throughcarev1.Disclosure {
 	return &throughcarev1.Disclosure{
 		CaseId:             caseID,
 		EventId:            fmt.Sprintf("ev-%04d", n),
-		Sender:             throughcarev1.Agency_AGENCY_PRISON,
-		Recipient:          throughcarev1.Agency_AGENCY_PROBATION,
+		Sender:             "prison",
+		Recipient:          "probation",
 		Purpose:            throughcarev1.Purpose_PURPOSE_SUPERVISION,
 		SharedCategories:   []throughcarev1.DataCategory{throughcarev1.DataCategory_DATA_CATEGORY_IDENTITY, throughcarev1.DataCategory_DATA_CATEGORY_RELEASE_PLAN},
 		WithheldCategories: []throughcarev1.DataCategory{throughcarev1.DataCategory_DATA_CATEGORY_HEALTH},

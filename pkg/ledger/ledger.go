@@ -23,7 +23,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
-	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
 )
 
@@ -42,13 +41,13 @@ const (
 )
 
 // StreamName is the agency's ledger stream, e.g. LEDGER_PRISON.
-func StreamName(agency throughcarev1.Agency) string {
-	return "LEDGER_" + strings.ToUpper(eventbus.Token(agency))
+func StreamName(agency string) string {
+	return "LEDGER_" + strings.ToUpper(agency)
 }
 
 // Subject is where the agency's ledger entries are published, e.g. tc.prison.ledger.
-func Subject(agency throughcarev1.Agency) string {
-	return "tc." + eventbus.Token(agency) + ".ledger"
+func Subject(agency string) string {
+	return "tc." + agency + ".ledger"
 }
 
 // Ledger is one agency's ledger. It is safe for concurrent use; appends through one
@@ -70,8 +69,8 @@ type Ledger struct {
 
 // Open creates the agency's ledger stream, or updates its configuration, and returns the
 // ledger. replicas is how many servers keep a copy (1 on one server, 3 in a cluster).
-func Open(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agency, replicas int) (*Ledger, error) {
-	if eventbus.Token(agency) == "" {
+func Open(ctx context.Context, js jetstream.JetStream, agency string, replicas int) (*Ledger, error) {
+	if agency == "" {
 		return nil, fmt.Errorf("open ledger: agency %v has no ledger", agency)
 	}
 	if replicas < 1 {
@@ -79,7 +78,7 @@ func Open(ctx context.Context, js jetstream.JetStream, agency throughcarev1.Agen
 	}
 	cfg := jetstream.StreamConfig{
 		Name:        StreamName(agency),
-		Description: "disclosures by " + eventbus.Token(agency) + ", hash-chained",
+		Description: "disclosures by " + agency + ", hash-chained",
 		// Entries before this layout sit on the bare subject; each new one on
 		// <subject>.<case>.<person>, so a subject-access report reads only its own.
 		Subjects:  []string{Subject(agency), Subject(agency) + ".>"},

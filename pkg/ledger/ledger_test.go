@@ -179,7 +179,7 @@ func TestVerifyChainDetectsTampering(t *testing.T) {
 		wantProblem  string
 	}{
 		{"changed recipient", func(c []*throughcarev1.Disclosure) []*throughcarev1.Disclosure {
-			c[4].Recipient = throughcarev1.Agency_AGENCY_SOCIAL_WORK
+			c[4].Recipient = "socialwork"
 			return c
 		}, 5, "hash"},
 		{"changed withheld categories", func(c []*throughcarev1.Disclosure) []*throughcarev1.Disclosure {
@@ -498,7 +498,7 @@ func TestAppendRefusesBadInput(t *testing.T) {
 func TestOpenRefusesBadArguments(t *testing.T) {
 	ctx := testContext(t)
 	js := natstest.Start(t).JetStream(t)
-	if _, err := ledger.Open(ctx, js, throughcarev1.Agency_AGENCY_UNSPECIFIED, 1); err == nil {
+	if _, err := ledger.Open(ctx, js, "", 1); err == nil {
 		t.Error("open for no agency: no error")
 	}
 	if _, err := ledger.Open(ctx, js, agency, 0); err == nil {

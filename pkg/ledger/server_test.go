@@ -53,10 +53,10 @@ func testProtocol() *throughcarev1.SharingProtocol {
 	return &throughcarev1.SharingProtocol{
 		ProtocolId: "throughcare-test",
 		Version:    1,
-		Agencies:   []throughcarev1.Agency{throughcarev1.Agency_AGENCY_PRISON, throughcarev1.Agency_AGENCY_PROBATION},
+		Agencies:   []*throughcarev1.Agency{{Id: "prison", DisplayName: "prison"}, {Id: "probation", DisplayName: "probation"}},
 		Rules: []*throughcarev1.SharingRule{{
-			Sender:     throughcarev1.Agency_AGENCY_PRISON,
-			Recipient:  throughcarev1.Agency_AGENCY_PROBATION,
+			Sender:     "prison",
+			Recipient:  "probation",
 			Purpose:    throughcarev1.Purpose_PURPOSE_SUPERVISION,
 			Allowed:    []throughcarev1.DataCategory{throughcarev1.DataCategory_DATA_CATEGORY_IDENTITY},
 			LegalBasis: "Offender Management Act 2007 s.14",

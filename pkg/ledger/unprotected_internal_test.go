@@ -24,7 +24,7 @@ func openUnprotected(t *testing.T, entries int) (*Ledger, jetstream.Stream) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	js := natstest.Start(t).JetStream(t)
-	agency := throughcarev1.Agency_AGENCY_PROBATION
+	agency := "probation"
 	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{
 		Name:     StreamName(agency),
 		Subjects: []string{Subject(agency), Subject(agency) + ".>"},

@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
-	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/agency"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 )
 
@@ -24,7 +24,7 @@ const SystemAccount = "SYS"
 var Buckets = []string{"cases", "handovers", "deadletters", "seen_events"}
 
 // AccountName is the NATS account an agency's service runs in, e.g. PRISON.
-func AccountName(a throughcarev1.Agency) string { return strings.ToUpper(eventbus.Token(a)) }
+func AccountName(a string) string { return strings.ToUpper(a) }
 
 // Accounts is the least-privilege NATS tenancy of throughcare: one account per agency,
 // each with JetStream of its own, plus the system account. Each agency's account holds
@@ -34,8 +34,11 @@ func AccountName(a throughcarev1.Agency) string { return strings.ToUpper(eventbu
 //
 // Users are nkeys: the server knows public keys only, each service holds its own seed.
 type Accounts struct {
+	// Agencies are the deployment's parties: an account each, and an export and import
+	// only between two that a protocol rule links.
+	Agencies *agency.Registry
 	// Users maps each agency to the public nkey (U...) of its service user.
-	Users map[throughcarev1.Agency]string
+	Users map[string]string
 	// SystemUser is the public nkey of the system account's user; empty leaves the
 	// system account without users.
 	SystemUser string
@@ -43,10 +46,13 @@ type Accounts struct {
 
 // Validate checks that every agency has a user with a valid public user nkey.
 func (a Accounts) Validate() error {
+	if a.Agencies == nil {
+		return errors.New("accounts: no agencies")
+	}
 	var errs []error
-	for _, ag := range eventbus.Agencies {
+	for _, ag := range a.Agencies.IDs() {
 		if !nkeys.IsValidPublicUserKey(a.Users[ag]) {
-			errs = append(errs, fmt.Errorf("accounts: %s has no valid public user nkey", eventbus.Token(ag)))
+			errs = append(errs, fmt.Errorf("accounts: %s has no valid public user nkey", ag))
 		}
 	}
 	if a.SystemUser != "" && !nkeys.IsValidPublicUserKey(a.SystemUser) {
@@ -61,13 +67,13 @@ func (a Accounts) Conf() (string, error) {
 	if err := a.Validate(); err != nil {
 		return "", err
 	}
-	return renderAccounts(func(ag throughcarev1.Agency) string { return quote(a.Users[ag]) }, quote(a.SystemUser), a.SystemUser != ""), nil
+	return renderAccounts(a.Agencies, func(ag string) string { return quote(a.Users[ag]) }, quote(a.SystemUser), a.SystemUser != ""), nil
 }
 
 // ConfTemplate renders the accounts with each user's public nkey read from an environment
 // variable when the server starts (THROUGHCARE_<ACCOUNT>_NKEY), for deploy/nats.
-func ConfTemplate() string {
-	return renderAccounts(func(ag throughcarev1.Agency) string { return "$" + NKeyEnv(AccountName(ag)) }, "$"+NKeyEnv(SystemAccount), true)
+func ConfTemplate(agencies *agency.Registry) string {
+	return renderAccounts(agencies, func(ag string) string { return "$" + NKeyEnv(AccountName(ag)) }, "$"+NKeyEnv(SystemAccount), true)
 }
 
 // NKeyEnv is the environment variable holding the public nkey of account's user in the
@@ -76,13 +82,13 @@ func NKeyEnv(account string) string { return "THROUGHCARE_" + account + "_NKEY" 
 
 // InboxPrefix is the prefix of the agency's reply and delivery inboxes: its user may
 // subscribe there and nowhere else. Connections must set nats.CustomInboxPrefix to it.
-func InboxPrefix(a throughcarev1.Agency) string { return "_INBOX_" + eventbus.Token(a) }
+func InboxPrefix(a string) string { return "_INBOX_" + a }
 
 // Permissions an agency's user has within its own account: its own subjects, its own
 // buckets, the JetStream API of its account (which holds nothing of other agencies), and
 // replies on its own inbox prefix only.
-func userPermissions(a throughcarev1.Agency) (pubAllow, pubDeny, subAllow []string) {
-	tok := eventbus.Token(a)
+func userPermissions(a string) (pubAllow, pubDeny, subAllow []string) {
+	tok := a
 	pubAllow = []string{
 		"tc." + tok + ".>", // outbox tc.<agency>.out.> and ledger tc.<agency>.ledger
 	}
@@ -100,7 +106,7 @@ func userPermissions(a throughcarev1.Agency) (pubAllow, pubDeny, subAllow []stri
 	return pubAllow, pubDeny, subAllow
 }
 
-func renderAccounts(userRef func(throughcarev1.Agency) string, sysUser string, withSysUser bool) string {
+func renderAccounts(agencies *agency.Registry, userRef func(string) string, sysUser string, withSysUser bool) string {
 	var b strings.Builder
 	w := func(indent int, format string, args ...any) {
 		b.WriteString(strings.Repeat("  ", indent))
@@ -124,7 +130,7 @@ func renderAccounts(userRef func(throughcarev1.Agency) string, sysUser string, w
 	} else {
 		w(1, "%s: {}", SystemAccount)
 	}
-	for _, ag := range eventbus.Agencies {
+	for _, ag := range agencies.IDs() {
 		name := AccountName(ag)
 		pubAllow, pubDeny, subAllow := userPermissions(ag)
 		w(1, "%s: {", name)
@@ -138,10 +144,7 @@ func renderAccounts(userRef func(throughcarev1.Agency) string, sysUser string, w
 		w(2, "}]")
 		w(2, "exports: [")
 		var others []string
-		for _, rcpt := range eventbus.Agencies {
-			if rcpt == ag {
-				continue
-			}
+		for _, rcpt := range agencies.Peers(ag) {
 			others = append(others, AccountName(rcpt))
 			ext := eventbus.External(ag, rcpt)
 			w(3, "# %s may source from OUTBOX_%s only what is addressed to it", AccountName(rcpt), name)
@@ -149,15 +152,14 @@ func renderAccounts(userRef func(throughcarev1.Agency) string, sysUser string, w
 			w(3, "{stream: %s, accounts: [%s]}", quote(ext.DeliverPrefix+".>"), AccountName(rcpt))
 		}
 		w(3, "# flow control of the sourcing consumers on OUTBOX_%s (server 2.14+ v1 and v2 formats)", name)
-		for _, fc := range flowControlSubjects(ag) {
-			w(3, "{service: %s, accounts: [%s]}", quote(fc), strings.Join(others, ", "))
+		if len(others) > 0 {
+			for _, fc := range flowControlSubjects(ag) {
+				w(3, "{service: %s, accounts: [%s]}", quote(fc), strings.Join(others, ", "))
+			}
 		}
 		w(2, "]")
 		w(2, "imports: [")
-		for _, src := range eventbus.Agencies {
-			if src == ag {
-				continue
-			}
+		for _, src := range agencies.Peers(ag) {
 			ext := eventbus.External(src, ag)
 			w(3, "# INBOX_%s sources OUTBOX_%s through these", name, AccountName(src))
 			w(3, "{service: {account: %s, subject: %s}, to: %s}", AccountName(src), quote(ext.ExportedConsumerCreate), quote(ext.ImportedConsumerCreate))
@@ -183,7 +185,7 @@ func renderAccounts(userRef func(throughcarev1.Agency) string, sysUser string, w
 // form is spelled out (no JetStream domain, "_", and the hash of the source account) so
 // it cannot overlap another account's v1 form, which the server would refuse as an
 // import cycle. Sourcing consumers do not ack (AckNone): no $JS.ACK subject is needed.
-func flowControlSubjects(source throughcarev1.Agency) []string {
+func flowControlSubjects(source string) []string {
 	stream := eventbus.OutboxStream(source)
 	return []string{
 		"$JS.FC." + stream + ".>",
@@ -218,21 +220,21 @@ func (c Credentials) SeedFile(account string) string {
 }
 
 // AgencySeedFile is where the agency's service user seed is kept.
-func (c Credentials) AgencySeedFile(a throughcarev1.Agency) string {
+func (c Credentials) AgencySeedFile(a string) string {
 	return c.SeedFile(AccountName(a))
 }
 
 // LoadOrCreateCredentials reads the user seeds under dir, creating those missing: the
 // directory 0700, each seed file 0600. A seed file open to others is refused.
-func LoadOrCreateCredentials(dir string) (Credentials, error) {
+func LoadOrCreateCredentials(dir string, agencies *agency.Registry) (Credentials, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Credentials{}, fmt.Errorf("credentials: %w", err)
 	}
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return Credentials{}, fmt.Errorf("credentials: %w", err)
 	}
-	c := Credentials{Dir: dir, Accounts: Accounts{Users: map[throughcarev1.Agency]string{}}}
-	for _, ag := range eventbus.Agencies {
+	c := Credentials{Dir: dir, Accounts: Accounts{Agencies: agencies, Users: map[string]string{}}}
+	for _, ag := range agencies.IDs() {
 		pub, err := loadOrCreateUser(c.AgencySeedFile(ag))
 		if err != nil {
 			return Credentials{}, err
@@ -290,21 +292,21 @@ func loadOrCreateUser(path string) (string, error) {
 
 // ConnectOptions are what the agency's service connects with: its own nkey and its own
 // inbox prefix, the only subjects it may subscribe to.
-func (c Credentials) ConnectOptions(a throughcarev1.Agency) ([]nats.Option, error) {
+func (c Credentials) ConnectOptions(a string) ([]nats.Option, error) {
 	return AgencyConnectOptions(a, c.AgencySeedFile(a))
 }
 
 // AgencyConnectOptions are ConnectOptions from the seed file of agency's user, as a
 // deployed service reads it. A seed file open to others is refused.
-func AgencyConnectOptions(a throughcarev1.Agency, seedFile string) ([]nats.Option, error) {
+func AgencyConnectOptions(a string, seedFile string) ([]nats.Option, error) {
 	if st, err := os.Stat(seedFile); err != nil {
-		return nil, fmt.Errorf("credentials of %s: %w", eventbus.Token(a), err)
+		return nil, fmt.Errorf("credentials of %s: %w", a, err)
 	} else if !privateMode(st.Mode()) {
-		return nil, fmt.Errorf("credentials of %s: %s is open to others (mode %v); want 0600 or 0400", eventbus.Token(a), seedFile, st.Mode().Perm())
+		return nil, fmt.Errorf("credentials of %s: %s is open to others (mode %v); want 0600 or 0400", a, seedFile, st.Mode().Perm())
 	}
 	auth, err := nats.NkeyOptionFromSeed(seedFile)
 	if err != nil {
-		return nil, fmt.Errorf("credentials of %s: %w", eventbus.Token(a), err)
+		return nil, fmt.Errorf("credentials of %s: %w", a, err)
 	}
 	return []nats.Option{auth, nats.CustomInboxPrefix(InboxPrefix(a))}, nil
 }

@@ -12,16 +12,19 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 	"github.com/throughcare/throughcare/pkg/natstest"
+	"github.com/throughcare/throughcare/pkg/protocol"
 )
 
+// testAgencies are the default protocol's agencies.
+var testAgencies = protocol.Default().Agencies()
+
 const (
-	prison     = throughcarev1.Agency_AGENCY_PRISON
-	probation  = throughcarev1.Agency_AGENCY_PROBATION
-	socialWork = throughcarev1.Agency_AGENCY_SOCIAL_WORK
+	prison     = "prison"
+	probation  = "probation"
+	socialWork = "socialwork"
 )
 
 // agencies starts the server with the agency accounts, with every agency's streams and
@@ -31,14 +34,14 @@ func agencies(t *testing.T) *natstest.AgencyServer {
 	srv := natstest.StartWithAgencies(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	for _, a := range eventbus.Agencies {
+	for _, a := range testAgencies.IDs() {
 		if err := eventbus.SetupOutbox(ctx, srv.JetStreamAs(t, a), a, eventbus.DefaultLimits); err != nil {
-			t.Fatalf("outbox %s: %v", eventbus.Token(a), err)
+			t.Fatalf("outbox %s: %v", a, err)
 		}
 	}
-	for _, a := range eventbus.Agencies {
-		if err := eventbus.SetupTopology(ctx, srv.JetStreamAs(t, a), a, eventbus.DefaultLimits, eventbus.AccountPerAgency); err != nil {
-			t.Fatalf("setup %s: %v", eventbus.Token(a), err)
+	for _, a := range testAgencies.IDs() {
+		if err := eventbus.SetupTopology(ctx, srv.JetStreamAs(t, a), a, testAgencies.Peers(a), eventbus.DefaultLimits, eventbus.AccountPerAgency); err != nil {
+			t.Fatalf("setup %s: %v", a, err)
 		}
 	}
 	kv, err := srv.JetStreamAs(t, prison).CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "prison_cases"})
@@ -176,7 +179,7 @@ func TestConnectionsNeedAgencyCredentials(t *testing.T) {
 	}
 	// A key the server does not know.
 	dir := t.TempDir()
-	other, err := natsserver.LoadOrCreateCredentials(dir)
+	other, err := natsserver.LoadOrCreateCredentials(dir, testAgencies)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +204,7 @@ func TestConnectionsNeedAgencyCredentials(t *testing.T) {
 
 func TestCredentialsAreKeptPrivateAndReused(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "creds")
-	first, err := natsserver.LoadOrCreateCredentials(dir)
+	first, err := natsserver.LoadOrCreateCredentials(dir, testAgencies)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +223,7 @@ func TestCredentialsAreKeptPrivateAndReused(t *testing.T) {
 	if st, err := os.Stat(dir); err != nil || st.Mode().Perm() != 0o700 {
 		t.Errorf("dir %s: %v %v, want 0700", dir, st.Mode().Perm(), err)
 	}
-	again, err := natsserver.LoadOrCreateCredentials(dir)
+	again, err := natsserver.LoadOrCreateCredentials(dir, testAgencies)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +235,7 @@ func TestCredentialsAreKeptPrivateAndReused(t *testing.T) {
 	if err := os.Chmod(first.AgencySeedFile(prison), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := natsserver.LoadOrCreateCredentials(dir); err == nil {
+	if _, err := natsserver.LoadOrCreateCredentials(dir, testAgencies); err == nil {
 		t.Error("a world-readable seed was accepted")
 	}
 	if _, err := natsserver.AgencyConnectOptions(prison, first.AgencySeedFile(prison)); err == nil {

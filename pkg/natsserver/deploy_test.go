@@ -7,7 +7,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
-	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 )
 
@@ -25,19 +24,19 @@ func TestDeployTemplateHoldsTheGeneratedAccounts(t *testing.T) {
 	if i < 0 || j < i {
 		t.Fatalf("%s: no generated accounts block", deployConf)
 	}
-	if got, want := s[i+len(begin):j], natsserver.ConfTemplate(); got != want {
-		t.Errorf("%s: the accounts block differs from natsserver.ConfTemplate(); replace it with:\n%s", deployConf, want)
+	if got, want := s[i+len(begin):j], natsserver.ConfTemplate(testAgencies); got != want {
+		t.Errorf("%s: the accounts block differs from natsserver.ConfTemplate(testAgencies); replace it with:\n%s", deployConf, want)
 	}
 }
 
 // The template is a valid server configuration once the public keys are in the
 // environment.
 func TestDeployTemplateParses(t *testing.T) {
-	creds, err := natsserver.LoadOrCreateCredentials(t.TempDir())
+	creds, err := natsserver.LoadOrCreateCredentials(t.TempDir(), testAgencies)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range eventbus.Agencies {
+	for _, a := range testAgencies.IDs() {
 		t.Setenv(natsserver.NKeyEnv(natsserver.AccountName(a)), creds.Accounts.Users[a])
 	}
 	t.Setenv(natsserver.NKeyEnv(natsserver.SystemAccount), creds.Accounts.SystemUser)

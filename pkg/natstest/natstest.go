@@ -15,8 +15,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
-	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/agency"
 	"github.com/throughcare/throughcare/pkg/natsserver"
+	"github.com/throughcare/throughcare/pkg/protocol"
 )
 
 // Server is an embedded server that lives as long as the test. Its methods
@@ -56,7 +57,13 @@ type AgencyServer struct {
 // refused; use ConnectAs and JetStreamAs. tune, if any, adjusts the server configuration.
 func StartWithAgencies(t testing.TB, tune ...func(*natsserver.Config)) *AgencyServer {
 	t.Helper()
-	creds, err := natsserver.LoadOrCreateCredentials(filepath.Join(t.TempDir(), "creds"))
+	return StartWithRegistry(t, protocol.Default().Agencies(), tune...)
+}
+
+// StartWithRegistry is StartWithAgencies for the agencies of another protocol.
+func StartWithRegistry(t testing.TB, agencies *agency.Registry, tune ...func(*natsserver.Config)) *AgencyServer {
+	t.Helper()
+	creds, err := natsserver.LoadOrCreateCredentials(filepath.Join(t.TempDir(), "creds"), agencies)
 	if err != nil {
 		t.Fatalf("credentials: %v", err)
 	}
@@ -76,7 +83,7 @@ func StartWithAgencies(t testing.TB, tune ...func(*natsserver.Config)) *AgencySe
 }
 
 // ConnectAs connects with agency's credentials, like Connect otherwise.
-func (s *AgencyServer) ConnectAs(t testing.TB, agency throughcarev1.Agency, opts ...nats.Option) *nats.Conn {
+func (s *AgencyServer) ConnectAs(t testing.TB, agency string, opts ...nats.Option) *nats.Conn {
 	t.Helper()
 	auth, err := s.Creds.ConnectOptions(agency)
 	if err != nil {
@@ -86,7 +93,7 @@ func (s *AgencyServer) ConnectAs(t testing.TB, agency throughcarev1.Agency, opts
 }
 
 // JetStreamAs returns a JetStream context on a new connection from ConnectAs.
-func (s *AgencyServer) JetStreamAs(t testing.TB, agency throughcarev1.Agency) jetstream.JetStream {
+func (s *AgencyServer) JetStreamAs(t testing.TB, agency string) jetstream.JetStream {
 	t.Helper()
 	js, err := jetstream.New(s.ConnectAs(t, agency))
 	if err != nil {

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/agency"
 )
 
 // decode parses and validates a protocol file, choosing the format by name.
@@ -78,9 +80,13 @@ func validateProtocol(sp *throughcarev1.SharingProtocol) error {
 // (sender, recipient, purpose), and only agencies that signed the protocol in its rules.
 func crossRuleViolations(sp *throughcarev1.SharingProtocol) []*protovalidate.Violation {
 	var violations []*protovalidate.Violation
-	signed := map[throughcarev1.Agency]bool{}
-	for _, a := range sp.GetAgencies() {
-		signed[a] = true
+	names := map[string]string{}
+	for i, a := range sp.GetAgencies() {
+		if _, dup := names[a.GetId()]; dup {
+			violations = append(violations, violation(agencyPath(i), "protocol.agency_unique",
+				fmt.Sprintf("agency %q is declared twice", a.GetId())))
+		}
+		names[a.GetId()] = cmp.Or(a.GetDisplayName(), a.GetId())
 	}
 	first := map[ruleKey]int{}
 	for i, r := range sp.GetRules() {
@@ -88,22 +94,31 @@ func crossRuleViolations(sp *throughcarev1.SharingProtocol) []*protovalidate.Vio
 		if j, dup := first[key]; dup {
 			violations = append(violations, violation(rulePath(i, ""), "protocol.rule_unique",
 				fmt.Sprintf("rules[%d] already lets %s share with %s for %s; merge the two rules",
-					j, agencyName(key.sender), agencyName(key.recipient), key.purpose)))
+					j, names[key.sender], names[key.recipient], key.purpose)))
 		} else {
 			first[key] = i
 		}
 		for _, side := range []struct {
 			field  protoreflect.Name
-			agency throughcarev1.Agency
+			agency string
 		}{{"sender", r.GetSender()}, {"recipient", r.GetRecipient()}} {
-			// An unspecified agency is protovalidate's to report.
-			if side.agency != throughcarev1.Agency_AGENCY_UNSPECIFIED && !signed[side.agency] {
+			// An empty or malformed id is protovalidate's to report.
+			if _, signed := names[side.agency]; agency.ValidID(side.agency) && !signed {
 				violations = append(violations, violation(rulePath(i, side.field), "protocol.rule_signed",
-					fmt.Sprintf("%s is not among the protocol's agencies", side.agency)))
+					fmt.Sprintf("%q is not among the protocol's agencies", side.agency)))
 			}
 		}
 	}
 	return violations
+}
+
+// agencyPath is the path of agencies[index].id.
+func agencyPath(index int) *validate.FieldPath {
+	agencies := (&throughcarev1.SharingProtocol{}).ProtoReflect().Descriptor().Fields().ByName("agencies")
+	id := (&throughcarev1.Agency{}).ProtoReflect().Descriptor().Fields().ByName("id")
+	elements := []*validate.FieldPathElement{pathElement(agencies), pathElement(id)}
+	elements[0].Subscript = &validate.FieldPathElement_Index{Index: uint64(index)}
+	return &validate.FieldPath{Elements: elements}
 }
 
 func violation(path *validate.FieldPath, ruleID, message string) *protovalidate.Violation {

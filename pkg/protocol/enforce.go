@@ -34,7 +34,7 @@ func (r Report) WithheldCategories() []throughcarev1.DataCategory {
 
 // StandingConsent reports whether consents hold the person's consent to share category with
 // recipient that has not been withdrawn.
-func StandingConsent(consents []*throughcarev1.Consent, category throughcarev1.DataCategory, recipient throughcarev1.Agency) bool {
+func StandingConsent(consents []*throughcarev1.Consent, category throughcarev1.DataCategory, recipient string) bool {
 	for _, c := range consents {
 		if c.GetCategory() == category && c.GetRecipient() == recipient && c.GetWithdrawnTime() == nil {
 			return true
@@ -55,7 +55,7 @@ func StandingConsent(consents []*throughcarev1.Consent, category throughcarev1.D
 //     nothing says they are not personal data.
 //
 // Without a rule it returns RuleFor's error and leaves msg untouched.
-func (p *Protocol) Enforce(msg proto.Message, sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose, consents []*throughcarev1.Consent) (Report, error) {
+func (p *Protocol) Enforce(msg proto.Message, sender, recipient string, purpose throughcarev1.Purpose, consents []*throughcarev1.Consent) (Report, error) {
 	cr, err := p.compiledRuleFor(sender, recipient, purpose)
 	if err != nil {
 		return Report{}, err
@@ -70,7 +70,7 @@ func (p *Protocol) Enforce(msg proto.Message, sender, recipient throughcarev1.Ag
 // consent consents do not hold, and leaves msg alone. DATA_CATEGORY_UNSPECIFIED in the
 // result stands for fields with no marker, extensions or unknown fields, which Enforce
 // would have cleared. An empty result means msg is within the rule.
-func (p *Protocol) Check(msg proto.Message, sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose, consents []*throughcarev1.Consent) ([]throughcarev1.DataCategory, error) {
+func (p *Protocol) Check(msg proto.Message, sender, recipient string, purpose throughcarev1.Purpose, consents []*throughcarev1.Consent) ([]throughcarev1.DataCategory, error) {
 	cr, err := p.compiledRuleFor(sender, recipient, purpose)
 	if err != nil {
 		return nil, err
@@ -85,7 +85,7 @@ func (p *Protocol) Check(msg proto.Message, sender, recipient throughcarev1.Agen
 }
 
 // visibleTo is the set of categories that may flow to recipient right now.
-func (cr *compiledRule) visibleTo(recipient throughcarev1.Agency, consents []*throughcarev1.Consent) categorySet {
+func (cr *compiledRule) visibleTo(recipient string, consents []*throughcarev1.Consent) categorySet {
 	visible := cr.allowed
 	// Ranging over the bits rather than categories() keeps Enforce free of allocations here.
 	for rest := uint64(cr.consentRequired); rest != 0; rest &= rest - 1 {

@@ -60,7 +60,7 @@ func TestEnforceReleaseCase(t *testing.T) {
 	p := Default()
 	tests := []struct {
 		name              string
-		sender, recipient throughcarev1.Agency
+		sender, recipient string
 		purpose           throughcarev1.Purpose
 		consents          []*throughcarev1.Consent
 		wantShared        []throughcarev1.DataCategory
@@ -191,7 +191,7 @@ func TestEnforceWithoutRule(t *testing.T) {
 	p := Default()
 	tests := []struct {
 		name              string
-		sender, recipient throughcarev1.Agency
+		sender, recipient string
 		purpose           throughcarev1.Purpose
 		wantMessage       string
 	}{
@@ -310,7 +310,7 @@ func TestEnforceEventEnvelope(t *testing.T) {
 	tests := []struct {
 		name              string
 		event             *throughcarev1.Event
-		sender, recipient throughcarev1.Agency
+		sender, recipient string
 		purpose           throughcarev1.Purpose
 		// cut removes from the original what Enforce must withhold.
 		cut          func(*throughcarev1.Event)
@@ -567,7 +567,7 @@ func TestStandingConsent(t *testing.T) {
 		name      string
 		consents  []*throughcarev1.Consent
 		category  throughcarev1.DataCategory
-		recipient throughcarev1.Agency
+		recipient string
 		want      bool
 	}{
 		{"none", nil, healthCategory, socialWork, false},

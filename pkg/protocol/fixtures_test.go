@@ -13,9 +13,9 @@ import (
 
 // Short names for the enums the tests use again and again.
 const (
-	prison     = throughcarev1.Agency_AGENCY_PRISON
-	probation  = throughcarev1.Agency_AGENCY_PROBATION
-	socialWork = throughcarev1.Agency_AGENCY_SOCIAL_WORK
+	prison     = "prison"
+	probation  = "probation"
+	socialWork = "socialwork"
 
 	supervision  = throughcarev1.Purpose_PURPOSE_SUPERVISION
 	assistance   = throughcarev1.Purpose_PURPOSE_POST_PENAL_ASSISTANCE
@@ -174,7 +174,7 @@ func fullCase() *throughcarev1.ReleaseCase {
 }
 
 // consentTo returns standing consents to share categories with recipient.
-func consentTo(recipient throughcarev1.Agency, categories ...throughcarev1.DataCategory) []*throughcarev1.Consent {
+func consentTo(recipient string, categories ...throughcarev1.DataCategory) []*throughcarev1.Consent {
 	consents := make([]*throughcarev1.Consent, len(categories))
 	for i, c := range categories {
 		consents[i] = &throughcarev1.Consent{Category: c, Recipient: recipient, GivenTime: timestamppb.Now()}

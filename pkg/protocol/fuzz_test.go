@@ -19,8 +19,8 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add("p.textproto", textproto)
 	f.Add("p.yaml", yaml)
-	f.Add("p.yaml", []byte("protocol_id: x\nversion: 1\nrules: [{sender: AGENCY_PRISON}]"))
-	f.Add("p.textproto", []byte("rules { sender: AGENCY_PRISON recipient: AGENCY_PRISON }"))
+	f.Add("p.yaml", []byte("protocol_id: x\nversion: 1\nrules: [{sender: prison}]"))
+	f.Add("p.textproto", []byte(`rules { sender: "prison" recipient: "prison" }`))
 	f.Add("p.txt", []byte{})
 	f.Fuzz(func(t *testing.T, name string, data []byte) {
 		if !strings.HasSuffix(name, ".yaml") && !strings.HasSuffix(name, ".textproto") {

@@ -26,7 +26,7 @@ func (p *Protocol) MarkdownTable() string {
 	for _, r := range p.proto.GetRules() {
 		allowed, consent := setOf(r.GetAllowed()), setOf(r.GetConsentRequired())
 		fmt.Fprintf(&b, "| %s → %s | %s | %s | %s | %s | %s | %s |\n",
-			agencyName(r.GetSender()), agencyName(r.GetRecipient()), purposeName(r.GetPurpose()),
+			p.agencies.Name(r.GetSender()), p.agencies.Name(r.GetRecipient()), purposeName(r.GetPurpose()),
 			categoryList(allowed), categoryList(consent), categoryList(every&^allowed&^consent),
 			markdownCell(r.GetLegalBasis()), retentionText(r.GetRetention()))
 	}

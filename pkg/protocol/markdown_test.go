@@ -86,7 +86,7 @@ func TestMarkdownTable(t *testing.T) {
 	sp := &throughcarev1.SharingProtocol{
 		ProtocolId: "table-test",
 		Version:    3,
-		Agencies:   []throughcarev1.Agency{prison, socialWork},
+		Agencies:   []*throughcarev1.Agency{{Id: prison, DisplayName: "prison"}, {Id: socialWork, DisplayName: "social work"}},
 		Rules: []*throughcarev1.SharingRule{{
 			Sender:          socialWork,
 			Recipient:       prison,
@@ -105,7 +105,11 @@ func TestMarkdownTable(t *testing.T) {
 		"| social work → prison | post-penal assistance | IDENTITY, ASSISTANCE | HEALTH | " +
 		"CONTACT, LEGAL, RELEASE_PLAN, ACCOMMODATION, EDUCATION_WORK, SUBSTANCE_USE, FINANCE_ID, FAMILY, BEHAVIOUR, RISK, EXTREMISM_RISK, WORKER_SAFETY, SUPERVISION | " +
 		`Act A \| Act B, Art. 2 | 36h0m0s |` + "\n"
-	if got := compile(sp).MarkdownTable(); got != want {
+	p, err := compile(sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.MarkdownTable(); got != want {
 		t.Errorf("MarkdownTable =\n%s\nwant\n%s", got, want)
 	}
 }

@@ -7,27 +7,12 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 )
 
-// agencyNames and purposeNames are how people write the parties and purposes in prose,
-// as PRODUCT.md does.
-var (
-	agencyNames = map[throughcarev1.Agency]string{
-		throughcarev1.Agency_AGENCY_PRISON:      "prison",
-		throughcarev1.Agency_AGENCY_PROBATION:   "probation",
-		throughcarev1.Agency_AGENCY_SOCIAL_WORK: "social work",
-	}
-	purposeNames = map[throughcarev1.Purpose]string{
-		throughcarev1.Purpose_PURPOSE_SUPERVISION:           "supervision",
-		throughcarev1.Purpose_PURPOSE_POST_PENAL_ASSISTANCE: "post-penal assistance",
-		throughcarev1.Purpose_PURPOSE_COORDINATION:          "coordination",
-	}
-)
-
-// agencyName falls back to the enum name, so a newer agency still reads unambiguously.
-func agencyName(a throughcarev1.Agency) string {
-	if name, ok := agencyNames[a]; ok {
-		return name
-	}
-	return a.String()
+// purposeNames are how people write the purposes in prose, as PRODUCT.md does. Agencies
+// carry their own names in the protocol (agency.Registry.Name).
+var purposeNames = map[throughcarev1.Purpose]string{
+	throughcarev1.Purpose_PURPOSE_SUPERVISION:           "supervision",
+	throughcarev1.Purpose_PURPOSE_POST_PENAL_ASSISTANCE: "post-penal assistance",
+	throughcarev1.Purpose_PURPOSE_COORDINATION:          "coordination",
 }
 
 func purposeName(p throughcarev1.Purpose) string {

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/agency"
 	"github.com/throughcare/throughcare/pkg/fault"
 )
 
@@ -29,15 +30,16 @@ var ErrNoRule = errors.New("no sharing rule")
 // Protocol is a loaded, validated sharing protocol. It does not change after Parse and is
 // safe for concurrent use.
 type Protocol struct {
-	proto *throughcarev1.SharingProtocol
-	rules map[ruleKey]*compiledRule
+	proto    *throughcarev1.SharingProtocol
+	agencies *agency.Registry
+	rules    map[ruleKey]*compiledRule
 	// plans caches, per message descriptor, what the walk does with each field. Descriptors
 	// never change, so an entry is built once and then only read.
 	plans sync.Map // protoreflect.MessageDescriptor -> *messagePlan
 }
 
 type ruleKey struct {
-	sender, recipient throughcarev1.Agency
+	sender, recipient string
 	purpose           throughcarev1.Purpose
 }
 
@@ -68,7 +70,7 @@ func Parse(name string, data []byte) (*Protocol, error) {
 	if err != nil {
 		return nil, err
 	}
-	return compile(sp), nil
+	return compile(sp)
 }
 
 // Default returns the illustrative default protocol of PRODUCT.md. Each call parses it
@@ -83,8 +85,12 @@ func Default() *Protocol {
 }
 
 // compile indexes a validated protocol. Validation guarantees one rule per key.
-func compile(sp *throughcarev1.SharingProtocol) *Protocol {
-	p := &Protocol{proto: sp, rules: make(map[ruleKey]*compiledRule, len(sp.GetRules()))}
+func compile(sp *throughcarev1.SharingProtocol) (*Protocol, error) {
+	agencies, err := agency.FromProtocol(sp)
+	if err != nil {
+		return nil, err
+	}
+	p := &Protocol{proto: sp, agencies: agencies, rules: make(map[ruleKey]*compiledRule, len(sp.GetRules()))}
 	for _, r := range sp.GetRules() {
 		p.rules[ruleKey{r.GetSender(), r.GetRecipient(), r.GetPurpose()}] = &compiledRule{
 			rule:            r,
@@ -92,7 +98,7 @@ func compile(sp *throughcarev1.SharingProtocol) *Protocol {
 			consentRequired: setOf(r.GetConsentRequired()),
 		}
 	}
-	return p
+	return p, nil
 }
 
 // ID is the protocol_id.
@@ -101,6 +107,9 @@ func (p *Protocol) ID() string { return p.proto.GetProtocolId() }
 // Version is the protocol's version.
 func (p *Protocol) Version() uint32 { return p.proto.GetVersion() }
 
+// Agencies are the parties the protocol declares: the deployment's registry.
+func (p *Protocol) Agencies() *agency.Registry { return p.agencies }
+
 // Proto returns a copy of the protocol as loaded.
 func (p *Protocol) Proto() *throughcarev1.SharingProtocol {
 	return proto.Clone(p.proto).(*throughcarev1.SharingProtocol)
@@ -108,7 +117,7 @@ func (p *Protocol) Proto() *throughcarev1.SharingProtocol {
 
 // Rule returns the rule for the flow, if there is one. The rule is shared with the
 // protocol: read it, never modify it.
-func (p *Protocol) Rule(sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.SharingRule, bool) {
+func (p *Protocol) Rule(sender, recipient string, purpose throughcarev1.Purpose) (*throughcarev1.SharingRule, bool) {
 	cr, ok := p.rules[ruleKey{sender, recipient, purpose}]
 	if !ok {
 		return nil, false
@@ -118,7 +127,7 @@ func (p *Protocol) Rule(sender, recipient throughcarev1.Agency, purpose throughc
 
 // RuleFor is Rule for callers that must refuse the flow when there is no rule: its error
 // wraps ErrNoRule and fault.ErrPermissionDenied and names the missing rule.
-func (p *Protocol) RuleFor(sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.SharingRule, error) {
+func (p *Protocol) RuleFor(sender, recipient string, purpose throughcarev1.Purpose) (*throughcarev1.SharingRule, error) {
 	cr, err := p.compiledRuleFor(sender, recipient, purpose)
 	if err != nil {
 		return nil, err
@@ -126,32 +135,32 @@ func (p *Protocol) RuleFor(sender, recipient throughcarev1.Agency, purpose throu
 	return cr.rule, nil
 }
 
-func (p *Protocol) compiledRuleFor(sender, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*compiledRule, error) {
+func (p *Protocol) compiledRuleFor(sender, recipient string, purpose throughcarev1.Purpose) (*compiledRule, error) {
 	cr, ok := p.rules[ruleKey{sender, recipient, purpose}]
 	if !ok {
 		return nil, &noRuleError{
 			protocolID: p.ID(),
 			version:    p.Version(),
-			sender:     sender,
-			recipient:  recipient,
+			sender:     p.agencies.Name(sender),
+			recipient:  p.agencies.Name(recipient),
 			purpose:    purpose,
 		}
 	}
 	return cr, nil
 }
 
-// noRuleError names the flow no rule allows. Its text holds enum names only, never personal
-// data, because the gRPC edge passes it to the caller.
+// noRuleError names the flow no rule allows. Its text holds agency names and enum names
+// only, never personal data, because the gRPC edge passes it to the caller.
 type noRuleError struct {
 	protocolID        string
 	version           uint32
-	sender, recipient throughcarev1.Agency
+	sender, recipient string
 	purpose           throughcarev1.Purpose
 }
 
 func (e *noRuleError) Error() string {
 	return fmt.Sprintf("no rule in protocol %s v%d lets %s share with %s for %s",
-		e.protocolID, e.version, agencyName(e.sender), agencyName(e.recipient), e.purpose)
+		e.protocolID, e.version, e.sender, e.recipient, e.purpose)
 }
 
 func (e *noRuleError) Unwrap() []error { return []error{ErrNoRule, fault.ErrPermissionDenied} }

@@ -26,8 +26,8 @@ func TestDefaultProtocolLoads(t *testing.T) {
 	if got, want := p.Version(), uint32(1); got != want {
 		t.Errorf("Version() = %d, want %d", got, want)
 	}
-	want := []throughcarev1.Agency{prison, probation, socialWork}
-	if got := p.Proto().GetAgencies(); !slices.Equal(got, want) {
+	want := []string{prison, probation, socialWork}
+	if got := p.Agencies().IDs(); !slices.Equal(got, want) {
 		t.Errorf("agencies = %v, want %v", got, want)
 	}
 }
@@ -36,7 +36,7 @@ func TestDefaultProtocolLoads(t *testing.T) {
 func TestDefaultProtocolMatchesProduct(t *testing.T) {
 	const year = 365 * 24 * 60 * 60
 	tests := []struct {
-		sender, recipient throughcarev1.Agency
+		sender, recipient string
 		purpose           throughcarev1.Purpose
 		allowed, consent  []throughcarev1.DataCategory
 		retentionSeconds  int64
@@ -86,7 +86,7 @@ func TestDefaultProtocolMatchesProduct(t *testing.T) {
 		t.Errorf("default protocol has %d rules, PRODUCT.md %d", got, want)
 	}
 	for _, tt := range tests {
-		name := agencyName(tt.sender) + " to " + agencyName(tt.recipient) + " for " + purposeName(tt.purpose)
+		name := p.Agencies().Name(tt.sender) + " to " + p.Agencies().Name(tt.recipient) + " for " + purposeName(tt.purpose)
 		t.Run(name, func(t *testing.T) {
 			rule, ok := p.Rule(tt.sender, tt.recipient, tt.purpose)
 			if !ok {
@@ -159,10 +159,10 @@ func TestProtoReturnsACopy(t *testing.T) {
 
 const validTextproto = `protocol_id: "test"
 version: 1
-agencies: [AGENCY_PRISON, AGENCY_PROBATION]
+agencies: [{id: "prison" display_name: "prison"}, {id: "probation" display_name: "probation"}]
 rules {
-  sender: AGENCY_PRISON
-  recipient: AGENCY_PROBATION
+  sender: "prison"
+  recipient: "probation"
   purpose: PURPOSE_SUPERVISION
   allowed: [DATA_CATEGORY_IDENTITY]
   legal_basis: "Law on Probation, Art. 12"
@@ -172,26 +172,26 @@ rules {
 
 const validYAML = `protocol_id: test
 version: 1
-agencies: [AGENCY_PRISON, AGENCY_PROBATION]
+agencies: [{id: prison, display_name: prison}, {id: probation, display_name: probation}]
 rules:
-  - sender: AGENCY_PRISON
-    recipient: AGENCY_PROBATION
+  - sender: prison
+    recipient: probation
     purpose: PURPOSE_SUPERVISION
     allowed: [DATA_CATEGORY_IDENTITY]
     legal_basis: Law on Probation, Art. 12
     retention: 3600s
 `
 
-const secondRuleYAML = `  - sender: AGENCY_PRISON
-    recipient: AGENCY_PROBATION
+const secondRuleYAML = `  - sender: prison
+    recipient: probation
     purpose: PURPOSE_SUPERVISION
     legal_basis: Law on Probation, Art. 13
     retention: 60s
 `
 
 const secondRuleTextproto = `rules {
-  sender: AGENCY_PRISON
-  recipient: AGENCY_PROBATION
+  sender: "prison"
+  recipient: "probation"
   purpose: PURPOSE_SUPERVISION
   legal_basis: "Law on Probation, Art. 13"
   retention { seconds: 60 }
@@ -218,7 +218,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "textproto syntax error",
 			file: "bad.textproto",
-			data: strings.Replace(validTextproto, "recipient: AGENCY_PROBATION", "recipient AGENCY_PROBATION", 1),
+			data: strings.Replace(validTextproto, `recipient: "probation"`, `recipient "probation"`, 1),
 			want: []string{"bad.textproto:6:3: syntax error: missing field separator :"},
 		},
 		{
@@ -260,13 +260,13 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "yaml sender is recipient",
 			file: "bad.yaml",
-			data: strings.Replace(validYAML, "recipient: AGENCY_PROBATION", "recipient: AGENCY_PRISON", 1),
+			data: strings.Replace(validYAML, "recipient: probation", "recipient: prison", 1),
 			want: []string{"bad.yaml:5:5: rules[0]: sender and recipient must be two different agencies (rule.agencies)"},
 		},
 		{
 			name: "textproto sender is recipient",
 			file: "bad.textproto",
-			data: strings.Replace(validTextproto, "recipient: AGENCY_PROBATION", "recipient: AGENCY_PRISON", 1),
+			data: strings.Replace(validTextproto, `recipient: "probation"`, `recipient: "prison"`, 1),
 			want: []string{"bad.textproto: rules[0]: sender and recipient must be two different agencies (rule.agencies)"},
 		},
 		{
@@ -296,14 +296,14 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "yaml agency that did not sign",
 			file: "bad.yaml",
-			data: strings.Replace(validYAML, "recipient: AGENCY_PROBATION", "recipient: AGENCY_SOCIAL_WORK", 1),
-			want: []string{"bad.yaml:6:16: rules[0].recipient: AGENCY_SOCIAL_WORK is not among the protocol's agencies (protocol.rule_signed)"},
+			data: strings.Replace(validYAML, "recipient: probation", "recipient: socialwork", 1),
+			want: []string{"bad.yaml:6:16: rules[0].recipient: \"socialwork\" is not among the protocol's agencies (protocol.rule_signed)"},
 		},
 		{
 			name: "textproto agency that did not sign",
 			file: "bad.textproto",
-			data: strings.Replace(validTextproto, "sender: AGENCY_PRISON", "sender: AGENCY_SOCIAL_WORK", 1),
-			want: []string{"bad.textproto: rules[0].sender: AGENCY_SOCIAL_WORK is not among the protocol's agencies (protocol.rule_signed)"},
+			data: strings.Replace(validTextproto, `sender: "prison"`, `sender: "socialwork"`, 1),
+			want: []string{"bad.textproto: rules[0].sender: \"socialwork\" is not among the protocol's agencies (protocol.rule_signed)"},
 		},
 		{
 			name: "category both allowed and with consent",

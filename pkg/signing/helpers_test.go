@@ -14,9 +14,9 @@ import (
 )
 
 const (
-	prison     = throughcarev1.Agency_AGENCY_PRISON
-	probation  = throughcarev1.Agency_AGENCY_PROBATION
-	socialWork = throughcarev1.Agency_AGENCY_SOCIAL_WORK
+	prison     = "prison"
+	probation  = "probation"
+	socialWork = "socialwork"
 )
 
 // occurred is when the test events happened.
@@ -72,11 +72,11 @@ func referral() *throughcarev1.Event {
 }
 
 // seededKey is a key that is the same in every run, so fuzz seeds made with it stay valid.
-func seededKey(agency throughcarev1.Agency, id string, seed byte) signing.Key {
+func seededKey(agency string, id string, seed byte) signing.Key {
 	return signing.Key{ID: id, Agency: agency, Private: ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, ed25519.SeedSize))}
 }
 
-func generateKey(t testing.TB, agency throughcarev1.Agency) signing.Key {
+func generateKey(t testing.TB, agency string) signing.Key {
 	t.Helper()
 	key, err := signing.GenerateKey(agency, occurred())
 	if err != nil {

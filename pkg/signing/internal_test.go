@@ -45,7 +45,7 @@ func TestSignedBytesEqualMarshalingWithoutSignature(t *testing.T) {
 	for name, ev := range map[string]*throughcarev1.Event{
 		"empty":               {},
 		"only signature":      {Signature: []byte{1, 2, 3}, KeyId: "prison-1"},
-		"routing and payload": {EventId: "ev_1", CaseId: "rc_1", Source: throughcarev1.Agency_AGENCY_PRISON, Signature: make([]byte, 64), KeyId: "k", Payload: &throughcarev1.Event_ConsentWithdrawn{ConsentWithdrawn: &throughcarev1.ConsentWithdrawn{Categories: []throughcarev1.DataCategory{1, 2}}}},
+		"routing and payload": {EventId: "ev_1", CaseId: "rc_1", Source: "prison", Signature: make([]byte, 64), KeyId: "k", Payload: &throughcarev1.Event_ConsentWithdrawn{ConsentWithdrawn: &throughcarev1.ConsentWithdrawn{Categories: []throughcarev1.DataCategory{1, 2}}}},
 		"unknown field 40":    withUnknown(40, protowire.VarintType),
 		"unknown varint 30":   withUnknown(30, protowire.VarintType),
 		"unknown fixed64 31":  withUnknown(31, protowire.Fixed64Type),

@@ -20,7 +20,7 @@ import (
 	"strings"
 	"time"
 
-	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	throughcareagency "github.com/throughcare/throughcare/pkg/agency"
 	"github.com/throughcare/throughcare/pkg/records"
 )
 
@@ -28,14 +28,14 @@ import (
 type Key struct {
 	// ID names the key in events' key_id; subject-safe, e.g. "prison-20261105-1a2b3c4d5e6f7a8b".
 	ID      string
-	Agency  throughcarev1.Agency
+	Agency  string
 	Private ed25519.PrivateKey
 }
 
 // PublicKey is what receivers hold of another agency's key.
 type PublicKey struct {
 	ID     string
-	Agency throughcarev1.Agency
+	Agency string
 	Public ed25519.PublicKey
 	// NotAfter is when the key was retired: events occurring after it are refused.
 	// Zero means the key is current.
@@ -53,7 +53,7 @@ func (k Key) Public() PublicKey {
 
 // GenerateKey makes a new key for agency. Its id is the agency, the day it was made, and
 // the start of the public key's SHA-256, so keys made on the same day still differ.
-func GenerateKey(agency throughcarev1.Agency, now time.Time) (Key, error) {
+func GenerateKey(agency string, now time.Time) (Key, error) {
 	token, err := agencyToken(agency)
 	if err != nil {
 		return Key{}, fmt.Errorf("generate key: %w", err)
@@ -67,13 +67,21 @@ func GenerateKey(agency throughcarev1.Agency, now time.Time) (Key, error) {
 	return Key{ID: id, Agency: agency, Private: private}, nil
 }
 
-// agencyToken spells agency as eventbus.Token does ("socialwork"), for key ids and file
-// names. It is not imported from eventbus so that eventbus can verify events itself.
-func agencyToken(agency throughcarev1.Agency) (string, error) {
-	if _, known := throughcarev1.Agency_name[int32(agency)]; !known || agency == throughcarev1.Agency_AGENCY_UNSPECIFIED {
-		return "", fmt.Errorf("agency %v is not a known agency", agency)
+// agencyToken checks that agency is an agency id, which key ids and file names start with.
+func agencyToken(agency string) (string, error) {
+	if !throughcareagency.ValidID(agency) {
+		return "", fmt.Errorf("%q is not an agency id", agency)
 	}
-	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(agency.String(), "AGENCY_")), "_", ""), nil
+	return agency, nil
+}
+
+// agencyOfLabel reads the agency a key file or keyring names: its id, or the enum name
+// files written before agencies were ids hold (AGENCY_SOCIAL_WORK is socialwork).
+func agencyOfLabel(label string) string {
+	if id, legacy := strings.CutPrefix(label, "AGENCY_"); legacy {
+		return strings.ReplaceAll(strings.ToLower(id), "_", "")
+	}
+	return label
 }
 
 // validKeyID reports whether id is safe as a NATS subject token and a KV key.
@@ -132,7 +140,7 @@ func (k *Keyring) Lookup(id string) (PublicKey, bool) {
 
 // keyringFile is the keyring as distributed with the configuration, e.g.
 //
-//	{"keys": [{"agency": "AGENCY_PRISON", "key_id": "prison-20261105-1a2b3c4d5e6f7a8b",
+//	{"keys": [{"agency": "prison", "key_id": "prison-20261105-1a2b3c4d5e6f7a8b",
 //	           "public_key": "<base64>", "not_after": "2026-11-05T00:00:00Z"}]}
 type keyringFile struct {
 	Keys []keyringEntry `json:"keys"`
@@ -166,7 +174,7 @@ func LoadKeyring(path string) (*Keyring, error) {
 	}
 	keyring := new(Keyring)
 	for i, entry := range file.Keys {
-		pub := PublicKey{ID: entry.KeyID, Agency: throughcarev1.Agency(throughcarev1.Agency_value[entry.Agency]), NotAfter: entry.NotAfter}
+		pub := PublicKey{ID: entry.KeyID, Agency: agencyOfLabel(entry.Agency), NotAfter: entry.NotAfter}
 		pub.Public, err = base64.StdEncoding.DecodeString(entry.PublicKey)
 		if err != nil {
 			return nil, fmt.Errorf("keyring %s: key %d (%q): public_key is not base64", path, i, entry.KeyID)
@@ -189,7 +197,7 @@ func (k *Keyring) Save(path string) error {
 	for _, id := range ids {
 		pub := k.keys[id]
 		file.Keys = append(file.Keys, keyringEntry{
-			Agency:    pub.Agency.String(),
+			Agency:    pub.Agency,
 			KeyID:     pub.ID,
 			PublicKey: base64.StdEncoding.EncodeToString(pub.Public),
 			NotAfter:  pub.NotAfter.UTC(),
@@ -267,7 +275,7 @@ func SavePrivateKey(path string, key Key) error {
 }
 
 // LoadPrivateKey reads a key written by SavePrivateKey. A key made elsewhere (openssl
-// genpkey -algorithm ed25519) needs the "Agency: AGENCY_..." and "Key-Id: ..." lines
+// genpkey -algorithm ed25519) needs the "Agency: <agency id>" and "Key-Id: ..." lines
 // added above it.
 func LoadPrivateKey(path string) (Key, error) {
 	data, err := os.ReadFile(path)
@@ -298,11 +306,11 @@ func LoadPrivateKey(path string) (Key, error) {
 	}
 	key := Key{
 		ID:      labels[labelKeyID],
-		Agency:  throughcarev1.Agency(throughcarev1.Agency_value[labels[labelAgency]]),
+		Agency:  agencyOfLabel(labels[labelAgency]),
 		Private: private,
 	}
 	if _, err := agencyToken(key.Agency); err != nil {
-		return Key{}, fmt.Errorf("private key %s: %s line %q does not name an agency such as AGENCY_PRISON", path, labelAgency, labels[labelAgency])
+		return Key{}, fmt.Errorf("private key %s: %s line %q does not name an agency id such as prison", path, labelAgency, labels[labelAgency])
 	}
 	if !validKeyID(key.ID) {
 		return Key{}, fmt.Errorf("private key %s: %s line %q is not 1-128 of A-Z a-z 0-9 _ -", path, labelKeyID, key.ID)
@@ -314,7 +322,7 @@ func LoadPrivateKey(path string) (Key, error) {
 // makes dir/<agency>.key for each agency and dir/keyring.json with their public keys;
 // later it loads them. It never replaces a key file; it only adds missing keys to the
 // keyring.
-func Ensure(dir string, agencies []throughcarev1.Agency, now time.Time) (*Keyring, map[throughcarev1.Agency]Key, error) {
+func Ensure(dir string, agencies []string, now time.Time) (*Keyring, map[string]Key, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("ensure keys: %w", err)
 	}
@@ -326,7 +334,7 @@ func Ensure(dir string, agencies []throughcarev1.Agency, now time.Time) (*Keyrin
 	if err != nil {
 		return nil, nil, fmt.Errorf("ensure keys: %w", err)
 	}
-	keys := make(map[throughcarev1.Agency]Key, len(agencies))
+	keys := make(map[string]Key, len(agencies))
 	added := false
 	for _, agency := range agencies {
 		key, err := ensureKey(dir, agency, now)
@@ -355,7 +363,7 @@ func Ensure(dir string, agencies []throughcarev1.Agency, now time.Time) (*Keyrin
 }
 
 // ensureKey loads agency's key from dir, making it first if there is none.
-func ensureKey(dir string, agency throughcarev1.Agency, now time.Time) (Key, error) {
+func ensureKey(dir string, agency string, now time.Time) (Key, error) {
 	token, err := agencyToken(agency)
 	if err != nil {
 		return Key{}, err

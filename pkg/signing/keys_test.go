@@ -19,13 +19,15 @@ import (
 	"testing"
 	"time"
 
-	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
-	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/signing"
 )
 
+// testAgencies are the default protocol's agencies.
+var testAgencies = protocol.Default().Agencies()
+
 func TestGenerateKeyIDNamesAgencyDayAndKey(t *testing.T) {
-	for agency, want := range map[throughcarev1.Agency]*regexp.Regexp{
+	for agency, want := range map[string]*regexp.Regexp{
 		prison:     regexp.MustCompile(`^prison-20261122-[0-9a-f]{16}$`),
 		probation:  regexp.MustCompile(`^probation-20261122-[0-9a-f]{16}$`),
 		socialWork: regexp.MustCompile(`^socialwork-20261122-[0-9a-f]{16}$`),
@@ -38,7 +40,7 @@ func TestGenerateKeyIDNamesAgencyDayAndKey(t *testing.T) {
 			t.Errorf("two keys for %s on one day are the same: %s, %s", agency, a.ID, b.ID)
 		}
 	}
-	for _, agency := range []throughcarev1.Agency{throughcarev1.Agency_AGENCY_UNSPECIFIED, 42} {
+	for _, agency := range []string{"", "Prison", "social_work", "socialwork.x"} {
 		if key, err := signing.GenerateKey(agency, occurred()); err == nil {
 			t.Errorf("GenerateKey(%v) = %s, want an error", agency, key.ID)
 		}
@@ -47,9 +49,9 @@ func TestGenerateKeyIDNamesAgencyDayAndKey(t *testing.T) {
 
 // Key ids and file names spell agencies as subjects do, without importing eventbus.
 func TestKeyIDsStartWithTheAgencySubjectToken(t *testing.T) {
-	for _, agency := range eventbus.Agencies {
-		if id := generateKey(t, agency).ID; !strings.HasPrefix(id, eventbus.Token(agency)+"-") {
-			t.Errorf("key id %s does not start with %s-", id, eventbus.Token(agency))
+	for _, agency := range testAgencies.IDs() {
+		if id := generateKey(t, agency).ID; !strings.HasPrefix(id, agency+"-") {
+			t.Errorf("key id %s does not start with %s-", id, agency)
 		}
 	}
 }
@@ -132,8 +134,8 @@ func TestLoadKeyringNamesFileAndProblem(t *testing.T) {
 		"no keys":           {`{"keys": []}`, "no keys"},
 		"empty":             {``, "EOF"},
 		"two values":        {entry("AGENCY_PRISON", "prison-1", pub) + `{}`, "more than one"},
-		"unknown agency":    {entry("AGENCY_POLICE", "police-1", pub), "AGENCY_POLICE"},
-		"agency token":      {entry("prison", "prison-1", pub), `"prison"`},
+		"malformed agency":  {entry("Police!", "police-1", pub), `"Police!"`},
+		"agency token":      {entry("social_work", "sw-1", pub), `"social_work"`},
 		"id with a dot":     {entry("AGENCY_PRISON", "prison.1", pub), "prison.1"},
 		"public key base64": {entry("AGENCY_PRISON", "prison-1", "not base64!"), "not base64"},
 		"short public key":  {entry("AGENCY_PRISON", "prison-1", base64.StdEncoding.EncodeToString(make([]byte, 31))), "31 bytes"},
@@ -237,15 +239,15 @@ func TestLoadPrivateKeyNamesFileAndProblem(t *testing.T) {
 	}
 	labels := "Agency: AGENCY_PRISON\nKey-Id: prison-1\n"
 	for name, tc := range map[string]struct{ content, problem string }{
-		"empty":           {"", "no PEM block"},
-		"raw base64":      {base64.StdEncoding.EncodeToString(ed25519DER), "no PEM block"},
-		"other PEM type":  {labels + block("OPENSSH PRIVATE KEY", ed25519DER), "OPENSSH PRIVATE KEY"},
-		"not PKCS#8":      {labels + block("PRIVATE KEY", []byte("garbage")), "not PKCS#8"},
-		"ECDSA key":       {labels + block("PRIVATE KEY", ecDER), "ecdsa"},
-		"no labels":       {block("PRIVATE KEY", ed25519DER), "Agency line"},
-		"unknown agency":  {"Agency: AGENCY_POLICE\nKey-Id: police-1\n" + block("PRIVATE KEY", ed25519DER), "AGENCY_POLICE"},
-		"no key id":       {"Agency: AGENCY_PRISON\n" + block("PRIVATE KEY", ed25519DER), "Key-Id line"},
-		"key id with dot": {"Agency: AGENCY_PRISON\nKey-Id: prison.1\n" + block("PRIVATE KEY", ed25519DER), "prison.1"},
+		"empty":            {"", "no PEM block"},
+		"raw base64":       {base64.StdEncoding.EncodeToString(ed25519DER), "no PEM block"},
+		"other PEM type":   {labels + block("OPENSSH PRIVATE KEY", ed25519DER), "OPENSSH PRIVATE KEY"},
+		"not PKCS#8":       {labels + block("PRIVATE KEY", []byte("garbage")), "not PKCS#8"},
+		"ECDSA key":        {labels + block("PRIVATE KEY", ecDER), "ecdsa"},
+		"no labels":        {block("PRIVATE KEY", ed25519DER), "Agency line"},
+		"malformed agency": {"Agency: Police!\nKey-Id: police-1\n" + block("PRIVATE KEY", ed25519DER), "Police!"},
+		"no key id":        {"Agency: AGENCY_PRISON\n" + block("PRIVATE KEY", ed25519DER), "Key-Id line"},
+		"key id with dot":  {"Agency: AGENCY_PRISON\nKey-Id: prison.1\n" + block("PRIVATE KEY", ed25519DER), "prison.1"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "prison.key")
@@ -262,7 +264,7 @@ func TestLoadPrivateKeyNamesFileAndProblem(t *testing.T) {
 
 func TestEnsureMakesKeysOnceAndLoadsThemAfter(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "keys")
-	agencies := []throughcarev1.Agency{prison, probation, socialWork}
+	agencies := []string{prison, probation, socialWork}
 	keyring, keys, err := signing.Ensure(dir, agencies, occurred())
 	if err != nil {
 		t.Fatalf("first Ensure: %v", err)
@@ -303,7 +305,7 @@ func TestEnsureMakesKeysOnceAndLoadsThemAfter(t *testing.T) {
 
 func TestEnsureKeepsExistingKeysAndAddsMissingOnes(t *testing.T) {
 	dir := t.TempDir()
-	if _, _, err := signing.Ensure(dir, []throughcarev1.Agency{prison}, occurred()); err != nil {
+	if _, _, err := signing.Ensure(dir, []string{prison}, occurred()); err != nil {
 		t.Fatal(err)
 	}
 	// An operator-provided probation key is used as it is.
@@ -313,7 +315,7 @@ func TestEnsureKeepsExistingKeysAndAddsMissingOnes(t *testing.T) {
 	}
 	prisonKey, _ := os.ReadFile(filepath.Join(dir, "prison.key"))
 
-	keyring, keys, err := signing.Ensure(dir, []throughcarev1.Agency{prison, probation, socialWork}, occurred())
+	keyring, keys, err := signing.Ensure(dir, []string{prison, probation, socialWork}, occurred())
 	if err != nil {
 		t.Fatalf("Ensure: %v", err)
 	}
@@ -341,7 +343,7 @@ func TestEnsureRefusesKeyFileOfAnotherAgency(t *testing.T) {
 	if err := signing.SavePrivateKey(filepath.Join(dir, "prison.key"), generateKey(t, probation)); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := signing.Ensure(dir, []throughcarev1.Agency{prison}, occurred()); err == nil || !strings.Contains(err.Error(), "prison.key") {
+	if _, _, err := signing.Ensure(dir, []string{prison}, occurred()); err == nil || !strings.Contains(err.Error(), "prison.key") {
 		t.Errorf("Ensure = %v, want an error naming prison.key", err)
 	}
 }

@@ -34,7 +34,7 @@ func BenchmarkOpenReleaseCase(b *testing.B) {
 	stored := proto.CloneOf(req.GetReleaseCase())
 	stored.CaseId = ids.New(ids.Case)
 	stored.State = throughcarev1.CaseState_CASE_STATE_OPEN
-	stored.Owner = throughcarev1.Agency_AGENCY_PRISON
+	stored.Owner = "prison"
 	stored.CreateTime = timestamppb.Now()
 	stored.UpdateTime = stored.CreateTime
 	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(stored)

@@ -68,7 +68,7 @@ func startPrison(t testing.TB, ns *natstest.Server, log *zap.Logger) *harness {
 		t.Fatalf("grpcserver.New: %v", err)
 	}
 	handovers := &fakeHandovers{}
-	throughcarev1.RegisterPrisonServiceServer(srv.Server, prison.New(log, store, handovers))
+	throughcarev1.RegisterPrisonServiceServer(srv.Server, prison.New(log, "prison", store, handovers))
 	srv.SetServing()
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -118,13 +118,13 @@ type fakeHandovers struct {
 
 type withdrawCall struct {
 	Actor, CaseID string
-	Recipient     throughcarev1.Agency
+	Recipient     string
 	Categories    []throughcarev1.DataCategory
 }
 
 type referCall struct {
 	Actor, CaseID string
-	Recipient     throughcarev1.Agency
+	Recipient     string
 	Purpose       throughcarev1.Purpose
 }
 
@@ -135,7 +135,7 @@ type releaseCall struct {
 
 var _ prison.Handovers = (*fakeHandovers)(nil)
 
-func (f *fakeHandovers) Refer(_ context.Context, actor, caseID string, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []*throughcarev1.Withholding, error) {
+func (f *fakeHandovers) Refer(_ context.Context, actor, caseID string, recipient string, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []*throughcarev1.Withholding, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Refers = append(f.Refers, referCall{actor, caseID, recipient, purpose})
@@ -155,7 +155,7 @@ func (f *fakeHandovers) NotifyRelease(_ context.Context, actor, caseID string, r
 	return 1, nil
 }
 
-func (f *fakeHandovers) WithdrawConsent(_ context.Context, actor, caseID string, recipient throughcarev1.Agency, categories []throughcarev1.DataCategory) (int, error) {
+func (f *fakeHandovers) WithdrawConsent(_ context.Context, actor, caseID string, recipient string, categories []throughcarev1.DataCategory) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Withdraw = append(f.Withdraw, withdrawCall{actor, caseID, recipient, slices.Clone(categories)})
@@ -386,7 +386,7 @@ func fullCase() *throughcarev1.ReleaseCase {
 // clientFields returns rc without its server-owned fields, for comparing content.
 func clientFields(rc *throughcarev1.ReleaseCase) *throughcarev1.ReleaseCase {
 	c := proto.CloneOf(rc)
-	c.CaseId, c.Revision, c.State, c.Owner, c.CreateTime, c.UpdateTime = "", 0, 0, 0, nil, nil
+	c.CaseId, c.Revision, c.State, c.Owner, c.CreateTime, c.UpdateTime = "", 0, 0, "", nil, nil
 	return c
 }
 

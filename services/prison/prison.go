@@ -22,15 +22,15 @@ import (
 
 // Handovers is the prison's side of the handover protocol (package handover).
 type Handovers interface {
-	Refer(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []*throughcarev1.Withholding, error)
 	NotifyRelease(ctx context.Context, actor, caseID string, release *throughcarev1.Release) (int, error)
-	WithdrawConsent(ctx context.Context, actor, caseID string, recipient throughcarev1.Agency, categories []throughcarev1.DataCategory) (int, error)
+	WithdrawConsent(ctx context.Context, actor, caseID string, recipient string, categories []throughcarev1.DataCategory) (int, error)
 }
 
 // Server implements throughcare.v1.PrisonService.
 type Server struct {
 	throughcarev1.UnimplementedPrisonServiceServer
 	log       *zap.Logger
+	agency    string // the prison's id, which owns the cases it opens
 	cases     *cases.Store
 	handovers Handovers
 	now       func() time.Time
@@ -38,9 +38,10 @@ type Server struct {
 
 var _ throughcarev1.PrisonServiceServer = (*Server)(nil)
 
-// New returns the prison service over its case store and its side of the handovers.
-func New(log *zap.Logger, store *cases.Store, handovers Handovers) *Server {
-	return &Server{log: log, cases: store, handovers: handovers, now: time.Now}
+// New returns the service of the prison agency over its case store and its side of the
+// handovers.
+func New(log *zap.Logger, agency string, store *cases.Store, handovers Handovers) *Server {
+	return &Server{log: log, agency: agency, cases: store, handovers: handovers, now: time.Now}
 }
 
 // OpenReleaseCase stores a new case. Validation already refused server-owned fields.
@@ -49,7 +50,7 @@ func (s *Server) OpenReleaseCase(ctx context.Context, req *throughcarev1.OpenRel
 	now := timestamppb.New(s.now())
 	rc.CaseId = ids.New(ids.Case)
 	rc.State = throughcarev1.CaseState_CASE_STATE_OPEN
-	rc.Owner = throughcarev1.Agency_AGENCY_PRISON
+	rc.Owner = s.agency
 	rc.CreateTime = now
 	rc.UpdateTime = now
 	rc, err := s.cases.Create(ctx, rc)
@@ -140,16 +141,6 @@ func (s *Server) editable(ctx context.Context, caseID string, expectedRevision u
 	return rc, nil
 }
 
-// ReferCase refers an open case to probation or social work, sharing what the protocol
-// allows for the purpose; the response says what was held back and why.
-func (s *Server) ReferCase(ctx context.Context, req *throughcarev1.ReferCaseRequest) (*throughcarev1.ReferCaseResponse, error) {
-	h, withheld, err := s.handovers.Refer(ctx, req.GetActor(), req.GetCaseId(), req.GetRecipient(), req.GetPurpose())
-	if err != nil {
-		return nil, err
-	}
-	return &throughcarev1.ReferCaseResponse{Handover: h, WithheldCategories: h.GetWithheldCategories(), Withholdings: withheld}, nil
-}
-
 // RecordRelease records the actual release and tells every agency that accepted the case.
 // Recording the same release again only repeats the notices, which change nothing, so a
 // caller may retry after an error.
@@ -203,7 +194,7 @@ func (s *Server) RecordConsent(ctx context.Context, req *throughcarev1.RecordCon
 		return nil, err
 	}
 	s.log.Info("consent recorded", zap.String("case_id", rc.GetCaseId()), zap.String("category", req.GetCategory().String()),
-		zap.String("recipient", req.GetRecipient().String()), zap.String("actor", req.GetActor()))
+		zap.String("recipient", req.GetRecipient()), zap.String("actor", req.GetActor()))
 	return &throughcarev1.RecordConsentResponse{ReleaseCase: rc}, nil
 }
 
@@ -234,11 +225,11 @@ func (s *Server) WithdrawConsent(ctx context.Context, req *throughcarev1.Withdra
 		return nil, err
 	}
 	s.log.Info("consent withdrawn", zap.String("case_id", rc.GetCaseId()), zap.String("category", req.GetCategory().String()),
-		zap.String("recipient", req.GetRecipient().String()), zap.Int("handovers_told", told), zap.String("actor", req.GetActor()))
+		zap.String("recipient", req.GetRecipient()), zap.Int("handovers_told", told), zap.String("actor", req.GetActor()))
 	return &throughcarev1.WithdrawConsentResponse{ReleaseCase: rc}, nil
 }
 
-func standingConsent(rc *throughcarev1.ReleaseCase, category throughcarev1.DataCategory, recipient throughcarev1.Agency) *throughcarev1.Consent {
+func standingConsent(rc *throughcarev1.ReleaseCase, category throughcarev1.DataCategory, recipient string) *throughcarev1.Consent {
 	for _, c := range rc.GetConsents() {
 		if c.GetCategory() == category && c.GetRecipient() == recipient && c.GetWithdrawnTime() == nil {
 			return c

@@ -114,13 +114,13 @@ func TestBadInput(t *testing.T) {
 		{"open with case_id", open(func(rc *throughcarev1.ReleaseCase) { rc.CaseId = "rc_mine" }), "release_case"},
 		{"open with revision", open(func(rc *throughcarev1.ReleaseCase) { rc.Revision = 7 }), "release_case"},
 		{"open with state", open(func(rc *throughcarev1.ReleaseCase) { rc.State = throughcarev1.CaseState_CASE_STATE_OPEN }), "release_case"},
-		{"open with owner", open(func(rc *throughcarev1.ReleaseCase) { rc.Owner = throughcarev1.Agency_AGENCY_PRISON }), "release_case"},
+		{"open with owner", open(func(rc *throughcarev1.ReleaseCase) { rc.Owner = "prison" }), "release_case"},
 		{"open with create_time", open(func(rc *throughcarev1.ReleaseCase) { rc.CreateTime = timestamppb.Now() }), "release_case"},
 		{"open with update_time", open(func(rc *throughcarev1.ReleaseCase) { rc.UpdateTime = timestamppb.Now() }), "release_case"},
 		{"open with supervision_plan", open(func(rc *throughcarev1.ReleaseCase) { rc.SupervisionPlan = &throughcarev1.SupervisionPlan{Officer: "x"} }), "release_case"},
 		{"open with assistance_plan", open(func(rc *throughcarev1.ReleaseCase) { rc.AssistancePlan = &throughcarev1.AssistancePlan{Worker: "x"} }), "release_case"},
 		{"open with consents", open(func(rc *throughcarev1.ReleaseCase) {
-			rc.Consents = []*throughcarev1.Consent{{Category: throughcarev1.DataCategory_DATA_CATEGORY_HEALTH, Recipient: throughcarev1.Agency_AGENCY_PROBATION}}
+			rc.Consents = []*throughcarev1.Consent{{Category: throughcarev1.DataCategory_DATA_CATEGORY_HEALTH, Recipient: "probation"}}
 		}), "release_case"},
 
 		// Sizes and formats.

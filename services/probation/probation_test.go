@@ -108,7 +108,7 @@ func newProbation(t *testing.T) (throughcarev1.ProbationServiceClient, *cases.St
 func received(id string, state throughcarev1.CaseState) *throughcarev1.ReleaseCase {
 	now := timestamppb.Now()
 	return &throughcarev1.ReleaseCase{
-		CaseId: id, State: state, Owner: throughcarev1.Agency_AGENCY_PRISON, CreateTime: now, UpdateTime: now,
+		CaseId: id, State: state, Owner: "prison", CreateTime: now, UpdateTime: now,
 		Person: &throughcarev1.Person{
 			GivenName: "Alex", FamilyName: "Example", PrisonNumber: "A1234BC",
 			DateOfBirth: &throughcarev1.Date{Year: 1990, Month: 4, Day: 17},

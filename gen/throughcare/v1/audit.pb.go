@@ -226,8 +226,8 @@ type Disclosure struct {
 	Sequence           uint64                 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	CaseId             string                 `protobuf:"bytes,2,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
 	EventId            string                 `protobuf:"bytes,3,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
-	Sender             Agency                 `protobuf:"varint,4,opt,name=sender,proto3,enum=throughcare.v1.Agency" json:"sender,omitempty"`
-	Recipient          Agency                 `protobuf:"varint,5,opt,name=recipient,proto3,enum=throughcare.v1.Agency" json:"recipient,omitempty"`
+	Sender             string                 `protobuf:"bytes,4,opt,name=sender,proto3" json:"sender,omitempty"`
+	Recipient          string                 `protobuf:"bytes,5,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	Purpose            Purpose                `protobuf:"varint,6,opt,name=purpose,proto3,enum=throughcare.v1.Purpose" json:"purpose,omitempty"`
 	SharedCategories   []DataCategory         `protobuf:"varint,7,rep,packed,name=shared_categories,json=sharedCategories,proto3,enum=throughcare.v1.DataCategory" json:"shared_categories,omitempty"`
 	WithheldCategories []DataCategory         `protobuf:"varint,8,rep,packed,name=withheld_categories,json=withheldCategories,proto3,enum=throughcare.v1.DataCategory" json:"withheld_categories,omitempty"`
@@ -305,18 +305,18 @@ func (x *Disclosure) GetEventId() string {
 	return ""
 }
 
-func (x *Disclosure) GetSender() Agency {
+func (x *Disclosure) GetSender() string {
 	if x != nil {
 		return x.Sender
 	}
-	return Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
-func (x *Disclosure) GetRecipient() Agency {
+func (x *Disclosure) GetRecipient() string {
 	if x != nil {
 		return x.Recipient
 	}
-	return Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
 func (x *Disclosure) GetPurpose() Purpose {
@@ -616,14 +616,14 @@ const file_throughcare_v1_audit_proto_rawDesc = "" +
 	"\x13case_id.one_subject\x12,set exactly one of case_id and prison_number\x1a2(this.case_id == '') != (this.prison_number == '')\"\x8b\x01\n" +
 	"\x17ListDisclosuresResponse\x12B\n" +
 	"\vdisclosures\x18\x01 \x03(\v2\x1a.throughcare.v1.DisclosureB\x04\xd0\xf3\x18\x01R\vdisclosures\x12,\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\rnextPageToken\"\xa0\a\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\rnextPageToken\"\xf0\x06\n" +
 	"\n" +
 	"Disclosure\x12 \n" +
 	"\bsequence\x18\x01 \x01(\x04B\x04\xd0\xf3\x18\x01R\bsequence\x12\x1d\n" +
 	"\acase_id\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\x06caseId\x12\x1f\n" +
-	"\bevent_id\x18\x03 \x01(\tB\x04\xd0\xf3\x18\x01R\aeventId\x124\n" +
-	"\x06sender\x18\x04 \x01(\x0e2\x16.throughcare.v1.AgencyB\x04\xd0\xf3\x18\x01R\x06sender\x12:\n" +
-	"\trecipient\x18\x05 \x01(\x0e2\x16.throughcare.v1.AgencyB\x04\xd0\xf3\x18\x01R\trecipient\x127\n" +
+	"\bevent_id\x18\x03 \x01(\tB\x04\xd0\xf3\x18\x01R\aeventId\x12\x1c\n" +
+	"\x06sender\x18\x04 \x01(\tB\x04\xd0\xf3\x18\x01R\x06sender\x12\"\n" +
+	"\trecipient\x18\x05 \x01(\tB\x04\xd0\xf3\x18\x01R\trecipient\x127\n" +
 	"\apurpose\x18\x06 \x01(\x0e2\x17.throughcare.v1.PurposeB\x04\xd0\xf3\x18\x01R\apurpose\x12O\n" +
 	"\x11shared_categories\x18\a \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x04\xd0\xf3\x18\x01R\x10sharedCategories\x12S\n" +
 	"\x13withheld_categories\x18\b \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x04\xd0\xf3\x18\x01R\x12withheldCategories\x12%\n" +
@@ -689,35 +689,32 @@ var file_throughcare_v1_audit_proto_goTypes = []any{
 	(*VerifyLedgerResponse)(nil),       // 5: throughcare.v1.VerifyLedgerResponse
 	(*GetSharingProtocolRequest)(nil),  // 6: throughcare.v1.GetSharingProtocolRequest
 	(*GetSharingProtocolResponse)(nil), // 7: throughcare.v1.GetSharingProtocolResponse
-	(Agency)(0),                        // 8: throughcare.v1.Agency
-	(Purpose)(0),                       // 9: throughcare.v1.Purpose
-	(DataCategory)(0),                  // 10: throughcare.v1.DataCategory
-	(*timestamppb.Timestamp)(nil),      // 11: google.protobuf.Timestamp
-	(*Withholding)(nil),                // 12: throughcare.v1.Withholding
-	(*SharingProtocol)(nil),            // 13: throughcare.v1.SharingProtocol
+	(Purpose)(0),                       // 8: throughcare.v1.Purpose
+	(DataCategory)(0),                  // 9: throughcare.v1.DataCategory
+	(*timestamppb.Timestamp)(nil),      // 10: google.protobuf.Timestamp
+	(*Withholding)(nil),                // 11: throughcare.v1.Withholding
+	(*SharingProtocol)(nil),            // 12: throughcare.v1.SharingProtocol
 }
 var file_throughcare_v1_audit_proto_depIdxs = []int32{
 	3,  // 0: throughcare.v1.ListDisclosuresResponse.disclosures:type_name -> throughcare.v1.Disclosure
-	8,  // 1: throughcare.v1.Disclosure.sender:type_name -> throughcare.v1.Agency
-	8,  // 2: throughcare.v1.Disclosure.recipient:type_name -> throughcare.v1.Agency
-	9,  // 3: throughcare.v1.Disclosure.purpose:type_name -> throughcare.v1.Purpose
-	10, // 4: throughcare.v1.Disclosure.shared_categories:type_name -> throughcare.v1.DataCategory
-	10, // 5: throughcare.v1.Disclosure.withheld_categories:type_name -> throughcare.v1.DataCategory
-	11, // 6: throughcare.v1.Disclosure.time:type_name -> google.protobuf.Timestamp
-	0,  // 7: throughcare.v1.Disclosure.kind:type_name -> throughcare.v1.DisclosureKind
-	12, // 8: throughcare.v1.Disclosure.withholdings:type_name -> throughcare.v1.Withholding
-	13, // 9: throughcare.v1.GetSharingProtocolResponse.protocol:type_name -> throughcare.v1.SharingProtocol
-	1,  // 10: throughcare.v1.AuditService.ListDisclosures:input_type -> throughcare.v1.ListDisclosuresRequest
-	4,  // 11: throughcare.v1.AuditService.VerifyLedger:input_type -> throughcare.v1.VerifyLedgerRequest
-	6,  // 12: throughcare.v1.AuditService.GetSharingProtocol:input_type -> throughcare.v1.GetSharingProtocolRequest
-	2,  // 13: throughcare.v1.AuditService.ListDisclosures:output_type -> throughcare.v1.ListDisclosuresResponse
-	5,  // 14: throughcare.v1.AuditService.VerifyLedger:output_type -> throughcare.v1.VerifyLedgerResponse
-	7,  // 15: throughcare.v1.AuditService.GetSharingProtocol:output_type -> throughcare.v1.GetSharingProtocolResponse
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	8,  // 1: throughcare.v1.Disclosure.purpose:type_name -> throughcare.v1.Purpose
+	9,  // 2: throughcare.v1.Disclosure.shared_categories:type_name -> throughcare.v1.DataCategory
+	9,  // 3: throughcare.v1.Disclosure.withheld_categories:type_name -> throughcare.v1.DataCategory
+	10, // 4: throughcare.v1.Disclosure.time:type_name -> google.protobuf.Timestamp
+	0,  // 5: throughcare.v1.Disclosure.kind:type_name -> throughcare.v1.DisclosureKind
+	11, // 6: throughcare.v1.Disclosure.withholdings:type_name -> throughcare.v1.Withholding
+	12, // 7: throughcare.v1.GetSharingProtocolResponse.protocol:type_name -> throughcare.v1.SharingProtocol
+	1,  // 8: throughcare.v1.AuditService.ListDisclosures:input_type -> throughcare.v1.ListDisclosuresRequest
+	4,  // 9: throughcare.v1.AuditService.VerifyLedger:input_type -> throughcare.v1.VerifyLedgerRequest
+	6,  // 10: throughcare.v1.AuditService.GetSharingProtocol:input_type -> throughcare.v1.GetSharingProtocolRequest
+	2,  // 11: throughcare.v1.AuditService.ListDisclosures:output_type -> throughcare.v1.ListDisclosuresResponse
+	5,  // 12: throughcare.v1.AuditService.VerifyLedger:output_type -> throughcare.v1.VerifyLedgerResponse
+	7,  // 13: throughcare.v1.AuditService.GetSharingProtocol:output_type -> throughcare.v1.GetSharingProtocolResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_audit_proto_init() }

@@ -261,7 +261,7 @@ type ReleaseCase struct {
 	Revision uint64    `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	State    CaseState `protobuf:"varint,3,opt,name=state,proto3,enum=throughcare.v1.CaseState" json:"state,omitempty"`
 	// The agency that opened the case.
-	Owner       Agency                 `protobuf:"varint,4,opt,name=owner,proto3,enum=throughcare.v1.Agency" json:"owner,omitempty"`
+	Owner       string                 `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
 	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	UpdateTime  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	Person      *Person                `protobuf:"bytes,10,opt,name=person,proto3" json:"person,omitempty"`
@@ -340,11 +340,11 @@ func (x *ReleaseCase) GetState() CaseState {
 	return CaseState_CASE_STATE_UNSPECIFIED
 }
 
-func (x *ReleaseCase) GetOwner() Agency {
+func (x *ReleaseCase) GetOwner() string {
 	if x != nil {
 		return x.Owner
 	}
-	return Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
 func (x *ReleaseCase) GetCreateTime() *timestamppb.Timestamp {
@@ -1034,7 +1034,7 @@ func (x *WorkerSafetyWarning) GetNote() string {
 type Consent struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Category  DataCategory           `protobuf:"varint,1,opt,name=category,proto3,enum=throughcare.v1.DataCategory" json:"category,omitempty"`
-	Recipient Agency                 `protobuf:"varint,2,opt,name=recipient,proto3,enum=throughcare.v1.Agency" json:"recipient,omitempty"`
+	Recipient string                 `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	// Server-owned.
 	GivenTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=given_time,json=givenTime,proto3" json:"given_time,omitempty"`
 	// Server-owned; set when the consent is withdrawn.
@@ -1080,11 +1080,11 @@ func (x *Consent) GetCategory() DataCategory {
 	return DataCategory_DATA_CATEGORY_UNSPECIFIED
 }
 
-func (x *Consent) GetRecipient() Agency {
+func (x *Consent) GetRecipient() string {
 	if x != nil {
 		return x.Recipient
 	}
-	return Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
 func (x *Consent) GetGivenTime() *timestamppb.Timestamp {
@@ -1244,12 +1244,13 @@ var File_throughcare_v1_case_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_case_proto_rawDesc = "" +
 	"\n" +
-	"\x19throughcare/v1/case.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/data.proto\"\x82\v\n" +
+	"\x19throughcare/v1/case.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/data.proto\"\xea\n" +
+	"\n" +
 	"\vReleaseCase\x12\x1d\n" +
 	"\acase_id\x18\x01 \x01(\tB\x04\xd0\xf3\x18\x01R\x06caseId\x12 \n" +
 	"\brevision\x18\x02 \x01(\x04B\x04\xd0\xf3\x18\x01R\brevision\x125\n" +
-	"\x05state\x18\x03 \x01(\x0e2\x19.throughcare.v1.CaseStateB\x04\xd0\xf3\x18\x01R\x05state\x122\n" +
-	"\x05owner\x18\x04 \x01(\x0e2\x16.throughcare.v1.AgencyB\x04\xd0\xf3\x18\x01R\x05owner\x12A\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x19.throughcare.v1.CaseStateB\x04\xd0\xf3\x18\x01R\x05state\x12\x1a\n" +
+	"\x05owner\x18\x04 \x01(\tB\x04\xd0\xf3\x18\x01R\x05owner\x12A\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\n" +
 	"createTime\x12A\n" +
 	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\n" +
@@ -1324,10 +1325,10 @@ const file_throughcare_v1_case_proto_rawDesc = "" +
 	"\x13WorkerSafetyWarning\x12$\n" +
 	"\x0evisit_in_pairs\x18\x01 \x01(\bR\fvisitInPairs\x12,\n" +
 	"\x12office_visits_only\x18\x02 \x01(\bR\x10officeVisitsOnly\x12\x1c\n" +
-	"\x04note\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x04note\"\xa3\x02\n" +
+	"\x04note\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\x04note\"\x9d\x02\n" +
 	"\aConsent\x12H\n" +
-	"\bcategory\x18\x01 \x01(\x0e2\x1c.throughcare.v1.DataCategoryB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\bcategory\x12D\n" +
-	"\trecipient\x18\x02 \x01(\x0e2\x16.throughcare.v1.AgencyB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\trecipient\x12?\n" +
+	"\bcategory\x18\x01 \x01(\x0e2\x1c.throughcare.v1.DataCategoryB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\bcategory\x12>\n" +
+	"\trecipient\x18\x02 \x01(\tB \xbaH\x19r\x172\x15^[a-z][a-z0-9]{0,30}$\xd0\xf3\x18\x01R\trecipient\x12?\n" +
 	"\n" +
 	"given_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\tgivenTime\x12G\n" +
 	"\x0ewithdrawn_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\rwithdrawnTime\"\xa7\x02\n" +
@@ -1398,58 +1399,55 @@ var file_throughcare_v1_case_proto_goTypes = []any{
 	(*Consent)(nil),               // 13: throughcare.v1.Consent
 	(*SupervisionPlan)(nil),       // 14: throughcare.v1.SupervisionPlan
 	(*AssistancePlan)(nil),        // 15: throughcare.v1.AssistancePlan
-	(Agency)(0),                   // 16: throughcare.v1.Agency
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*Date)(nil),                  // 18: throughcare.v1.Date
-	(*Address)(nil),               // 19: throughcare.v1.Address
-	(DataCategory)(0),             // 20: throughcare.v1.DataCategory
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*Date)(nil),                  // 17: throughcare.v1.Date
+	(*Address)(nil),               // 18: throughcare.v1.Address
+	(DataCategory)(0),             // 19: throughcare.v1.DataCategory
 }
 var file_throughcare_v1_case_proto_depIdxs = []int32{
 	0,  // 0: throughcare.v1.ReleaseCase.state:type_name -> throughcare.v1.CaseState
-	16, // 1: throughcare.v1.ReleaseCase.owner:type_name -> throughcare.v1.Agency
-	17, // 2: throughcare.v1.ReleaseCase.create_time:type_name -> google.protobuf.Timestamp
-	17, // 3: throughcare.v1.ReleaseCase.update_time:type_name -> google.protobuf.Timestamp
-	5,  // 4: throughcare.v1.ReleaseCase.person:type_name -> throughcare.v1.Person
-	6,  // 5: throughcare.v1.ReleaseCase.contact:type_name -> throughcare.v1.Contact
-	7,  // 6: throughcare.v1.ReleaseCase.sentence:type_name -> throughcare.v1.Sentence
-	8,  // 7: throughcare.v1.ReleaseCase.release_plan:type_name -> throughcare.v1.ReleasePlan
-	9,  // 8: throughcare.v1.ReleaseCase.accommodation:type_name -> throughcare.v1.Need
-	9,  // 9: throughcare.v1.ReleaseCase.education_work:type_name -> throughcare.v1.Need
-	9,  // 10: throughcare.v1.ReleaseCase.health:type_name -> throughcare.v1.Need
-	9,  // 11: throughcare.v1.ReleaseCase.substance_use:type_name -> throughcare.v1.Need
-	9,  // 12: throughcare.v1.ReleaseCase.finance_id:type_name -> throughcare.v1.Need
-	9,  // 13: throughcare.v1.ReleaseCase.family:type_name -> throughcare.v1.Need
-	9,  // 14: throughcare.v1.ReleaseCase.behaviour:type_name -> throughcare.v1.Need
-	10, // 15: throughcare.v1.ReleaseCase.risk:type_name -> throughcare.v1.RiskAssessment
-	11, // 16: throughcare.v1.ReleaseCase.extremism:type_name -> throughcare.v1.ExtremismAssessment
-	12, // 17: throughcare.v1.ReleaseCase.worker_safety:type_name -> throughcare.v1.WorkerSafetyWarning
-	14, // 18: throughcare.v1.ReleaseCase.supervision_plan:type_name -> throughcare.v1.SupervisionPlan
-	15, // 19: throughcare.v1.ReleaseCase.assistance_plan:type_name -> throughcare.v1.AssistancePlan
-	13, // 20: throughcare.v1.ReleaseCase.consents:type_name -> throughcare.v1.Consent
-	18, // 21: throughcare.v1.Person.date_of_birth:type_name -> throughcare.v1.Date
-	19, // 22: throughcare.v1.Contact.address:type_name -> throughcare.v1.Address
-	18, // 23: throughcare.v1.Sentence.start_date:type_name -> throughcare.v1.Date
-	18, // 24: throughcare.v1.Sentence.sentence_end_date:type_name -> throughcare.v1.Date
-	1,  // 25: throughcare.v1.ReleasePlan.release_type:type_name -> throughcare.v1.ReleaseType
-	18, // 26: throughcare.v1.ReleasePlan.expected_release_date:type_name -> throughcare.v1.Date
-	18, // 27: throughcare.v1.ReleasePlan.actual_release_date:type_name -> throughcare.v1.Date
-	19, // 28: throughcare.v1.ReleasePlan.release_address:type_name -> throughcare.v1.Address
-	2,  // 29: throughcare.v1.Need.level:type_name -> throughcare.v1.NeedLevel
-	3,  // 30: throughcare.v1.RiskAssessment.reoffending:type_name -> throughcare.v1.RiskLevel
-	3,  // 31: throughcare.v1.RiskAssessment.serious_harm:type_name -> throughcare.v1.RiskLevel
-	18, // 32: throughcare.v1.RiskAssessment.assessed_on:type_name -> throughcare.v1.Date
-	3,  // 33: throughcare.v1.ExtremismAssessment.level:type_name -> throughcare.v1.RiskLevel
-	18, // 34: throughcare.v1.ExtremismAssessment.assessed_on:type_name -> throughcare.v1.Date
-	20, // 35: throughcare.v1.Consent.category:type_name -> throughcare.v1.DataCategory
-	16, // 36: throughcare.v1.Consent.recipient:type_name -> throughcare.v1.Agency
-	17, // 37: throughcare.v1.Consent.given_time:type_name -> google.protobuf.Timestamp
-	17, // 38: throughcare.v1.Consent.withdrawn_time:type_name -> google.protobuf.Timestamp
-	18, // 39: throughcare.v1.SupervisionPlan.supervision_end_date:type_name -> throughcare.v1.Date
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	16, // 1: throughcare.v1.ReleaseCase.create_time:type_name -> google.protobuf.Timestamp
+	16, // 2: throughcare.v1.ReleaseCase.update_time:type_name -> google.protobuf.Timestamp
+	5,  // 3: throughcare.v1.ReleaseCase.person:type_name -> throughcare.v1.Person
+	6,  // 4: throughcare.v1.ReleaseCase.contact:type_name -> throughcare.v1.Contact
+	7,  // 5: throughcare.v1.ReleaseCase.sentence:type_name -> throughcare.v1.Sentence
+	8,  // 6: throughcare.v1.ReleaseCase.release_plan:type_name -> throughcare.v1.ReleasePlan
+	9,  // 7: throughcare.v1.ReleaseCase.accommodation:type_name -> throughcare.v1.Need
+	9,  // 8: throughcare.v1.ReleaseCase.education_work:type_name -> throughcare.v1.Need
+	9,  // 9: throughcare.v1.ReleaseCase.health:type_name -> throughcare.v1.Need
+	9,  // 10: throughcare.v1.ReleaseCase.substance_use:type_name -> throughcare.v1.Need
+	9,  // 11: throughcare.v1.ReleaseCase.finance_id:type_name -> throughcare.v1.Need
+	9,  // 12: throughcare.v1.ReleaseCase.family:type_name -> throughcare.v1.Need
+	9,  // 13: throughcare.v1.ReleaseCase.behaviour:type_name -> throughcare.v1.Need
+	10, // 14: throughcare.v1.ReleaseCase.risk:type_name -> throughcare.v1.RiskAssessment
+	11, // 15: throughcare.v1.ReleaseCase.extremism:type_name -> throughcare.v1.ExtremismAssessment
+	12, // 16: throughcare.v1.ReleaseCase.worker_safety:type_name -> throughcare.v1.WorkerSafetyWarning
+	14, // 17: throughcare.v1.ReleaseCase.supervision_plan:type_name -> throughcare.v1.SupervisionPlan
+	15, // 18: throughcare.v1.ReleaseCase.assistance_plan:type_name -> throughcare.v1.AssistancePlan
+	13, // 19: throughcare.v1.ReleaseCase.consents:type_name -> throughcare.v1.Consent
+	17, // 20: throughcare.v1.Person.date_of_birth:type_name -> throughcare.v1.Date
+	18, // 21: throughcare.v1.Contact.address:type_name -> throughcare.v1.Address
+	17, // 22: throughcare.v1.Sentence.start_date:type_name -> throughcare.v1.Date
+	17, // 23: throughcare.v1.Sentence.sentence_end_date:type_name -> throughcare.v1.Date
+	1,  // 24: throughcare.v1.ReleasePlan.release_type:type_name -> throughcare.v1.ReleaseType
+	17, // 25: throughcare.v1.ReleasePlan.expected_release_date:type_name -> throughcare.v1.Date
+	17, // 26: throughcare.v1.ReleasePlan.actual_release_date:type_name -> throughcare.v1.Date
+	18, // 27: throughcare.v1.ReleasePlan.release_address:type_name -> throughcare.v1.Address
+	2,  // 28: throughcare.v1.Need.level:type_name -> throughcare.v1.NeedLevel
+	3,  // 29: throughcare.v1.RiskAssessment.reoffending:type_name -> throughcare.v1.RiskLevel
+	3,  // 30: throughcare.v1.RiskAssessment.serious_harm:type_name -> throughcare.v1.RiskLevel
+	17, // 31: throughcare.v1.RiskAssessment.assessed_on:type_name -> throughcare.v1.Date
+	3,  // 32: throughcare.v1.ExtremismAssessment.level:type_name -> throughcare.v1.RiskLevel
+	17, // 33: throughcare.v1.ExtremismAssessment.assessed_on:type_name -> throughcare.v1.Date
+	19, // 34: throughcare.v1.Consent.category:type_name -> throughcare.v1.DataCategory
+	16, // 35: throughcare.v1.Consent.given_time:type_name -> google.protobuf.Timestamp
+	16, // 36: throughcare.v1.Consent.withdrawn_time:type_name -> google.protobuf.Timestamp
+	17, // 37: throughcare.v1.SupervisionPlan.supervision_end_date:type_name -> throughcare.v1.Date
+	38, // [38:38] is the sub-list for method output_type
+	38, // [38:38] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_case_proto_init() }

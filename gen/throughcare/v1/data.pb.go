@@ -125,56 +125,61 @@ func (DataCategory) EnumDescriptor() ([]byte, []int) {
 	return file_throughcare_v1_data_proto_rawDescGZIP(), []int{0}
 }
 
-// Agency is one party of the information-sharing protocol.
-type Agency int32
+// AgencyRole is what an agency does with cases beyond referring and receiving them, and so
+// which service of its own it serves.
+type AgencyRole int32
 
 const (
-	Agency_AGENCY_UNSPECIFIED Agency = 0
-	Agency_AGENCY_PRISON      Agency = 1
-	Agency_AGENCY_PROBATION   Agency = 2
-	Agency_AGENCY_SOCIAL_WORK Agency = 3
+	// Only the services every agency serves: it receives cases and may refer them on.
+	AgencyRole_AGENCY_ROLE_UNSPECIFIED AgencyRole = 0
+	// Opens release cases and records releases (PrisonService).
+	AgencyRole_AGENCY_ROLE_PRISON AgencyRole = 1
+	// Supervises conditional releases and shares supervision plans (ProbationService).
+	AgencyRole_AGENCY_ROLE_PROBATION AgencyRole = 2
+	// Gives post-penal assistance and shares assistance plans (SocialWorkService).
+	AgencyRole_AGENCY_ROLE_SOCIAL_WORK AgencyRole = 3
 )
 
-// Enum value maps for Agency.
+// Enum value maps for AgencyRole.
 var (
-	Agency_name = map[int32]string{
-		0: "AGENCY_UNSPECIFIED",
-		1: "AGENCY_PRISON",
-		2: "AGENCY_PROBATION",
-		3: "AGENCY_SOCIAL_WORK",
+	AgencyRole_name = map[int32]string{
+		0: "AGENCY_ROLE_UNSPECIFIED",
+		1: "AGENCY_ROLE_PRISON",
+		2: "AGENCY_ROLE_PROBATION",
+		3: "AGENCY_ROLE_SOCIAL_WORK",
 	}
-	Agency_value = map[string]int32{
-		"AGENCY_UNSPECIFIED": 0,
-		"AGENCY_PRISON":      1,
-		"AGENCY_PROBATION":   2,
-		"AGENCY_SOCIAL_WORK": 3,
+	AgencyRole_value = map[string]int32{
+		"AGENCY_ROLE_UNSPECIFIED": 0,
+		"AGENCY_ROLE_PRISON":      1,
+		"AGENCY_ROLE_PROBATION":   2,
+		"AGENCY_ROLE_SOCIAL_WORK": 3,
 	}
 )
 
-func (x Agency) Enum() *Agency {
-	p := new(Agency)
+func (x AgencyRole) Enum() *AgencyRole {
+	p := new(AgencyRole)
 	*p = x
 	return p
 }
 
-func (x Agency) String() string {
+func (x AgencyRole) String() string {
 	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
 }
 
-func (Agency) Descriptor() protoreflect.EnumDescriptor {
+func (AgencyRole) Descriptor() protoreflect.EnumDescriptor {
 	return file_throughcare_v1_data_proto_enumTypes[1].Descriptor()
 }
 
-func (Agency) Type() protoreflect.EnumType {
+func (AgencyRole) Type() protoreflect.EnumType {
 	return &file_throughcare_v1_data_proto_enumTypes[1]
 }
 
-func (x Agency) Number() protoreflect.EnumNumber {
+func (x AgencyRole) Number() protoreflect.EnumNumber {
 	return protoreflect.EnumNumber(x)
 }
 
-// Deprecated: Use Agency.Descriptor instead.
-func (Agency) EnumDescriptor() ([]byte, []int) {
+// Deprecated: Use AgencyRole.Descriptor instead.
+func (AgencyRole) EnumDescriptor() ([]byte, []int) {
 	return file_throughcare_v1_data_proto_rawDescGZIP(), []int{1}
 }
 
@@ -234,6 +239,75 @@ func (Purpose) EnumDescriptor() ([]byte, []int) {
 	return file_throughcare_v1_data_proto_rawDescGZIP(), []int{2}
 }
 
+// Agency is one party of the information-sharing protocol, as the deployment declares it in
+// the protocol. Everything else about the agency is derived from its id: its identity URI
+// (spiffe://throughcare/agency/<id>), certificates, NATS account and user, streams
+// (OUTBOX_<ID>, INBOX_<ID>), buckets (<id>_cases...) and signing keys. Adding an agency is
+// declaring it here and giving it rules.
+type Agency struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Lower-case letters and digits: it names subjects, streams, buckets and accounts.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// How people write it, as PRODUCT.md does: "social work".
+	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	// The agency's own gRPC service, beside those every agency serves (CaseService,
+	// HandoverService, AuditService).
+	Role          AgencyRole `protobuf:"varint,3,opt,name=role,proto3,enum=throughcare.v1.AgencyRole" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Agency) Reset() {
+	*x = Agency{}
+	mi := &file_throughcare_v1_data_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Agency) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Agency) ProtoMessage() {}
+
+func (x *Agency) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_data_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Agency.ProtoReflect.Descriptor instead.
+func (*Agency) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_data_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Agency) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Agency) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *Agency) GetRole() AgencyRole {
+	if x != nil {
+		return x.Role
+	}
+	return AgencyRole_AGENCY_ROLE_UNSPECIFIED
+}
+
 // Date is a calendar date without a time zone. Its fields take the category of the field
 // that holds it.
 type Date struct {
@@ -247,7 +321,7 @@ type Date struct {
 
 func (x *Date) Reset() {
 	*x = Date{}
-	mi := &file_throughcare_v1_data_proto_msgTypes[0]
+	mi := &file_throughcare_v1_data_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -259,7 +333,7 @@ func (x *Date) String() string {
 func (*Date) ProtoMessage() {}
 
 func (x *Date) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_data_proto_msgTypes[0]
+	mi := &file_throughcare_v1_data_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -272,7 +346,7 @@ func (x *Date) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Date.ProtoReflect.Descriptor instead.
 func (*Date) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_data_proto_rawDescGZIP(), []int{0}
+	return file_throughcare_v1_data_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Date) GetYear() int32 {
@@ -310,7 +384,7 @@ type Address struct {
 
 func (x *Address) Reset() {
 	*x = Address{}
-	mi := &file_throughcare_v1_data_proto_msgTypes[1]
+	mi := &file_throughcare_v1_data_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +396,7 @@ func (x *Address) String() string {
 func (*Address) ProtoMessage() {}
 
 func (x *Address) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_data_proto_msgTypes[1]
+	mi := &file_throughcare_v1_data_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +409,7 @@ func (x *Address) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Address.ProtoReflect.Descriptor instead.
 func (*Address) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_data_proto_rawDescGZIP(), []int{1}
+	return file_throughcare_v1_data_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Address) GetLines() []string {
@@ -402,7 +476,11 @@ var File_throughcare_v1_data_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_data_proto_rawDesc = "" +
 	"\n" +
-	"\x19throughcare/v1/data.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a google/protobuf/descriptor.proto\"\xdf\x02\n" +
+	"\x19throughcare/v1/data.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a google/protobuf/descriptor.proto\"\xaa\x01\n" +
+	"\x06Agency\x120\n" +
+	"\x02id\x18\x01 \x01(\tB \xbaH\x19r\x172\x15^[a-z][a-z0-9]{0,30}$\xd0\xf3\x18\x01R\x02id\x120\n" +
+	"\fdisplay_name\x18\x02 \x01(\tB\r\xbaH\x06r\x04\x10\x01\x18d\xd0\xf3\x18\x01R\vdisplayName\x12<\n" +
+	"\x04role\x18\x03 \x01(\x0e2\x1a.throughcare.v1.AgencyRoleB\f\xbaH\x05\x82\x01\x02\x10\x01\xd0\xf3\x18\x01R\x04role\"\xdf\x02\n" +
 	"\x04Date\x12\x1f\n" +
 	"\x04year\x18\x01 \x01(\x05B\v\xbaH\b\x1a\x06\x18\x98\x11(\xec\x0eR\x04year\x12\x1f\n" +
 	"\x05month\x18\x02 \x01(\x05B\t\xbaH\x06\x1a\x04\x18\f(\x01R\x05month\x12\x1b\n" +
@@ -432,12 +510,13 @@ const file_throughcare_v1_data_proto_rawDesc = "" +
 	"\x1cDATA_CATEGORY_EXTREMISM_RISK\x10\r\x12\x1f\n" +
 	"\x1bDATA_CATEGORY_WORKER_SAFETY\x10\x0e\x12\x1d\n" +
 	"\x19DATA_CATEGORY_SUPERVISION\x10\x0f\x12\x1c\n" +
-	"\x18DATA_CATEGORY_ASSISTANCE\x10\x10*a\n" +
-	"\x06Agency\x12\x16\n" +
-	"\x12AGENCY_UNSPECIFIED\x10\x00\x12\x11\n" +
-	"\rAGENCY_PRISON\x10\x01\x12\x14\n" +
-	"\x10AGENCY_PROBATION\x10\x02\x12\x16\n" +
-	"\x12AGENCY_SOCIAL_WORK\x10\x03*x\n" +
+	"\x18DATA_CATEGORY_ASSISTANCE\x10\x10*y\n" +
+	"\n" +
+	"AgencyRole\x12\x1b\n" +
+	"\x17AGENCY_ROLE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12AGENCY_ROLE_PRISON\x10\x01\x12\x19\n" +
+	"\x15AGENCY_ROLE_PROBATION\x10\x02\x12\x1b\n" +
+	"\x17AGENCY_ROLE_SOCIAL_WORK\x10\x03*x\n" +
 	"\aPurpose\x12\x17\n" +
 	"\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13PURPOSE_SUPERVISION\x10\x01\x12!\n" +
@@ -459,24 +538,26 @@ func file_throughcare_v1_data_proto_rawDescGZIP() []byte {
 }
 
 var file_throughcare_v1_data_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_throughcare_v1_data_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_throughcare_v1_data_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_throughcare_v1_data_proto_goTypes = []any{
 	(DataCategory)(0),                 // 0: throughcare.v1.DataCategory
-	(Agency)(0),                       // 1: throughcare.v1.Agency
+	(AgencyRole)(0),                   // 1: throughcare.v1.AgencyRole
 	(Purpose)(0),                      // 2: throughcare.v1.Purpose
-	(*Date)(nil),                      // 3: throughcare.v1.Date
-	(*Address)(nil),                   // 4: throughcare.v1.Address
-	(*descriptorpb.FieldOptions)(nil), // 5: google.protobuf.FieldOptions
+	(*Agency)(nil),                    // 3: throughcare.v1.Agency
+	(*Date)(nil),                      // 4: throughcare.v1.Date
+	(*Address)(nil),                   // 5: throughcare.v1.Address
+	(*descriptorpb.FieldOptions)(nil), // 6: google.protobuf.FieldOptions
 }
 var file_throughcare_v1_data_proto_depIdxs = []int32{
-	5, // 0: throughcare.v1.category:extendee -> google.protobuf.FieldOptions
-	5, // 1: throughcare.v1.routing:extendee -> google.protobuf.FieldOptions
-	0, // 2: throughcare.v1.category:type_name -> throughcare.v1.DataCategory
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	2, // [2:3] is the sub-list for extension type_name
-	0, // [0:2] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	1, // 0: throughcare.v1.Agency.role:type_name -> throughcare.v1.AgencyRole
+	6, // 1: throughcare.v1.category:extendee -> google.protobuf.FieldOptions
+	6, // 2: throughcare.v1.routing:extendee -> google.protobuf.FieldOptions
+	0, // 3: throughcare.v1.category:type_name -> throughcare.v1.DataCategory
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	3, // [3:4] is the sub-list for extension type_name
+	1, // [1:3] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_data_proto_init() }
@@ -490,7 +571,7 @@ func file_throughcare_v1_data_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_throughcare_v1_data_proto_rawDesc), len(file_throughcare_v1_data_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 2,
 			NumServices:   0,
 		},

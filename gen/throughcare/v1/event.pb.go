@@ -98,8 +98,8 @@ type Event struct {
 	// Server-generated, subject-safe, unique.
 	EventId    string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	Type       EventType              `protobuf:"varint,2,opt,name=type,proto3,enum=throughcare.v1.EventType" json:"type,omitempty"`
-	Source     Agency                 `protobuf:"varint,3,opt,name=source,proto3,enum=throughcare.v1.Agency" json:"source,omitempty"`
-	Recipient  Agency                 `protobuf:"varint,4,opt,name=recipient,proto3,enum=throughcare.v1.Agency" json:"recipient,omitempty"`
+	Source     string                 `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	Recipient  string                 `protobuf:"bytes,4,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	CaseId     string                 `protobuf:"bytes,5,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
 	HandoverId string                 `protobuf:"bytes,6,opt,name=handover_id,json=handoverId,proto3" json:"handover_id,omitempty"`
 	OccurredAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=occurred_at,json=occurredAt,proto3" json:"occurred_at,omitempty"`
@@ -183,18 +183,18 @@ func (x *Event) GetType() EventType {
 	return EventType_EVENT_TYPE_UNSPECIFIED
 }
 
-func (x *Event) GetSource() Agency {
+func (x *Event) GetSource() string {
 	if x != nil {
 		return x.Source
 	}
-	return Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
-func (x *Event) GetRecipient() Agency {
+func (x *Event) GetRecipient() string {
 	if x != nil {
 		return x.Recipient
 	}
-	return Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
 func (x *Event) GetCaseId() string {
@@ -847,12 +847,13 @@ var File_throughcare_v1_event_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\n" +
-	"\x1athroughcare/v1/event.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\xa1\v\n" +
+	"\x1athroughcare/v1/event.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\xf1\n" +
+	"\n" +
 	"\x05Event\x12\x1f\n" +
 	"\bevent_id\x18\x01 \x01(\tB\x04\xd0\xf3\x18\x01R\aeventId\x123\n" +
-	"\x04type\x18\x02 \x01(\x0e2\x19.throughcare.v1.EventTypeB\x04\xd0\xf3\x18\x01R\x04type\x124\n" +
-	"\x06source\x18\x03 \x01(\x0e2\x16.throughcare.v1.AgencyB\x04\xd0\xf3\x18\x01R\x06source\x12:\n" +
-	"\trecipient\x18\x04 \x01(\x0e2\x16.throughcare.v1.AgencyB\x04\xd0\xf3\x18\x01R\trecipient\x12\x1d\n" +
+	"\x04type\x18\x02 \x01(\x0e2\x19.throughcare.v1.EventTypeB\x04\xd0\xf3\x18\x01R\x04type\x12\x1c\n" +
+	"\x06source\x18\x03 \x01(\tB\x04\xd0\xf3\x18\x01R\x06source\x12\"\n" +
+	"\trecipient\x18\x04 \x01(\tB\x04\xd0\xf3\x18\x01R\trecipient\x12\x1d\n" +
 	"\acase_id\x18\x05 \x01(\tB\x04\xd0\xf3\x18\x01R\x06caseId\x12%\n" +
 	"\vhandover_id\x18\x06 \x01(\tB\x04\xd0\xf3\x18\x01R\n" +
 	"handoverId\x12A\n" +
@@ -942,50 +943,47 @@ var file_throughcare_v1_event_proto_goTypes = []any{
 	(*ConsentWithdrawn)(nil),      // 7: throughcare.v1.ConsentWithdrawn
 	(*SequenceAcknowledged)(nil),  // 8: throughcare.v1.SequenceAcknowledged
 	(*ResendRequested)(nil),       // 9: throughcare.v1.ResendRequested
-	(Agency)(0),                   // 10: throughcare.v1.Agency
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(Purpose)(0),                  // 12: throughcare.v1.Purpose
-	(*Withholding)(nil),           // 13: throughcare.v1.Withholding
-	(*Handover)(nil),              // 14: throughcare.v1.Handover
-	(*ReleaseCase)(nil),           // 15: throughcare.v1.ReleaseCase
-	(*Receipt)(nil),               // 16: throughcare.v1.Receipt
-	(DeclineReason)(0),            // 17: throughcare.v1.DeclineReason
-	(*InformationRequest)(nil),    // 18: throughcare.v1.InformationRequest
-	(DataCategory)(0),             // 19: throughcare.v1.DataCategory
-	(*Release)(nil),               // 20: throughcare.v1.Release
-	(*SupervisionPlan)(nil),       // 21: throughcare.v1.SupervisionPlan
-	(*AssistancePlan)(nil),        // 22: throughcare.v1.AssistancePlan
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(Purpose)(0),                  // 11: throughcare.v1.Purpose
+	(*Withholding)(nil),           // 12: throughcare.v1.Withholding
+	(*Handover)(nil),              // 13: throughcare.v1.Handover
+	(*ReleaseCase)(nil),           // 14: throughcare.v1.ReleaseCase
+	(*Receipt)(nil),               // 15: throughcare.v1.Receipt
+	(DeclineReason)(0),            // 16: throughcare.v1.DeclineReason
+	(*InformationRequest)(nil),    // 17: throughcare.v1.InformationRequest
+	(DataCategory)(0),             // 18: throughcare.v1.DataCategory
+	(*Release)(nil),               // 19: throughcare.v1.Release
+	(*SupervisionPlan)(nil),       // 20: throughcare.v1.SupervisionPlan
+	(*AssistancePlan)(nil),        // 21: throughcare.v1.AssistancePlan
 }
 var file_throughcare_v1_event_proto_depIdxs = []int32{
 	0,  // 0: throughcare.v1.Event.type:type_name -> throughcare.v1.EventType
-	10, // 1: throughcare.v1.Event.source:type_name -> throughcare.v1.Agency
-	10, // 2: throughcare.v1.Event.recipient:type_name -> throughcare.v1.Agency
-	11, // 3: throughcare.v1.Event.occurred_at:type_name -> google.protobuf.Timestamp
-	12, // 4: throughcare.v1.Event.purpose:type_name -> throughcare.v1.Purpose
-	13, // 5: throughcare.v1.Event.withholdings:type_name -> throughcare.v1.Withholding
-	2,  // 6: throughcare.v1.Event.handover_referred:type_name -> throughcare.v1.HandoverReferred
-	3,  // 7: throughcare.v1.Event.receipt_issued:type_name -> throughcare.v1.ReceiptIssued
-	4,  // 8: throughcare.v1.Event.information_provided:type_name -> throughcare.v1.InformationProvided
-	5,  // 9: throughcare.v1.Event.release_recorded:type_name -> throughcare.v1.ReleaseRecorded
-	6,  // 10: throughcare.v1.Event.plan_shared:type_name -> throughcare.v1.PlanShared
-	7,  // 11: throughcare.v1.Event.consent_withdrawn:type_name -> throughcare.v1.ConsentWithdrawn
-	8,  // 12: throughcare.v1.Event.sequence_acknowledged:type_name -> throughcare.v1.SequenceAcknowledged
-	9,  // 13: throughcare.v1.Event.resend_requested:type_name -> throughcare.v1.ResendRequested
-	14, // 14: throughcare.v1.HandoverReferred.handover:type_name -> throughcare.v1.Handover
-	15, // 15: throughcare.v1.HandoverReferred.release_case:type_name -> throughcare.v1.ReleaseCase
-	16, // 16: throughcare.v1.ReceiptIssued.receipt:type_name -> throughcare.v1.Receipt
-	17, // 17: throughcare.v1.ReceiptIssued.decline_reason:type_name -> throughcare.v1.DeclineReason
-	18, // 18: throughcare.v1.ReceiptIssued.information_request:type_name -> throughcare.v1.InformationRequest
-	19, // 19: throughcare.v1.ReceiptIssued.purged_categories:type_name -> throughcare.v1.DataCategory
-	20, // 20: throughcare.v1.ReleaseRecorded.release:type_name -> throughcare.v1.Release
-	21, // 21: throughcare.v1.PlanShared.supervision_plan:type_name -> throughcare.v1.SupervisionPlan
-	22, // 22: throughcare.v1.PlanShared.assistance_plan:type_name -> throughcare.v1.AssistancePlan
-	19, // 23: throughcare.v1.ConsentWithdrawn.categories:type_name -> throughcare.v1.DataCategory
-	24, // [24:24] is the sub-list for method output_type
-	24, // [24:24] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	10, // 1: throughcare.v1.Event.occurred_at:type_name -> google.protobuf.Timestamp
+	11, // 2: throughcare.v1.Event.purpose:type_name -> throughcare.v1.Purpose
+	12, // 3: throughcare.v1.Event.withholdings:type_name -> throughcare.v1.Withholding
+	2,  // 4: throughcare.v1.Event.handover_referred:type_name -> throughcare.v1.HandoverReferred
+	3,  // 5: throughcare.v1.Event.receipt_issued:type_name -> throughcare.v1.ReceiptIssued
+	4,  // 6: throughcare.v1.Event.information_provided:type_name -> throughcare.v1.InformationProvided
+	5,  // 7: throughcare.v1.Event.release_recorded:type_name -> throughcare.v1.ReleaseRecorded
+	6,  // 8: throughcare.v1.Event.plan_shared:type_name -> throughcare.v1.PlanShared
+	7,  // 9: throughcare.v1.Event.consent_withdrawn:type_name -> throughcare.v1.ConsentWithdrawn
+	8,  // 10: throughcare.v1.Event.sequence_acknowledged:type_name -> throughcare.v1.SequenceAcknowledged
+	9,  // 11: throughcare.v1.Event.resend_requested:type_name -> throughcare.v1.ResendRequested
+	13, // 12: throughcare.v1.HandoverReferred.handover:type_name -> throughcare.v1.Handover
+	14, // 13: throughcare.v1.HandoverReferred.release_case:type_name -> throughcare.v1.ReleaseCase
+	15, // 14: throughcare.v1.ReceiptIssued.receipt:type_name -> throughcare.v1.Receipt
+	16, // 15: throughcare.v1.ReceiptIssued.decline_reason:type_name -> throughcare.v1.DeclineReason
+	17, // 16: throughcare.v1.ReceiptIssued.information_request:type_name -> throughcare.v1.InformationRequest
+	18, // 17: throughcare.v1.ReceiptIssued.purged_categories:type_name -> throughcare.v1.DataCategory
+	19, // 18: throughcare.v1.ReleaseRecorded.release:type_name -> throughcare.v1.Release
+	20, // 19: throughcare.v1.PlanShared.supervision_plan:type_name -> throughcare.v1.SupervisionPlan
+	21, // 20: throughcare.v1.PlanShared.assistance_plan:type_name -> throughcare.v1.AssistancePlan
+	18, // 21: throughcare.v1.ConsentWithdrawn.categories:type_name -> throughcare.v1.DataCategory
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_event_proto_init() }

@@ -234,8 +234,8 @@ type Handover struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	HandoverId string                 `protobuf:"bytes,1,opt,name=handover_id,json=handoverId,proto3" json:"handover_id,omitempty"`
 	CaseId     string                 `protobuf:"bytes,2,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
-	Sender     Agency                 `protobuf:"varint,3,opt,name=sender,proto3,enum=throughcare.v1.Agency" json:"sender,omitempty"`
-	Recipient  Agency                 `protobuf:"varint,4,opt,name=recipient,proto3,enum=throughcare.v1.Agency" json:"recipient,omitempty"`
+	Sender     string                 `protobuf:"bytes,3,opt,name=sender,proto3" json:"sender,omitempty"`
+	Recipient  string                 `protobuf:"bytes,4,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	Purpose    Purpose                `protobuf:"varint,5,opt,name=purpose,proto3,enum=throughcare.v1.Purpose" json:"purpose,omitempty"`
 	State      HandoverState          `protobuf:"varint,6,opt,name=state,proto3,enum=throughcare.v1.HandoverState" json:"state,omitempty"`
 	// Every receipt so far, oldest first.
@@ -311,18 +311,18 @@ func (x *Handover) GetCaseId() string {
 	return ""
 }
 
-func (x *Handover) GetSender() Agency {
+func (x *Handover) GetSender() string {
 	if x != nil {
 		return x.Sender
 	}
-	return Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
-func (x *Handover) GetRecipient() Agency {
+func (x *Handover) GetRecipient() string {
 	if x != nil {
 		return x.Recipient
 	}
-	return Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
 func (x *Handover) GetPurpose() Purpose {
@@ -661,13 +661,13 @@ var File_throughcare_v1_handover_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_handover_proto_rawDesc = "" +
 	"\n" +
-	"\x1dthroughcare/v1/handover.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/data.proto\"\x9c\t\n" +
+	"\x1dthroughcare/v1/handover.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/data.proto\"\xec\b\n" +
 	"\bHandover\x12%\n" +
 	"\vhandover_id\x18\x01 \x01(\tB\x04\xd0\xf3\x18\x01R\n" +
 	"handoverId\x12\x1d\n" +
-	"\acase_id\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\x06caseId\x124\n" +
-	"\x06sender\x18\x03 \x01(\x0e2\x16.throughcare.v1.AgencyB\x04\xd0\xf3\x18\x01R\x06sender\x12:\n" +
-	"\trecipient\x18\x04 \x01(\x0e2\x16.throughcare.v1.AgencyB\x04\xd0\xf3\x18\x01R\trecipient\x127\n" +
+	"\acase_id\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\x06caseId\x12\x1c\n" +
+	"\x06sender\x18\x03 \x01(\tB\x04\xd0\xf3\x18\x01R\x06sender\x12\"\n" +
+	"\trecipient\x18\x04 \x01(\tB\x04\xd0\xf3\x18\x01R\trecipient\x127\n" +
 	"\apurpose\x18\x05 \x01(\x0e2\x17.throughcare.v1.PurposeB\x04\xd0\xf3\x18\x01R\apurpose\x129\n" +
 	"\x05state\x18\x06 \x01(\x0e2\x1d.throughcare.v1.HandoverStateB\x04\xd0\xf3\x18\x01R\x05state\x129\n" +
 	"\breceipts\x18\a \x03(\v2\x17.throughcare.v1.ReceiptB\x04\xd0\xf3\x18\x01R\breceipts\x12A\n" +
@@ -757,38 +757,35 @@ var file_throughcare_v1_handover_proto_goTypes = []any{
 	(*Receipt)(nil),               // 4: throughcare.v1.Receipt
 	(*InformationRequest)(nil),    // 5: throughcare.v1.InformationRequest
 	(*Release)(nil),               // 6: throughcare.v1.Release
-	(Agency)(0),                   // 7: throughcare.v1.Agency
-	(Purpose)(0),                  // 8: throughcare.v1.Purpose
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(DataCategory)(0),             // 10: throughcare.v1.DataCategory
-	(*Date)(nil),                  // 11: throughcare.v1.Date
-	(*Address)(nil),               // 12: throughcare.v1.Address
+	(Purpose)(0),                  // 7: throughcare.v1.Purpose
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(DataCategory)(0),             // 9: throughcare.v1.DataCategory
+	(*Date)(nil),                  // 10: throughcare.v1.Date
+	(*Address)(nil),               // 11: throughcare.v1.Address
 }
 var file_throughcare_v1_handover_proto_depIdxs = []int32{
-	7,  // 0: throughcare.v1.Handover.sender:type_name -> throughcare.v1.Agency
-	7,  // 1: throughcare.v1.Handover.recipient:type_name -> throughcare.v1.Agency
-	8,  // 2: throughcare.v1.Handover.purpose:type_name -> throughcare.v1.Purpose
-	0,  // 3: throughcare.v1.Handover.state:type_name -> throughcare.v1.HandoverState
-	4,  // 4: throughcare.v1.Handover.receipts:type_name -> throughcare.v1.Receipt
-	9,  // 5: throughcare.v1.Handover.create_time:type_name -> google.protobuf.Timestamp
-	9,  // 6: throughcare.v1.Handover.update_time:type_name -> google.protobuf.Timestamp
-	9,  // 7: throughcare.v1.Handover.acknowledge_due_time:type_name -> google.protobuf.Timestamp
-	9,  // 8: throughcare.v1.Handover.accept_due_time:type_name -> google.protobuf.Timestamp
-	2,  // 9: throughcare.v1.Handover.decline_reason:type_name -> throughcare.v1.DeclineReason
-	5,  // 10: throughcare.v1.Handover.information_requests:type_name -> throughcare.v1.InformationRequest
-	10, // 11: throughcare.v1.Handover.withheld_categories:type_name -> throughcare.v1.DataCategory
-	1,  // 12: throughcare.v1.Receipt.type:type_name -> throughcare.v1.ReceiptType
-	9,  // 13: throughcare.v1.Receipt.time:type_name -> google.protobuf.Timestamp
-	0,  // 14: throughcare.v1.Receipt.state:type_name -> throughcare.v1.HandoverState
-	9,  // 15: throughcare.v1.InformationRequest.ask_time:type_name -> google.protobuf.Timestamp
-	9,  // 16: throughcare.v1.InformationRequest.answer_time:type_name -> google.protobuf.Timestamp
-	11, // 17: throughcare.v1.Release.actual_release_date:type_name -> throughcare.v1.Date
-	12, // 18: throughcare.v1.Release.release_address:type_name -> throughcare.v1.Address
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	7,  // 0: throughcare.v1.Handover.purpose:type_name -> throughcare.v1.Purpose
+	0,  // 1: throughcare.v1.Handover.state:type_name -> throughcare.v1.HandoverState
+	4,  // 2: throughcare.v1.Handover.receipts:type_name -> throughcare.v1.Receipt
+	8,  // 3: throughcare.v1.Handover.create_time:type_name -> google.protobuf.Timestamp
+	8,  // 4: throughcare.v1.Handover.update_time:type_name -> google.protobuf.Timestamp
+	8,  // 5: throughcare.v1.Handover.acknowledge_due_time:type_name -> google.protobuf.Timestamp
+	8,  // 6: throughcare.v1.Handover.accept_due_time:type_name -> google.protobuf.Timestamp
+	2,  // 7: throughcare.v1.Handover.decline_reason:type_name -> throughcare.v1.DeclineReason
+	5,  // 8: throughcare.v1.Handover.information_requests:type_name -> throughcare.v1.InformationRequest
+	9,  // 9: throughcare.v1.Handover.withheld_categories:type_name -> throughcare.v1.DataCategory
+	1,  // 10: throughcare.v1.Receipt.type:type_name -> throughcare.v1.ReceiptType
+	8,  // 11: throughcare.v1.Receipt.time:type_name -> google.protobuf.Timestamp
+	0,  // 12: throughcare.v1.Receipt.state:type_name -> throughcare.v1.HandoverState
+	8,  // 13: throughcare.v1.InformationRequest.ask_time:type_name -> google.protobuf.Timestamp
+	8,  // 14: throughcare.v1.InformationRequest.answer_time:type_name -> google.protobuf.Timestamp
+	10, // 15: throughcare.v1.Release.actual_release_date:type_name -> throughcare.v1.Date
+	11, // 16: throughcare.v1.Release.release_address:type_name -> throughcare.v1.Address
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_handover_proto_init() }

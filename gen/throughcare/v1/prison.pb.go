@@ -572,136 +572,6 @@ func (x *CloseReleaseCaseResponse) GetReleaseCase() *ReleaseCase {
 	return nil
 }
 
-type ReferCaseRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Actor         string                 `protobuf:"bytes,1,opt,name=actor,proto3" json:"actor,omitempty"`
-	CaseId        string                 `protobuf:"bytes,2,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
-	Recipient     Agency                 `protobuf:"varint,3,opt,name=recipient,proto3,enum=throughcare.v1.Agency" json:"recipient,omitempty"`
-	Purpose       Purpose                `protobuf:"varint,4,opt,name=purpose,proto3,enum=throughcare.v1.Purpose" json:"purpose,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ReferCaseRequest) Reset() {
-	*x = ReferCaseRequest{}
-	mi := &file_throughcare_v1_prison_proto_msgTypes[10]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ReferCaseRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ReferCaseRequest) ProtoMessage() {}
-
-func (x *ReferCaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_prison_proto_msgTypes[10]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ReferCaseRequest.ProtoReflect.Descriptor instead.
-func (*ReferCaseRequest) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{10}
-}
-
-func (x *ReferCaseRequest) GetActor() string {
-	if x != nil {
-		return x.Actor
-	}
-	return ""
-}
-
-func (x *ReferCaseRequest) GetCaseId() string {
-	if x != nil {
-		return x.CaseId
-	}
-	return ""
-}
-
-func (x *ReferCaseRequest) GetRecipient() Agency {
-	if x != nil {
-		return x.Recipient
-	}
-	return Agency_AGENCY_UNSPECIFIED
-}
-
-func (x *ReferCaseRequest) GetPurpose() Purpose {
-	if x != nil {
-		return x.Purpose
-	}
-	return Purpose_PURPOSE_UNSPECIFIED
-}
-
-type ReferCaseResponse struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	Handover *Handover              `protobuf:"bytes,1,opt,name=handover,proto3" json:"handover,omitempty"`
-	// Categories the protocol held back from this recipient.
-	WithheldCategories []DataCategory `protobuf:"varint,2,rep,packed,name=withheld_categories,json=withheldCategories,proto3,enum=throughcare.v1.DataCategory" json:"withheld_categories,omitempty"`
-	// Why each was held back.
-	Withholdings  []*Withholding `protobuf:"bytes,3,rep,name=withholdings,proto3" json:"withholdings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ReferCaseResponse) Reset() {
-	*x = ReferCaseResponse{}
-	mi := &file_throughcare_v1_prison_proto_msgTypes[11]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ReferCaseResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ReferCaseResponse) ProtoMessage() {}
-
-func (x *ReferCaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_prison_proto_msgTypes[11]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ReferCaseResponse.ProtoReflect.Descriptor instead.
-func (*ReferCaseResponse) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{11}
-}
-
-func (x *ReferCaseResponse) GetHandover() *Handover {
-	if x != nil {
-		return x.Handover
-	}
-	return nil
-}
-
-func (x *ReferCaseResponse) GetWithheldCategories() []DataCategory {
-	if x != nil {
-		return x.WithheldCategories
-	}
-	return nil
-}
-
-func (x *ReferCaseResponse) GetWithholdings() []*Withholding {
-	if x != nil {
-		return x.Withholdings
-	}
-	return nil
-}
-
 type RecordReleaseRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Actor         string                 `protobuf:"bytes,1,opt,name=actor,proto3" json:"actor,omitempty"`
@@ -713,7 +583,7 @@ type RecordReleaseRequest struct {
 
 func (x *RecordReleaseRequest) Reset() {
 	*x = RecordReleaseRequest{}
-	mi := &file_throughcare_v1_prison_proto_msgTypes[12]
+	mi := &file_throughcare_v1_prison_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +595,7 @@ func (x *RecordReleaseRequest) String() string {
 func (*RecordReleaseRequest) ProtoMessage() {}
 
 func (x *RecordReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_prison_proto_msgTypes[12]
+	mi := &file_throughcare_v1_prison_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +608,7 @@ func (x *RecordReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordReleaseRequest.ProtoReflect.Descriptor instead.
 func (*RecordReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{12}
+	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RecordReleaseRequest) GetActor() string {
@@ -771,7 +641,7 @@ type RecordReleaseResponse struct {
 
 func (x *RecordReleaseResponse) Reset() {
 	*x = RecordReleaseResponse{}
-	mi := &file_throughcare_v1_prison_proto_msgTypes[13]
+	mi := &file_throughcare_v1_prison_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +653,7 @@ func (x *RecordReleaseResponse) String() string {
 func (*RecordReleaseResponse) ProtoMessage() {}
 
 func (x *RecordReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_prison_proto_msgTypes[13]
+	mi := &file_throughcare_v1_prison_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +666,7 @@ func (x *RecordReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordReleaseResponse.ProtoReflect.Descriptor instead.
 func (*RecordReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{13}
+	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RecordReleaseResponse) GetReleaseCase() *ReleaseCase {
@@ -811,14 +681,14 @@ type RecordConsentRequest struct {
 	Actor         string                 `protobuf:"bytes,1,opt,name=actor,proto3" json:"actor,omitempty"`
 	CaseId        string                 `protobuf:"bytes,2,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
 	Category      DataCategory           `protobuf:"varint,3,opt,name=category,proto3,enum=throughcare.v1.DataCategory" json:"category,omitempty"`
-	Recipient     Agency                 `protobuf:"varint,4,opt,name=recipient,proto3,enum=throughcare.v1.Agency" json:"recipient,omitempty"`
+	Recipient     string                 `protobuf:"bytes,4,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RecordConsentRequest) Reset() {
 	*x = RecordConsentRequest{}
-	mi := &file_throughcare_v1_prison_proto_msgTypes[14]
+	mi := &file_throughcare_v1_prison_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +700,7 @@ func (x *RecordConsentRequest) String() string {
 func (*RecordConsentRequest) ProtoMessage() {}
 
 func (x *RecordConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_prison_proto_msgTypes[14]
+	mi := &file_throughcare_v1_prison_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +713,7 @@ func (x *RecordConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordConsentRequest.ProtoReflect.Descriptor instead.
 func (*RecordConsentRequest) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{14}
+	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RecordConsentRequest) GetActor() string {
@@ -867,11 +737,11 @@ func (x *RecordConsentRequest) GetCategory() DataCategory {
 	return DataCategory_DATA_CATEGORY_UNSPECIFIED
 }
 
-func (x *RecordConsentRequest) GetRecipient() Agency {
+func (x *RecordConsentRequest) GetRecipient() string {
 	if x != nil {
 		return x.Recipient
 	}
-	return Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
 type RecordConsentResponse struct {
@@ -883,7 +753,7 @@ type RecordConsentResponse struct {
 
 func (x *RecordConsentResponse) Reset() {
 	*x = RecordConsentResponse{}
-	mi := &file_throughcare_v1_prison_proto_msgTypes[15]
+	mi := &file_throughcare_v1_prison_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +765,7 @@ func (x *RecordConsentResponse) String() string {
 func (*RecordConsentResponse) ProtoMessage() {}
 
 func (x *RecordConsentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_prison_proto_msgTypes[15]
+	mi := &file_throughcare_v1_prison_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +778,7 @@ func (x *RecordConsentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordConsentResponse.ProtoReflect.Descriptor instead.
 func (*RecordConsentResponse) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{15}
+	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RecordConsentResponse) GetReleaseCase() *ReleaseCase {
@@ -923,14 +793,14 @@ type WithdrawConsentRequest struct {
 	Actor         string                 `protobuf:"bytes,1,opt,name=actor,proto3" json:"actor,omitempty"`
 	CaseId        string                 `protobuf:"bytes,2,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
 	Category      DataCategory           `protobuf:"varint,3,opt,name=category,proto3,enum=throughcare.v1.DataCategory" json:"category,omitempty"`
-	Recipient     Agency                 `protobuf:"varint,4,opt,name=recipient,proto3,enum=throughcare.v1.Agency" json:"recipient,omitempty"`
+	Recipient     string                 `protobuf:"bytes,4,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WithdrawConsentRequest) Reset() {
 	*x = WithdrawConsentRequest{}
-	mi := &file_throughcare_v1_prison_proto_msgTypes[16]
+	mi := &file_throughcare_v1_prison_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +812,7 @@ func (x *WithdrawConsentRequest) String() string {
 func (*WithdrawConsentRequest) ProtoMessage() {}
 
 func (x *WithdrawConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_prison_proto_msgTypes[16]
+	mi := &file_throughcare_v1_prison_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +825,7 @@ func (x *WithdrawConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WithdrawConsentRequest.ProtoReflect.Descriptor instead.
 func (*WithdrawConsentRequest) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{16}
+	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WithdrawConsentRequest) GetActor() string {
@@ -979,11 +849,11 @@ func (x *WithdrawConsentRequest) GetCategory() DataCategory {
 	return DataCategory_DATA_CATEGORY_UNSPECIFIED
 }
 
-func (x *WithdrawConsentRequest) GetRecipient() Agency {
+func (x *WithdrawConsentRequest) GetRecipient() string {
 	if x != nil {
 		return x.Recipient
 	}
-	return Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
 type WithdrawConsentResponse struct {
@@ -995,7 +865,7 @@ type WithdrawConsentResponse struct {
 
 func (x *WithdrawConsentResponse) Reset() {
 	*x = WithdrawConsentResponse{}
-	mi := &file_throughcare_v1_prison_proto_msgTypes[17]
+	mi := &file_throughcare_v1_prison_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +877,7 @@ func (x *WithdrawConsentResponse) String() string {
 func (*WithdrawConsentResponse) ProtoMessage() {}
 
 func (x *WithdrawConsentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_prison_proto_msgTypes[17]
+	mi := &file_throughcare_v1_prison_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +890,7 @@ func (x *WithdrawConsentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WithdrawConsentResponse.ProtoReflect.Descriptor instead.
 func (*WithdrawConsentResponse) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{17}
+	return file_throughcare_v1_prison_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WithdrawConsentResponse) GetReleaseCase() *ReleaseCase {
@@ -1034,13 +904,13 @@ var File_throughcare_v1_prison_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_prison_proto_rawDesc = "" +
 	"\n" +
-	"\x1bthroughcare/v1/prison.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\xd5\x06\n" +
+	"\x1bthroughcare/v1/prison.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\"\xd6\x06\n" +
 	"\x16OpenReleaseCaseRequest\x129\n" +
-	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x12\xff\x05\n" +
-	"\frelease_case\x18\x02 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\xbe\x05\xbaH\xb6\x05\xba\x01D\n" +
+	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x12\x80\x06\n" +
+	"\frelease_case\x18\x02 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\xbf\x05\xbaH\xb7\x05\xba\x01D\n" +
 	"\x1crelease_case.person_required\x12\x12person is required\x1a\x10has(this.person)\xba\x01V\n" +
-	"\"release_case.release_plan_required\x12\x18release_plan is required\x1a\x16has(this.release_plan)\xba\x01\xf5\x01\n" +
-	"\x19release_case.server_owned\x12Rcase_id, revision, state, owner, create_time and update_time are set by the server\x1a\x83\x01this.case_id == '' && this.revision == 0u && this.state == 0 && this.owner == 0 && !has(this.create_time) && !has(this.update_time)\xba\x01\x96\x02\n" +
+	"\"release_case.release_plan_required\x12\x18release_plan is required\x1a\x16has(this.release_plan)\xba\x01\xf6\x01\n" +
+	"\x19release_case.server_owned\x12Rcase_id, revision, state, owner, create_time and update_time are set by the server\x1a\x84\x01this.case_id == '' && this.revision == 0u && this.state == 0 && this.owner == '' && !has(this.create_time) && !has(this.update_time)\xba\x01\x96\x02\n" +
 	"\x1drelease_case.not_prison_owned\x12nsupervision_plan, assistance_plan, consents and release_plan.actual_release_date are written by their own RPCs\x1a\x84\x01!has(this.supervision_plan) && !has(this.assistance_plan) && size(this.consents) == 0 && !has(this.release_plan.actual_release_date)\xc8\x01\x01\xd0\xf3\x18\x01R\vreleaseCase\"_\n" +
 	"\x17OpenReleaseCaseResponse\x12D\n" +
 	"\frelease_case\x18\x01 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\vreleaseCase\"R\n" +
@@ -1057,13 +927,13 @@ const file_throughcare_v1_prison_proto_rawDesc = "" +
 	"\x13expected_release_to\x18\x05 \x01(\v2\x14.throughcare.v1.DateB\x04\xc8\xf3\x18\x04R\x11expectedReleaseTo\"\x90\x01\n" +
 	"\x18ListReleaseCasesResponse\x12F\n" +
 	"\rrelease_cases\x18\x01 \x03(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\freleaseCases\x12,\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\rnextPageToken\"\xf0\v\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\rnextPageToken\"\xf1\v\n" +
 	"\x18UpdateReleaseCaseRequest\x129\n" +
 	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x129\n" +
 	"\acase_id\x18\x02 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06caseId\x128\n" +
-	"\x11expected_revision\x18\x03 \x01(\x04B\v\xbaH\x042\x02 \x00\xd0\xf3\x18\x01R\x10expectedRevision\x12\xd3\x03\n" +
-	"\frelease_case\x18\x04 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x92\x03\xbaH\x8a\x03\xba\x01\xf5\x01\n" +
-	"\x19release_case.server_owned\x12Rcase_id, revision, state, owner, create_time and update_time are set by the server\x1a\x83\x01this.case_id == '' && this.revision == 0u && this.state == 0 && this.owner == 0 && !has(this.create_time) && !has(this.update_time)\xba\x01\x8a\x01\n" +
+	"\x11expected_revision\x18\x03 \x01(\x04B\v\xbaH\x042\x02 \x00\xd0\xf3\x18\x01R\x10expectedRevision\x12\xd4\x03\n" +
+	"\frelease_case\x18\x04 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x93\x03\xbaH\x8b\x03\xba\x01\xf6\x01\n" +
+	"\x19release_case.server_owned\x12Rcase_id, revision, state, owner, create_time and update_time are set by the server\x1a\x84\x01this.case_id == '' && this.revision == 0u && this.state == 0 && this.owner == '' && !has(this.create_time) && !has(this.update_time)\xba\x01\x8a\x01\n" +
 	"\x1drelease_case.not_prison_owned\x12<release_plan.actual_release_date is written by RecordRelease\x1a+!has(this.release_plan.actual_release_date)\xc8\x01\x01\xd0\xf3\x18\x01R\vreleaseCase\x12\x8e\x04\n" +
 	"\vupdate_mask\x18\x05 \x01(\v2\x1a.google.protobuf.FieldMaskB\xd0\x03\xbaH\xc8\x03\xba\x01\xc1\x03\n" +
 	"\x11update_mask.paths\x12\xbe\x01paths must be among person, contact, sentence, release_plan, accommodation, education_work, health, substance_use, finance_id, family, behaviour, risk, extremism, worker_safety; at least one\x1a\xea\x01size(this.paths) > 0 && this.paths.all(p, p in ['person', 'contact', 'sentence', 'release_plan', 'accommodation', 'education_work', 'health', 'substance_use', 'finance_id', 'family', 'behaviour', 'risk', 'extremism', 'worker_safety'])\xc8\x01\x01\xd0\xf3\x18\x01R\n" +
@@ -1077,44 +947,34 @@ const file_throughcare_v1_prison_proto_rawDesc = "" +
 	"\acase_id\x18\x02 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06caseId\x128\n" +
 	"\x11expected_revision\x18\x03 \x01(\x04B\v\xbaH\x042\x02 \x00\xd0\xf3\x18\x01R\x10expectedRevision\"`\n" +
 	"\x18CloseReleaseCaseResponse\x12D\n" +
-	"\frelease_case\x18\x01 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\vreleaseCase\"\x91\x02\n" +
-	"\x10ReferCaseRequest\x129\n" +
-	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x129\n" +
-	"\acase_id\x18\x02 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06caseId\x12D\n" +
-	"\trecipient\x18\x03 \x01(\x0e2\x16.throughcare.v1.AgencyB\x0e\xbaH\a\x82\x01\x04\x18\x02\x18\x03\xd0\xf3\x18\x01R\trecipient\x12A\n" +
-	"\apurpose\x18\x04 \x01(\x0e2\x17.throughcare.v1.PurposeB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\apurpose\"\xeb\x01\n" +
-	"\x11ReferCaseResponse\x12:\n" +
-	"\bhandover\x18\x01 \x01(\v2\x18.throughcare.v1.HandoverB\x04\xd0\xf3\x18\x01R\bhandover\x12S\n" +
-	"\x13withheld_categories\x18\x02 \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x04\xd0\xf3\x18\x01R\x12withheldCategories\x12E\n" +
-	"\fwithholdings\x18\x03 \x03(\v2\x1b.throughcare.v1.WithholdingB\x04\xd0\xf3\x18\x01R\fwithholdings\"\xa6\x02\n" +
+	"\frelease_case\x18\x01 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\vreleaseCase\"\xa6\x02\n" +
 	"\x14RecordReleaseRequest\x129\n" +
 	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x129\n" +
 	"\acase_id\x18\x02 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06caseId\x12\x97\x01\n" +
 	"\arelease\x18\x03 \x01(\v2\x17.throughcare.v1.ReleaseBd\xbaH]\xba\x01W\n" +
 	"\x15release.date_required\x12\x1factual_release_date is required\x1a\x1dhas(this.actual_release_date)\xc8\x01\x01\xd0\xf3\x18\x01R\arelease\"]\n" +
 	"\x15RecordReleaseResponse\x12D\n" +
-	"\frelease_case\x18\x01 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\vreleaseCase\"\x9c\x02\n" +
+	"\frelease_case\x18\x01 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\vreleaseCase\"\x96\x02\n" +
 	"\x14RecordConsentRequest\x129\n" +
 	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x129\n" +
 	"\acase_id\x18\x02 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06caseId\x12H\n" +
-	"\bcategory\x18\x03 \x01(\x0e2\x1c.throughcare.v1.DataCategoryB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\bcategory\x12D\n" +
-	"\trecipient\x18\x04 \x01(\x0e2\x16.throughcare.v1.AgencyB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\trecipient\"]\n" +
+	"\bcategory\x18\x03 \x01(\x0e2\x1c.throughcare.v1.DataCategoryB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\bcategory\x12>\n" +
+	"\trecipient\x18\x04 \x01(\tB \xbaH\x19r\x172\x15^[a-z][a-z0-9]{0,30}$\xd0\xf3\x18\x01R\trecipient\"]\n" +
 	"\x15RecordConsentResponse\x12D\n" +
-	"\frelease_case\x18\x01 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\vreleaseCase\"\x9e\x02\n" +
+	"\frelease_case\x18\x01 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\vreleaseCase\"\x98\x02\n" +
 	"\x16WithdrawConsentRequest\x129\n" +
 	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x129\n" +
 	"\acase_id\x18\x02 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06caseId\x12H\n" +
-	"\bcategory\x18\x03 \x01(\x0e2\x1c.throughcare.v1.DataCategoryB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\bcategory\x12D\n" +
-	"\trecipient\x18\x04 \x01(\x0e2\x16.throughcare.v1.AgencyB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\trecipient\"_\n" +
+	"\bcategory\x18\x03 \x01(\x0e2\x1c.throughcare.v1.DataCategoryB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\bcategory\x12>\n" +
+	"\trecipient\x18\x04 \x01(\tB \xbaH\x19r\x172\x15^[a-z][a-z0-9]{0,30}$\xd0\xf3\x18\x01R\trecipient\"_\n" +
 	"\x17WithdrawConsentResponse\x12D\n" +
-	"\frelease_case\x18\x01 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\vreleaseCase2\xfe\x06\n" +
+	"\frelease_case\x18\x01 \x01(\v2\x1b.throughcare.v1.ReleaseCaseB\x04\xd0\xf3\x18\x01R\vreleaseCase2\xac\x06\n" +
 	"\rPrisonService\x12b\n" +
 	"\x0fOpenReleaseCase\x12&.throughcare.v1.OpenReleaseCaseRequest\x1a'.throughcare.v1.OpenReleaseCaseResponse\x12_\n" +
 	"\x0eGetReleaseCase\x12%.throughcare.v1.GetReleaseCaseRequest\x1a&.throughcare.v1.GetReleaseCaseResponse\x12e\n" +
 	"\x10ListReleaseCases\x12'.throughcare.v1.ListReleaseCasesRequest\x1a(.throughcare.v1.ListReleaseCasesResponse\x12h\n" +
 	"\x11UpdateReleaseCase\x12(.throughcare.v1.UpdateReleaseCaseRequest\x1a).throughcare.v1.UpdateReleaseCaseResponse\x12e\n" +
-	"\x10CloseReleaseCase\x12'.throughcare.v1.CloseReleaseCaseRequest\x1a(.throughcare.v1.CloseReleaseCaseResponse\x12P\n" +
-	"\tReferCase\x12 .throughcare.v1.ReferCaseRequest\x1a!.throughcare.v1.ReferCaseResponse\x12\\\n" +
+	"\x10CloseReleaseCase\x12'.throughcare.v1.CloseReleaseCaseRequest\x1a(.throughcare.v1.CloseReleaseCaseResponse\x12\\\n" +
 	"\rRecordRelease\x12$.throughcare.v1.RecordReleaseRequest\x1a%.throughcare.v1.RecordReleaseResponse\x12\\\n" +
 	"\rRecordConsent\x12$.throughcare.v1.RecordConsentRequest\x1a%.throughcare.v1.RecordConsentResponse\x12b\n" +
 	"\x0fWithdrawConsent\x12&.throughcare.v1.WithdrawConsentRequest\x1a'.throughcare.v1.WithdrawConsentResponseBEZCgithub.com/throughcare/throughcare/gen/throughcare/v1;throughcarev1b\x06proto3"
@@ -1131,7 +991,7 @@ func file_throughcare_v1_prison_proto_rawDescGZIP() []byte {
 	return file_throughcare_v1_prison_proto_rawDescData
 }
 
-var file_throughcare_v1_prison_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_throughcare_v1_prison_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_throughcare_v1_prison_proto_goTypes = []any{
 	(*OpenReleaseCaseRequest)(nil),    // 0: throughcare.v1.OpenReleaseCaseRequest
 	(*OpenReleaseCaseResponse)(nil),   // 1: throughcare.v1.OpenReleaseCaseResponse
@@ -1143,73 +1003,58 @@ var file_throughcare_v1_prison_proto_goTypes = []any{
 	(*UpdateReleaseCaseResponse)(nil), // 7: throughcare.v1.UpdateReleaseCaseResponse
 	(*CloseReleaseCaseRequest)(nil),   // 8: throughcare.v1.CloseReleaseCaseRequest
 	(*CloseReleaseCaseResponse)(nil),  // 9: throughcare.v1.CloseReleaseCaseResponse
-	(*ReferCaseRequest)(nil),          // 10: throughcare.v1.ReferCaseRequest
-	(*ReferCaseResponse)(nil),         // 11: throughcare.v1.ReferCaseResponse
-	(*RecordReleaseRequest)(nil),      // 12: throughcare.v1.RecordReleaseRequest
-	(*RecordReleaseResponse)(nil),     // 13: throughcare.v1.RecordReleaseResponse
-	(*RecordConsentRequest)(nil),      // 14: throughcare.v1.RecordConsentRequest
-	(*RecordConsentResponse)(nil),     // 15: throughcare.v1.RecordConsentResponse
-	(*WithdrawConsentRequest)(nil),    // 16: throughcare.v1.WithdrawConsentRequest
-	(*WithdrawConsentResponse)(nil),   // 17: throughcare.v1.WithdrawConsentResponse
-	(*ReleaseCase)(nil),               // 18: throughcare.v1.ReleaseCase
-	(CaseState)(0),                    // 19: throughcare.v1.CaseState
-	(*Date)(nil),                      // 20: throughcare.v1.Date
-	(*fieldmaskpb.FieldMask)(nil),     // 21: google.protobuf.FieldMask
-	(Agency)(0),                       // 22: throughcare.v1.Agency
-	(Purpose)(0),                      // 23: throughcare.v1.Purpose
-	(*Handover)(nil),                  // 24: throughcare.v1.Handover
-	(DataCategory)(0),                 // 25: throughcare.v1.DataCategory
-	(*Withholding)(nil),               // 26: throughcare.v1.Withholding
-	(*Release)(nil),                   // 27: throughcare.v1.Release
+	(*RecordReleaseRequest)(nil),      // 10: throughcare.v1.RecordReleaseRequest
+	(*RecordReleaseResponse)(nil),     // 11: throughcare.v1.RecordReleaseResponse
+	(*RecordConsentRequest)(nil),      // 12: throughcare.v1.RecordConsentRequest
+	(*RecordConsentResponse)(nil),     // 13: throughcare.v1.RecordConsentResponse
+	(*WithdrawConsentRequest)(nil),    // 14: throughcare.v1.WithdrawConsentRequest
+	(*WithdrawConsentResponse)(nil),   // 15: throughcare.v1.WithdrawConsentResponse
+	(*ReleaseCase)(nil),               // 16: throughcare.v1.ReleaseCase
+	(CaseState)(0),                    // 17: throughcare.v1.CaseState
+	(*Date)(nil),                      // 18: throughcare.v1.Date
+	(*fieldmaskpb.FieldMask)(nil),     // 19: google.protobuf.FieldMask
+	(*Release)(nil),                   // 20: throughcare.v1.Release
+	(DataCategory)(0),                 // 21: throughcare.v1.DataCategory
 }
 var file_throughcare_v1_prison_proto_depIdxs = []int32{
-	18, // 0: throughcare.v1.OpenReleaseCaseRequest.release_case:type_name -> throughcare.v1.ReleaseCase
-	18, // 1: throughcare.v1.OpenReleaseCaseResponse.release_case:type_name -> throughcare.v1.ReleaseCase
-	18, // 2: throughcare.v1.GetReleaseCaseResponse.release_case:type_name -> throughcare.v1.ReleaseCase
-	19, // 3: throughcare.v1.ListReleaseCasesRequest.state:type_name -> throughcare.v1.CaseState
-	20, // 4: throughcare.v1.ListReleaseCasesRequest.expected_release_from:type_name -> throughcare.v1.Date
-	20, // 5: throughcare.v1.ListReleaseCasesRequest.expected_release_to:type_name -> throughcare.v1.Date
-	18, // 6: throughcare.v1.ListReleaseCasesResponse.release_cases:type_name -> throughcare.v1.ReleaseCase
-	18, // 7: throughcare.v1.UpdateReleaseCaseRequest.release_case:type_name -> throughcare.v1.ReleaseCase
-	21, // 8: throughcare.v1.UpdateReleaseCaseRequest.update_mask:type_name -> google.protobuf.FieldMask
-	18, // 9: throughcare.v1.UpdateReleaseCaseResponse.release_case:type_name -> throughcare.v1.ReleaseCase
-	18, // 10: throughcare.v1.CloseReleaseCaseResponse.release_case:type_name -> throughcare.v1.ReleaseCase
-	22, // 11: throughcare.v1.ReferCaseRequest.recipient:type_name -> throughcare.v1.Agency
-	23, // 12: throughcare.v1.ReferCaseRequest.purpose:type_name -> throughcare.v1.Purpose
-	24, // 13: throughcare.v1.ReferCaseResponse.handover:type_name -> throughcare.v1.Handover
-	25, // 14: throughcare.v1.ReferCaseResponse.withheld_categories:type_name -> throughcare.v1.DataCategory
-	26, // 15: throughcare.v1.ReferCaseResponse.withholdings:type_name -> throughcare.v1.Withholding
-	27, // 16: throughcare.v1.RecordReleaseRequest.release:type_name -> throughcare.v1.Release
-	18, // 17: throughcare.v1.RecordReleaseResponse.release_case:type_name -> throughcare.v1.ReleaseCase
-	25, // 18: throughcare.v1.RecordConsentRequest.category:type_name -> throughcare.v1.DataCategory
-	22, // 19: throughcare.v1.RecordConsentRequest.recipient:type_name -> throughcare.v1.Agency
-	18, // 20: throughcare.v1.RecordConsentResponse.release_case:type_name -> throughcare.v1.ReleaseCase
-	25, // 21: throughcare.v1.WithdrawConsentRequest.category:type_name -> throughcare.v1.DataCategory
-	22, // 22: throughcare.v1.WithdrawConsentRequest.recipient:type_name -> throughcare.v1.Agency
-	18, // 23: throughcare.v1.WithdrawConsentResponse.release_case:type_name -> throughcare.v1.ReleaseCase
-	0,  // 24: throughcare.v1.PrisonService.OpenReleaseCase:input_type -> throughcare.v1.OpenReleaseCaseRequest
-	2,  // 25: throughcare.v1.PrisonService.GetReleaseCase:input_type -> throughcare.v1.GetReleaseCaseRequest
-	4,  // 26: throughcare.v1.PrisonService.ListReleaseCases:input_type -> throughcare.v1.ListReleaseCasesRequest
-	6,  // 27: throughcare.v1.PrisonService.UpdateReleaseCase:input_type -> throughcare.v1.UpdateReleaseCaseRequest
-	8,  // 28: throughcare.v1.PrisonService.CloseReleaseCase:input_type -> throughcare.v1.CloseReleaseCaseRequest
-	10, // 29: throughcare.v1.PrisonService.ReferCase:input_type -> throughcare.v1.ReferCaseRequest
-	12, // 30: throughcare.v1.PrisonService.RecordRelease:input_type -> throughcare.v1.RecordReleaseRequest
-	14, // 31: throughcare.v1.PrisonService.RecordConsent:input_type -> throughcare.v1.RecordConsentRequest
-	16, // 32: throughcare.v1.PrisonService.WithdrawConsent:input_type -> throughcare.v1.WithdrawConsentRequest
-	1,  // 33: throughcare.v1.PrisonService.OpenReleaseCase:output_type -> throughcare.v1.OpenReleaseCaseResponse
-	3,  // 34: throughcare.v1.PrisonService.GetReleaseCase:output_type -> throughcare.v1.GetReleaseCaseResponse
-	5,  // 35: throughcare.v1.PrisonService.ListReleaseCases:output_type -> throughcare.v1.ListReleaseCasesResponse
-	7,  // 36: throughcare.v1.PrisonService.UpdateReleaseCase:output_type -> throughcare.v1.UpdateReleaseCaseResponse
-	9,  // 37: throughcare.v1.PrisonService.CloseReleaseCase:output_type -> throughcare.v1.CloseReleaseCaseResponse
-	11, // 38: throughcare.v1.PrisonService.ReferCase:output_type -> throughcare.v1.ReferCaseResponse
-	13, // 39: throughcare.v1.PrisonService.RecordRelease:output_type -> throughcare.v1.RecordReleaseResponse
-	15, // 40: throughcare.v1.PrisonService.RecordConsent:output_type -> throughcare.v1.RecordConsentResponse
-	17, // 41: throughcare.v1.PrisonService.WithdrawConsent:output_type -> throughcare.v1.WithdrawConsentResponse
-	33, // [33:42] is the sub-list for method output_type
-	24, // [24:33] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	16, // 0: throughcare.v1.OpenReleaseCaseRequest.release_case:type_name -> throughcare.v1.ReleaseCase
+	16, // 1: throughcare.v1.OpenReleaseCaseResponse.release_case:type_name -> throughcare.v1.ReleaseCase
+	16, // 2: throughcare.v1.GetReleaseCaseResponse.release_case:type_name -> throughcare.v1.ReleaseCase
+	17, // 3: throughcare.v1.ListReleaseCasesRequest.state:type_name -> throughcare.v1.CaseState
+	18, // 4: throughcare.v1.ListReleaseCasesRequest.expected_release_from:type_name -> throughcare.v1.Date
+	18, // 5: throughcare.v1.ListReleaseCasesRequest.expected_release_to:type_name -> throughcare.v1.Date
+	16, // 6: throughcare.v1.ListReleaseCasesResponse.release_cases:type_name -> throughcare.v1.ReleaseCase
+	16, // 7: throughcare.v1.UpdateReleaseCaseRequest.release_case:type_name -> throughcare.v1.ReleaseCase
+	19, // 8: throughcare.v1.UpdateReleaseCaseRequest.update_mask:type_name -> google.protobuf.FieldMask
+	16, // 9: throughcare.v1.UpdateReleaseCaseResponse.release_case:type_name -> throughcare.v1.ReleaseCase
+	16, // 10: throughcare.v1.CloseReleaseCaseResponse.release_case:type_name -> throughcare.v1.ReleaseCase
+	20, // 11: throughcare.v1.RecordReleaseRequest.release:type_name -> throughcare.v1.Release
+	16, // 12: throughcare.v1.RecordReleaseResponse.release_case:type_name -> throughcare.v1.ReleaseCase
+	21, // 13: throughcare.v1.RecordConsentRequest.category:type_name -> throughcare.v1.DataCategory
+	16, // 14: throughcare.v1.RecordConsentResponse.release_case:type_name -> throughcare.v1.ReleaseCase
+	21, // 15: throughcare.v1.WithdrawConsentRequest.category:type_name -> throughcare.v1.DataCategory
+	16, // 16: throughcare.v1.WithdrawConsentResponse.release_case:type_name -> throughcare.v1.ReleaseCase
+	0,  // 17: throughcare.v1.PrisonService.OpenReleaseCase:input_type -> throughcare.v1.OpenReleaseCaseRequest
+	2,  // 18: throughcare.v1.PrisonService.GetReleaseCase:input_type -> throughcare.v1.GetReleaseCaseRequest
+	4,  // 19: throughcare.v1.PrisonService.ListReleaseCases:input_type -> throughcare.v1.ListReleaseCasesRequest
+	6,  // 20: throughcare.v1.PrisonService.UpdateReleaseCase:input_type -> throughcare.v1.UpdateReleaseCaseRequest
+	8,  // 21: throughcare.v1.PrisonService.CloseReleaseCase:input_type -> throughcare.v1.CloseReleaseCaseRequest
+	10, // 22: throughcare.v1.PrisonService.RecordRelease:input_type -> throughcare.v1.RecordReleaseRequest
+	12, // 23: throughcare.v1.PrisonService.RecordConsent:input_type -> throughcare.v1.RecordConsentRequest
+	14, // 24: throughcare.v1.PrisonService.WithdrawConsent:input_type -> throughcare.v1.WithdrawConsentRequest
+	1,  // 25: throughcare.v1.PrisonService.OpenReleaseCase:output_type -> throughcare.v1.OpenReleaseCaseResponse
+	3,  // 26: throughcare.v1.PrisonService.GetReleaseCase:output_type -> throughcare.v1.GetReleaseCaseResponse
+	5,  // 27: throughcare.v1.PrisonService.ListReleaseCases:output_type -> throughcare.v1.ListReleaseCasesResponse
+	7,  // 28: throughcare.v1.PrisonService.UpdateReleaseCase:output_type -> throughcare.v1.UpdateReleaseCaseResponse
+	9,  // 29: throughcare.v1.PrisonService.CloseReleaseCase:output_type -> throughcare.v1.CloseReleaseCaseResponse
+	11, // 30: throughcare.v1.PrisonService.RecordRelease:output_type -> throughcare.v1.RecordReleaseResponse
+	13, // 31: throughcare.v1.PrisonService.RecordConsent:output_type -> throughcare.v1.RecordConsentResponse
+	15, // 32: throughcare.v1.PrisonService.WithdrawConsent:output_type -> throughcare.v1.WithdrawConsentResponse
+	25, // [25:33] is the sub-list for method output_type
+	17, // [17:25] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_prison_proto_init() }
@@ -1220,14 +1065,13 @@ func file_throughcare_v1_prison_proto_init() {
 	file_throughcare_v1_case_proto_init()
 	file_throughcare_v1_data_proto_init()
 	file_throughcare_v1_handover_proto_init()
-	file_throughcare_v1_protocol_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_throughcare_v1_prison_proto_rawDesc), len(file_throughcare_v1_prison_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

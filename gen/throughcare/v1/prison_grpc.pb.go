@@ -24,7 +24,6 @@ const (
 	PrisonService_ListReleaseCases_FullMethodName  = "/throughcare.v1.PrisonService/ListReleaseCases"
 	PrisonService_UpdateReleaseCase_FullMethodName = "/throughcare.v1.PrisonService/UpdateReleaseCase"
 	PrisonService_CloseReleaseCase_FullMethodName  = "/throughcare.v1.PrisonService/CloseReleaseCase"
-	PrisonService_ReferCase_FullMethodName         = "/throughcare.v1.PrisonService/ReferCase"
 	PrisonService_RecordRelease_FullMethodName     = "/throughcare.v1.PrisonService/RecordRelease"
 	PrisonService_RecordConsent_FullMethodName     = "/throughcare.v1.PrisonService/RecordConsent"
 	PrisonService_WithdrawConsent_FullMethodName   = "/throughcare.v1.PrisonService/WithdrawConsent"
@@ -34,7 +33,8 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// PrisonService is the prison's own service: it opens release cases and refers them on.
+// PrisonService is the prison's own service: it opens release cases and records releases.
+// Referral is CaseService's, which every agency serves.
 type PrisonServiceClient interface {
 	// Opens a release case. The server sets its id, revision, state and times.
 	OpenReleaseCase(ctx context.Context, in *OpenReleaseCaseRequest, opts ...grpc.CallOption) (*OpenReleaseCaseResponse, error)
@@ -46,8 +46,6 @@ type PrisonServiceClient interface {
 	UpdateReleaseCase(ctx context.Context, in *UpdateReleaseCaseRequest, opts ...grpc.CallOption) (*UpdateReleaseCaseResponse, error)
 	// Closes a case: nothing further will happen to it.
 	CloseReleaseCase(ctx context.Context, in *CloseReleaseCaseRequest, opts ...grpc.CallOption) (*CloseReleaseCaseResponse, error)
-	// Refers a case to probation or social work for a purpose; creates a handover.
-	ReferCase(ctx context.Context, in *ReferCaseRequest, opts ...grpc.CallOption) (*ReferCaseResponse, error)
 	// Records the actual release and tells every accepting agency.
 	RecordRelease(ctx context.Context, in *RecordReleaseRequest, opts ...grpc.CallOption) (*RecordReleaseResponse, error)
 	// Records the person's consent to share one category with one recipient.
@@ -114,16 +112,6 @@ func (c *prisonServiceClient) CloseReleaseCase(ctx context.Context, in *CloseRel
 	return out, nil
 }
 
-func (c *prisonServiceClient) ReferCase(ctx context.Context, in *ReferCaseRequest, opts ...grpc.CallOption) (*ReferCaseResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(ReferCaseResponse)
-	err := c.cc.Invoke(ctx, PrisonService_ReferCase_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
 func (c *prisonServiceClient) RecordRelease(ctx context.Context, in *RecordReleaseRequest, opts ...grpc.CallOption) (*RecordReleaseResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RecordReleaseResponse)
@@ -158,7 +146,8 @@ func (c *prisonServiceClient) WithdrawConsent(ctx context.Context, in *WithdrawC
 // All implementations must embed UnimplementedPrisonServiceServer
 // for forward compatibility.
 //
-// PrisonService is the prison's own service: it opens release cases and refers them on.
+// PrisonService is the prison's own service: it opens release cases and records releases.
+// Referral is CaseService's, which every agency serves.
 type PrisonServiceServer interface {
 	// Opens a release case. The server sets its id, revision, state and times.
 	OpenReleaseCase(context.Context, *OpenReleaseCaseRequest) (*OpenReleaseCaseResponse, error)
@@ -170,8 +159,6 @@ type PrisonServiceServer interface {
 	UpdateReleaseCase(context.Context, *UpdateReleaseCaseRequest) (*UpdateReleaseCaseResponse, error)
 	// Closes a case: nothing further will happen to it.
 	CloseReleaseCase(context.Context, *CloseReleaseCaseRequest) (*CloseReleaseCaseResponse, error)
-	// Refers a case to probation or social work for a purpose; creates a handover.
-	ReferCase(context.Context, *ReferCaseRequest) (*ReferCaseResponse, error)
 	// Records the actual release and tells every accepting agency.
 	RecordRelease(context.Context, *RecordReleaseRequest) (*RecordReleaseResponse, error)
 	// Records the person's consent to share one category with one recipient.
@@ -202,9 +189,6 @@ func (UnimplementedPrisonServiceServer) UpdateReleaseCase(context.Context, *Upda
 }
 func (UnimplementedPrisonServiceServer) CloseReleaseCase(context.Context, *CloseReleaseCaseRequest) (*CloseReleaseCaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CloseReleaseCase not implemented")
-}
-func (UnimplementedPrisonServiceServer) ReferCase(context.Context, *ReferCaseRequest) (*ReferCaseResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method ReferCase not implemented")
 }
 func (UnimplementedPrisonServiceServer) RecordRelease(context.Context, *RecordReleaseRequest) (*RecordReleaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RecordRelease not implemented")
@@ -326,24 +310,6 @@ func _PrisonService_CloseReleaseCase_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
-func _PrisonService_ReferCase_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(ReferCaseRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(PrisonServiceServer).ReferCase(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: PrisonService_ReferCase_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(PrisonServiceServer).ReferCase(ctx, req.(*ReferCaseRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 func _PrisonService_RecordRelease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RecordReleaseRequest)
 	if err := dec(in); err != nil {
@@ -424,10 +390,6 @@ var PrisonService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CloseReleaseCase",
 			Handler:    _PrisonService_CloseReleaseCase_Handler,
-		},
-		{
-			MethodName: "ReferCase",
-			Handler:    _PrisonService_ReferCase_Handler,
 		},
 		{
 			MethodName: "RecordRelease",

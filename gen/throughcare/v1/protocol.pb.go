@@ -84,8 +84,9 @@ type SharingProtocol struct {
 	ProtocolId  string                 `protobuf:"bytes,1,opt,name=protocol_id,json=protocolId,proto3" json:"protocol_id,omitempty"`
 	Version     uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	Description string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
-	// The agencies that signed it.
-	Agencies      []Agency       `protobuf:"varint,4,rep,packed,name=agencies,proto3,enum=throughcare.v1.Agency" json:"agencies,omitempty"`
+	// The agencies that signed it: the deployment's registry of parties. Ids are unique, and
+	// every rule names two of them.
+	Agencies      []*Agency      `protobuf:"bytes,4,rep,name=agencies,proto3" json:"agencies,omitempty"`
 	Rules         []*SharingRule `protobuf:"bytes,5,rep,name=rules,proto3" json:"rules,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -142,7 +143,7 @@ func (x *SharingProtocol) GetDescription() string {
 	return ""
 }
 
-func (x *SharingProtocol) GetAgencies() []Agency {
+func (x *SharingProtocol) GetAgencies() []*Agency {
 	if x != nil {
 		return x.Agencies
 	}
@@ -159,8 +160,8 @@ func (x *SharingProtocol) GetRules() []*SharingRule {
 // SharingRule lets categories flow from one agency to another for one purpose.
 type SharingRule struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
-	Sender    Agency                 `protobuf:"varint,1,opt,name=sender,proto3,enum=throughcare.v1.Agency" json:"sender,omitempty"`
-	Recipient Agency                 `protobuf:"varint,2,opt,name=recipient,proto3,enum=throughcare.v1.Agency" json:"recipient,omitempty"`
+	Sender    string                 `protobuf:"bytes,1,opt,name=sender,proto3" json:"sender,omitempty"`
+	Recipient string                 `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	Purpose   Purpose                `protobuf:"varint,3,opt,name=purpose,proto3,enum=throughcare.v1.Purpose" json:"purpose,omitempty"`
 	// Categories that flow under this rule.
 	Allowed []DataCategory `protobuf:"varint,4,rep,packed,name=allowed,proto3,enum=throughcare.v1.DataCategory" json:"allowed,omitempty"`
@@ -204,18 +205,18 @@ func (*SharingRule) Descriptor() ([]byte, []int) {
 	return file_throughcare_v1_protocol_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *SharingRule) GetSender() Agency {
+func (x *SharingRule) GetSender() string {
 	if x != nil {
 		return x.Sender
 	}
-	return Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
-func (x *SharingRule) GetRecipient() Agency {
+func (x *SharingRule) GetRecipient() string {
 	if x != nil {
 		return x.Recipient
 	}
-	return Agency_AGENCY_UNSPECIFIED
+	return ""
 }
 
 func (x *SharingRule) GetPurpose() Purpose {
@@ -310,17 +311,17 @@ var File_throughcare_v1_protocol_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_protocol_proto_rawDesc = "" +
 	"\n" +
-	"\x1dthroughcare/v1/protocol.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x19throughcare/v1/data.proto\"\xbd\x02\n" +
+	"\x1dthroughcare/v1/protocol.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x19throughcare/v1/data.proto\"\xb2\x02\n" +
 	"\x0fSharingProtocol\x12E\n" +
 	"\vprotocol_id\x18\x01 \x01(\tB$\xbaH\x1dr\x1b2\x19^[a-z0-9][a-z0-9-]{0,62}$\xd0\xf3\x18\x01R\n" +
 	"protocolId\x12%\n" +
 	"\aversion\x18\x02 \x01(\rB\v\xbaH\x04*\x02 \x00\xd0\xf3\x18\x01R\aversion\x12.\n" +
-	"\vdescription\x18\x03 \x01(\tB\f\xbaH\x05r\x03\x18\xd0\x0f\xd0\xf3\x18\x01R\vdescription\x12K\n" +
-	"\bagencies\x18\x04 \x03(\x0e2\x16.throughcare.v1.AgencyB\x17\xbaH\x10\x92\x01\r\b\x02\x18\x01\"\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\bagencies\x12?\n" +
-	"\x05rules\x18\x05 \x03(\v2\x1b.throughcare.v1.SharingRuleB\f\xbaH\x05\x92\x01\x02\b\x01\xd0\xf3\x18\x01R\x05rules\"\xeb\x05\n" +
-	"\vSharingRule\x12>\n" +
-	"\x06sender\x18\x01 \x01(\x0e2\x16.throughcare.v1.AgencyB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\x06sender\x12D\n" +
-	"\trecipient\x18\x02 \x01(\x0e2\x16.throughcare.v1.AgencyB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\trecipient\x12A\n" +
+	"\vdescription\x18\x03 \x01(\tB\f\xbaH\x05r\x03\x18\xd0\x0f\xd0\xf3\x18\x01R\vdescription\x12@\n" +
+	"\bagencies\x18\x04 \x03(\v2\x16.throughcare.v1.AgencyB\f\xbaH\x05\x92\x01\x02\b\x02\xd0\xf3\x18\x01R\bagencies\x12?\n" +
+	"\x05rules\x18\x05 \x03(\v2\x1b.throughcare.v1.SharingRuleB\f\xbaH\x05\x92\x01\x02\b\x01\xd0\xf3\x18\x01R\x05rules\"\xdf\x05\n" +
+	"\vSharingRule\x128\n" +
+	"\x06sender\x18\x01 \x01(\tB \xbaH\x19r\x172\x15^[a-z][a-z0-9]{0,30}$\xd0\xf3\x18\x01R\x06sender\x12>\n" +
+	"\trecipient\x18\x02 \x01(\tB \xbaH\x19r\x172\x15^[a-z][a-z0-9]{0,30}$\xd0\xf3\x18\x01R\trecipient\x12A\n" +
 	"\apurpose\x18\x03 \x01(\x0e2\x17.throughcare.v1.PurposeB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\apurpose\x12M\n" +
 	"\aallowed\x18\x04 \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x15\xbaH\x0e\x92\x01\v\x18\x01\"\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\aallowed\x12^\n" +
 	"\x10consent_required\x18\x05 \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x15\xbaH\x0e\x92\x01\v\x18\x01\"\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\x0fconsentRequired\x12/\n" +
@@ -356,27 +357,25 @@ var file_throughcare_v1_protocol_proto_goTypes = []any{
 	(*SharingProtocol)(nil),     // 1: throughcare.v1.SharingProtocol
 	(*SharingRule)(nil),         // 2: throughcare.v1.SharingRule
 	(*Withholding)(nil),         // 3: throughcare.v1.Withholding
-	(Agency)(0),                 // 4: throughcare.v1.Agency
+	(*Agency)(nil),              // 4: throughcare.v1.Agency
 	(Purpose)(0),                // 5: throughcare.v1.Purpose
 	(DataCategory)(0),           // 6: throughcare.v1.DataCategory
 	(*durationpb.Duration)(nil), // 7: google.protobuf.Duration
 }
 var file_throughcare_v1_protocol_proto_depIdxs = []int32{
-	4,  // 0: throughcare.v1.SharingProtocol.agencies:type_name -> throughcare.v1.Agency
-	2,  // 1: throughcare.v1.SharingProtocol.rules:type_name -> throughcare.v1.SharingRule
-	4,  // 2: throughcare.v1.SharingRule.sender:type_name -> throughcare.v1.Agency
-	4,  // 3: throughcare.v1.SharingRule.recipient:type_name -> throughcare.v1.Agency
-	5,  // 4: throughcare.v1.SharingRule.purpose:type_name -> throughcare.v1.Purpose
-	6,  // 5: throughcare.v1.SharingRule.allowed:type_name -> throughcare.v1.DataCategory
-	6,  // 6: throughcare.v1.SharingRule.consent_required:type_name -> throughcare.v1.DataCategory
-	7,  // 7: throughcare.v1.SharingRule.retention:type_name -> google.protobuf.Duration
-	6,  // 8: throughcare.v1.Withholding.category:type_name -> throughcare.v1.DataCategory
-	0,  // 9: throughcare.v1.Withholding.reason:type_name -> throughcare.v1.WithholdReason
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	4, // 0: throughcare.v1.SharingProtocol.agencies:type_name -> throughcare.v1.Agency
+	2, // 1: throughcare.v1.SharingProtocol.rules:type_name -> throughcare.v1.SharingRule
+	5, // 2: throughcare.v1.SharingRule.purpose:type_name -> throughcare.v1.Purpose
+	6, // 3: throughcare.v1.SharingRule.allowed:type_name -> throughcare.v1.DataCategory
+	6, // 4: throughcare.v1.SharingRule.consent_required:type_name -> throughcare.v1.DataCategory
+	7, // 5: throughcare.v1.SharingRule.retention:type_name -> google.protobuf.Duration
+	6, // 6: throughcare.v1.Withholding.category:type_name -> throughcare.v1.DataCategory
+	0, // 7: throughcare.v1.Withholding.reason:type_name -> throughcare.v1.WithholdReason
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_protocol_proto_init() }
