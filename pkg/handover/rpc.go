@@ -38,7 +38,10 @@ func (s *Service) ListHandovers(ctx context.Context, req *throughcarev1.ListHand
 		}
 		var matching []records.Entry
 		for _, e := range entries {
-			if rec, ok := found[handoverOfIndexKey(e.Key)]; ok && matches(req, s.direction(rec.GetHandover()), rec.GetHandover()) {
+			// An entry the record no longer derives is one its last write has not yet
+			// removed (the state moved on): the handover is listed by its current entry,
+			// once.
+			if rec, ok := found[handoverOfIndexKey(e.Key)]; ok && slices.Contains(s.indexKeys(rec), e.Key) && matches(req, s.direction(rec.GetHandover()), rec.GetHandover()) {
 				matching = append(matching, e)
 			}
 		}
