@@ -93,10 +93,9 @@ type ExternalSource struct {
 	ImportedConsumerCreate string
 }
 
-// External names the subjects through which recipient's inbox sources source's outbox.
-func External(source, recipient string) ExternalSource {
-	src, dst := source, recipient
-	create := "CONSUMER.CREATE." + OutboxStream(source) + ".*." + outboxFilter(source, recipient)
+// External names the subjects through which dst's inbox sources src's outbox.
+func External(src, dst string) ExternalSource {
+	create := "CONSUMER.CREATE." + OutboxStream(src) + ".*." + outboxFilter(src, dst)
 	return ExternalSource{
 		APIPrefix:              "$JS." + src + ".API",
 		DeliverPrefix:          "deliver." + src + "." + dst,

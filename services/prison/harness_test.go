@@ -105,13 +105,10 @@ func startPrison(t testing.TB, ns *natstest.Server, log *zap.Logger) *harness {
 }
 
 // fakeHandovers records what the prison service asks of the handover protocol and answers
-// with Handover, Withheld and Err.
+// with Err.
 type fakeHandovers struct {
 	mu       sync.Mutex
-	Handover *throughcarev1.Handover
-	Withheld []*throughcarev1.Withholding
 	Err      error
-	Refers   []referCall
 	Releases []releaseCall
 	Withdraw []withdrawCall
 }
@@ -122,28 +119,12 @@ type withdrawCall struct {
 	Categories    []throughcarev1.DataCategory
 }
 
-type referCall struct {
-	Actor, CaseID string
-	Recipient     string
-	Purpose       throughcarev1.Purpose
-}
-
 type releaseCall struct {
 	Actor, CaseID string
 	Release       *throughcarev1.Release
 }
 
 var _ prison.Handovers = (*fakeHandovers)(nil)
-
-func (f *fakeHandovers) Refer(_ context.Context, actor, caseID string, recipient string, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []*throughcarev1.Withholding, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.Refers = append(f.Refers, referCall{actor, caseID, recipient, purpose})
-	if f.Err != nil {
-		return nil, nil, f.Err
-	}
-	return f.Handover, f.Withheld, nil
-}
 
 func (f *fakeHandovers) NotifyRelease(_ context.Context, actor, caseID string, release *throughcarev1.Release) (int, error) {
 	f.mu.Lock()
@@ -171,18 +152,18 @@ func (f *fakeHandovers) withdrawals() []withdrawCall {
 	return slices.Clone(f.Withdraw)
 }
 
-// set changes the fake's answers.
-func (f *fakeHandovers) set(h *throughcarev1.Handover, withheld []*throughcarev1.Withholding, err error) {
+// fail makes every later call fail with err, or succeed again with nil.
+func (f *fakeHandovers) fail(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.Handover, f.Withheld, f.Err = h, withheld, err
+	f.Err = err
 }
 
-// calls returns copies of the calls so far.
-func (f *fakeHandovers) calls() ([]referCall, []releaseCall) {
+// releases returns copies of the release notices so far.
+func (f *fakeHandovers) releases() []releaseCall {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return slices.Clone(f.Refers), slices.Clone(f.Releases)
+	return slices.Clone(f.Releases)
 }
 
 // Stop closes the client and stops the gRPC server; NATS keeps running. It is safe to call

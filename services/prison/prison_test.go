@@ -378,7 +378,7 @@ func TestRecordRelease(t *testing.T) {
 	if got := h.lastSeq(t); got != seq {
 		t.Errorf("got bucket sequence %d, want %d: a repeated release was written", got, seq)
 	}
-	_, notices := h.Handovers.calls()
+	notices := h.Handovers.releases()
 	if len(notices) != 2 {
 		t.Fatalf("got %d release notices, want 2", len(notices))
 	}
@@ -391,7 +391,7 @@ func TestRecordRelease(t *testing.T) {
 	// A different release is refused without a write or a notice.
 	_, err = record(&throughcarev1.Release{ActualReleaseDate: date(2026, 9, 3), ReleaseAddress: release.GetReleaseAddress()})
 	wantCode(t, err, codes.FailedPrecondition)
-	if _, notices := h.Handovers.calls(); len(notices) != 2 {
+	if notices := h.Handovers.releases(); len(notices) != 2 {
 		t.Errorf("got %d release notices, want still 2", len(notices))
 	}
 	if got := h.lastSeq(t); got != seq {
@@ -423,7 +423,7 @@ func TestRecordReleaseRefusals(t *testing.T) {
 			wantCode(t, err, tc.want)
 		})
 	}
-	if _, notices := h.Handovers.calls(); len(notices) != 0 {
+	if notices := h.Handovers.releases(); len(notices) != 0 {
 		t.Errorf("got %d release notices, want none", len(notices))
 	}
 	if got := h.lastSeq(t); got != seq {
@@ -438,18 +438,18 @@ func TestRecordReleaseRetryAfterFailedNotice(t *testing.T) {
 	release := &throughcarev1.Release{ActualReleaseDate: date(2026, 9, 1)}
 	req := &throughcarev1.RecordReleaseRequest{Actor: "cw-1", CaseId: id, Release: release}
 
-	h.Handovers.set(nil, nil, errors.New("outbox unavailable"))
+	h.Handovers.fail(errors.New("outbox unavailable"))
 	_, err := h.Client.RecordRelease(t.Context(), req)
 	wantCode(t, err, codes.Internal)
 	if got := h.get(t, id).GetState(); got != throughcarev1.CaseState_CASE_STATE_RELEASED {
 		t.Errorf("got state %v after a failed notice, want RELEASED", got)
 	}
 
-	h.Handovers.set(nil, nil, nil)
+	h.Handovers.fail(nil)
 	if _, err := h.Client.RecordRelease(t.Context(), req); err != nil {
 		t.Fatalf("retry: %v", err)
 	}
-	if _, notices := h.Handovers.calls(); len(notices) != 2 {
+	if notices := h.Handovers.releases(); len(notices) != 2 {
 		t.Errorf("got %d release notices, want 2 (failed, then retried)", len(notices))
 	}
 }
@@ -471,7 +471,7 @@ func TestRecordReleaseWithoutAddressKeepsPlannedAddress(t *testing.T) {
 	if got := resp.GetReleaseCase().GetReleasePlan().GetReleaseAddress(); !proto.Equal(got, planned) {
 		t.Errorf("got address %v after release, want the planned %v", got, planned)
 	}
-	_, notices := h.Handovers.calls()
+	notices := h.Handovers.releases()
 	if len(notices) != 1 || !proto.Equal(notices[0].Release.GetReleaseAddress(), planned) {
 		t.Errorf("got notices %+v, want one carrying the planned address", notices)
 	}
