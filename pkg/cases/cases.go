@@ -212,7 +212,7 @@ func (s *Store) List(ctx context.Context, f Filter, pageSize int32, pageToken st
 	entries, resume, err := s.records.Matching(ctx, f.patterns(), false, after, int(pageSize), func(ctx context.Context, entries []records.Entry) ([]records.Entry, error) {
 		ids := make([]string, len(entries))
 		for i, e := range entries {
-			ids[i] = lastToken(e.Key)
+			ids[i] = records.RecordOf(e.Key)
 		}
 		recs, err := s.records.GetMany(ctx, ids...)
 		if err != nil {
@@ -224,7 +224,7 @@ func (s *Store) List(ctx context.Context, f Filter, pageSize int32, pageToken st
 		var matching []records.Entry
 		for _, e := range entries {
 			// A case removed meanwhile, or outside the filter's other conditions, is skipped.
-			if r, ok := found[lastToken(e.Key)]; ok && f.matches(r.Msg) {
+			if r, ok := found[records.RecordOf(e.Key)]; ok && f.matches(r.Msg) {
 				matching = append(matching, e)
 			}
 		}
@@ -235,7 +235,7 @@ func (s *Store) List(ctx context.Context, f Filter, pageSize int32, pageToken st
 	}
 	page := make([]*throughcarev1.ReleaseCase, len(entries))
 	for i, e := range entries {
-		r := found[lastToken(e.Key)]
+		r := found[records.RecordOf(e.Key)]
 		r.Msg.Revision = r.Revision
 		page[i] = r.Msg
 	}
@@ -245,8 +245,6 @@ func (s *Store) List(ctx context.Context, f Filter, pageSize int32, pageToken st
 	}
 	return page, next, nil
 }
-
-func lastToken(key string) string { return key[strings.LastIndexByte(key, '.')+1:] }
 
 // CompareDates orders dates by calendar day.
 func CompareDates(a, b *throughcarev1.Date) int {

@@ -99,7 +99,7 @@ func (s *Service) sweepEvery(ctx context.Context, kind string, unit time.Duratio
 				return fmt.Errorf("sweep %s: %w", kind, err)
 			}
 			for _, e := range entries {
-				if err := handle(ctx, handoverOfIndexKey(e.Key)); err != nil {
+				if err := handle(ctx, records.RecordOf(e.Key)); err != nil {
 					return err
 				}
 			}

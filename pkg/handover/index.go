@@ -101,6 +101,3 @@ func (s *Service) retainUntil(rec *storev1.HandoverRecord) (time.Time, bool) {
 	}
 	return h.GetReceipts()[0].GetTime().AsTime().Add(rule.GetRetention().AsDuration()), true
 }
-
-// handoverOfIndexKey is the handover an index entry points at: its last token.
-func handoverOfIndexKey(key string) string { return key[strings.LastIndexByte(key, '.')+1:] }

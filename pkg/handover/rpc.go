@@ -38,10 +38,7 @@ func (s *Service) ListHandovers(ctx context.Context, req *throughcarev1.ListHand
 		}
 		var matching []records.Entry
 		for _, e := range entries {
-			// An entry the record no longer derives is one its last write has not yet
-			// removed (the state moved on): the handover is listed by its current entry,
-			// once.
-			if rec, ok := found[handoverOfIndexKey(e.Key)]; ok && slices.Contains(s.indexKeys(rec), e.Key) && matches(req, s.direction(rec.GetHandover()), rec.GetHandover()) {
+			if rec, ok := found[records.RecordOf(e.Key)]; ok && matches(req, s.direction(rec.GetHandover()), rec.GetHandover()) {
 				matching = append(matching, e)
 			}
 		}
@@ -52,7 +49,7 @@ func (s *Service) ListHandovers(ctx context.Context, req *throughcarev1.ListHand
 	}
 	page := make([]*throughcarev1.Handover, len(entries))
 	for i, e := range entries {
-		if page[i], err = s.retrieved(ctx, found[handoverOfIndexKey(e.Key)].GetHandover()); err != nil {
+		if page[i], err = s.retrieved(ctx, found[records.RecordOf(e.Key)].GetHandover()); err != nil {
 			return nil, err
 		}
 	}
@@ -88,7 +85,7 @@ func listPatterns(req *throughcarev1.ListHandoversRequest) []string {
 func (s *Service) getMany(ctx context.Context, entries []records.Entry) ([]*storev1.HandoverRecord, error) {
 	ids := make([]string, len(entries))
 	for i, e := range entries {
-		ids[i] = handoverOfIndexKey(e.Key)
+		ids[i] = records.RecordOf(e.Key)
 	}
 	found, err := s.handovers.GetMany(ctx, ids...)
 	if err != nil {

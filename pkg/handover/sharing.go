@@ -296,7 +296,7 @@ func (s *Service) latestReceived(ctx context.Context, copies []*throughcarev1.Re
 	last := map[string]records.Entry{}
 	for _, e := range entries {
 		caseID := strings.Split(e.Key, ".")[2]
-		if have, ok := last[caseID]; !ok || handoverOfIndexKey(e.Key) > handoverOfIndexKey(have.Key) {
+		if have, ok := last[caseID]; !ok || records.RecordOf(e.Key) > records.RecordOf(have.Key) {
 			last[caseID] = e
 		}
 	}

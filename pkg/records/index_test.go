@@ -1,6 +1,7 @@
 package records_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -182,5 +183,41 @@ func TestPageReadsInRevisionOrder(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("paged %v\nwant    %v", got, want)
+	}
+}
+
+// TestMatchingListsAMovedRecordOnce reads an index in the moment a record's entry moves:
+// the old entry is still there beside the new one, then only the old one points at a
+// record that has moved on. The record is listed once either way, never twice or not at
+// all.
+func TestMatchingListsAMovedRecordOnce(t *testing.T) {
+	ctx := testContext(t)
+	store := openStrings(t, natstest.Start(t).JetStream(t))
+	for _, key := range []string{"ix.state.open.case-1", "ix.state.open.case-2", "ix.state.closed.case-1"} {
+		if err := store.SetRaw(ctx, key, nil); err != nil {
+			t.Fatalf("set %s: %v", key, err)
+		}
+	}
+	keepAll := func(_ context.Context, entries []records.Entry) ([]records.Entry, error) { return entries, nil }
+	list := func() []string {
+		t.Helper()
+		entries, resume, err := store.Matching(ctx, []string{"ix.state.*.*"}, false, 0, 10, keepAll)
+		if err != nil || resume != 0 {
+			t.Fatalf("matching: %v, resume %d", err, resume)
+		}
+		var got []string
+		for _, e := range entries {
+			got = append(got, records.RecordOf(e.Key))
+		}
+		return got
+	}
+	if got, want := list(), []string{"case-1", "case-2"}; !slices.Equal(got, want) {
+		t.Errorf("with old and new entry: listed %v, want %v", got, want)
+	}
+	if err := store.RemoveRaw(ctx, "ix.state.closed.case-1"); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	if got, want := list(), []string{"case-1", "case-2"}; !slices.Equal(got, want) {
+		t.Errorf("with only the old entry: listed %v, want %v", got, want)
 	}
 }

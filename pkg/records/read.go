@@ -259,6 +259,9 @@ func (s *bucket) RemovedAt(ctx context.Context, key string) (uint64, bool, error
 	return raw[0].Revision, true, nil
 }
 
+// RecordOf is the key of the record an index entry points at: the entry's last token.
+func RecordOf(entry string) string { return entry[strings.LastIndexByte(entry, '.')+1:] }
+
 // maxExamined bounds the index entries one page reads looking for matches.
 const maxExamined = 2000
 
@@ -268,8 +271,14 @@ const maxExamined = 2000
 // revision to resume after: 0 when the index holds no more matches. A page reads at most
 // about maxExamined entries, so a page of sparse matches may come back short with a
 // revision to resume after.
+//
+// A record whose entry moved while the page was read (its state changed, say) may be
+// seen at both entries, or at an old one its writer has not yet removed; keep judges the
+// record as it now stands, and each record is returned once, at the first entry kept. A
+// record that moves between pages may show on both, as in any listing paged by position.
 func (s *bucket) Matching(ctx context.Context, patterns []string, sparse bool, afterRevision uint64, limit int, keep func(context.Context, []Entry) ([]Entry, error)) ([]Entry, uint64, error) {
 	var kept []Entry
+	seen := map[string]bool{}
 	for examined := 0; examined < maxExamined; {
 		entries, resume, err := s.PageAny(ctx, patterns, sparse, afterRevision, limit+1)
 		if err != nil {
@@ -280,7 +289,12 @@ func (s *bucket) Matching(ctx context.Context, patterns []string, sparse bool, a
 		if err != nil {
 			return nil, 0, err
 		}
-		kept = append(kept, matching...)
+		for _, e := range matching {
+			if rec := RecordOf(e.Key); !seen[rec] {
+				seen[rec] = true
+				kept = append(kept, e)
+			}
+		}
 		if len(kept) > limit {
 			return kept[:limit], kept[limit-1].Revision, nil
 		}
