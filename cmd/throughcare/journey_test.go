@@ -620,6 +620,10 @@ func TestTwoRecipientReplicasProcessEachHandoverOnce(t *testing.T) {
 	}
 }
 
+// stallAfter is how long a wait on many handovers may see none of them move before it
+// calls them stuck: far longer than the harness's retry backoffs (at most 200ms).
+const stallAfter = 20 * time.Second
+
 // TestThousandReferralsInFlight refers 1,000 cases at once, then probation acknowledges
 // and accepts them all at once: every one reaches ACCEPTED at the prison.
 func TestThousandReferralsInFlight(t *testing.T) {
@@ -638,7 +642,7 @@ func TestThousandReferralsInFlight(t *testing.T) {
 	start := time.Now()
 	handoverIDs := referAll(t, sys, cases, probationAgency, workers)
 	referred := time.Since(start)
-	atPrison.waitAll(t, handoverIDs, stateDelivered, 40*time.Second)
+	atPrison.waitAll(t, handoverIDs, stateDelivered, stallAfter)
 	delivered := time.Since(start)
 	ctx := testCtx(t)
 	probationH := sys.Handovers[probationAgency]
@@ -654,7 +658,7 @@ func TestThousandReferralsInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	answered := time.Since(start)
-	accepted := atPrison.waitAll(t, handoverIDs, stateAccepted, 40*time.Second)
+	accepted := atPrison.waitAll(t, handoverIDs, stateAccepted, stallAfter)
 	t.Logf("%d referrals: referred in %s, all delivered by %s, acknowledged and accepted by %s, all accepted at the prison by %s", n, referred, delivered, answered, time.Since(start))
 	for _, id := range handoverIDs {
 		checkReceipts(t, "prison", accepted[id], receiptDelivered, receiptAcknowledged, receiptAccepted)
