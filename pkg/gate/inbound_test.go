@@ -1,4 +1,4 @@
-package handover
+package gate
 
 import (
 	"testing"
@@ -53,8 +53,8 @@ func TestHoldsPersonalData(t *testing.T) {
 		{"an event with a field this service does not know", withUnknown, true},
 		{"not an event", &nats.Msg{Subject: "tc.prison.out.socialwork.receipt_issued", Header: nats.Header{}, Data: []byte("garbage")}, true},
 	} {
-		if got := holdsPersonalData(inboxMsg{m: c.msg}); got != c.want {
-			t.Errorf("%s: holdsPersonalData = %v, want %v", c.name, got, c.want)
+		if got := HoldsPersonalData(inboxMsg{m: c.msg}); got != c.want {
+			t.Errorf("%s: HoldsPersonalData = %v, want %v", c.name, got, c.want)
 		}
 	}
 }

@@ -3,7 +3,6 @@ package handover
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -21,8 +20,8 @@ import (
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
 	"github.com/throughcare/throughcare/pkg/ids"
+	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
-	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // Delivery end to end. JetStream delivers at least once between the streams, but a message
@@ -163,7 +162,7 @@ func (s *Service) dropKept(ctx context.Context, key string) error {
 	for _, r := range revs {
 		se := new(storev1.SentEvent)
 		// An unreadable copy is erased too: nothing shows it holds nothing.
-		personal = personal || len(r.Data) > 0 && (proto.Unmarshal(r.Data, se) != nil || carriesPersonalData(se.GetEvent()))
+		personal = personal || len(r.Data) > 0 && (proto.Unmarshal(r.Data, se) != nil || protocol.CarriesPersonalData(se.GetEvent()))
 	}
 	if personal {
 		if err := s.handovers.EraseBefore(ctx, key, revs[len(revs)-1].Revision+1, 0); err != nil {
@@ -342,8 +341,8 @@ func (s *Service) sendControl(ctx context.Context, about *throughcarev1.Event, r
 	case *throughcarev1.Event_ResendRequested:
 		ev.Type, ev.Payload = throughcarev1.EventType_EVENT_TYPE_RESEND_REQUESTED, p
 	}
-	if err := signing.Sign(ev, s.cfg.SigningKey); err != nil {
-		return eventbus.Permanent(err)
+	if err := s.out.Sign(ev); err != nil {
+		return err
 	}
 	return eventbus.Publish(ctx, s.js, ev)
 }
@@ -454,33 +453,8 @@ func (s *Service) resendOne(ctx context.Context, se *storev1.SentEvent, why stri
 	if err := s.handovers.SetRaw(ctx, sentKey(ev.GetHandoverId(), ev.GetSequence()), data); err != nil {
 		return err
 	}
-	unsigned := proto.CloneOf(ev)
-	unsigned.Signature, unsigned.KeyId = nil, ""
-	payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(unsigned)
-	if err != nil {
-		return eventbus.Permanent(err)
-	}
-	hash := sha256.Sum256(payload)
-	entry := &throughcarev1.Disclosure{
-		Kind:               throughcarev1.DisclosureKind_DISCLOSURE_KIND_RESENT,
-		CaseId:             ev.GetCaseId(),
-		EventId:            ev.GetEventId(),
-		Sender:             ev.GetSource(),
-		Recipient:          ev.GetRecipient(),
-		Purpose:            ev.GetPurpose(),
-		WithheldCategories: categoriesOf(ev.GetWithholdings()),
-		Withholdings:       ev.GetWithholdings(),
-		ProtocolId:         ev.GetProtocolId(),
-		ProtocolVersion:    ev.GetProtocolVersion(),
-		Actor:              ev.GetActor(),
-		Time:               timestampNow(s.now),
-		PayloadHash:        hash[:],
-		PersonHash:         s.personHash(ev.GetHandoverReferred().GetReleaseCase()),
-		Note: fmt.Sprintf("re-sent event %s (%s, sequence %d of handover %s), attempt %d: %s",
-			ev.GetEventId(), ev.GetType(), ev.GetSequence(), ev.GetHandoverId(), se.GetResends(), why),
-	}
-	if _, err := s.ledger.Append(ctx, entry, fmt.Sprintf("resent/%s/%d", ev.GetEventId(), se.GetResends())); err != nil {
-		return fmt.Errorf("record resend of event %s: %w", ev.GetEventId(), err)
+	if err := s.out.Resent(ctx, ev, se.GetResends(), why); err != nil {
+		return err
 	}
 	if err := eventbus.PublishAs(ctx, s.js, ev, fmt.Sprintf("%s.r%d", ev.GetEventId(), se.GetResends())); err != nil {
 		return err

@@ -19,7 +19,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/proto"
 
 	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
@@ -27,6 +26,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/cases"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/gate"
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
@@ -72,14 +72,11 @@ type Config struct {
 // Policy is the sharing protocol as handovers use it; *protocol.Protocol is the one
 // implementation outside tests.
 type Policy interface {
+	gate.Policy
 	Agencies() *agency.Registry
-	ID() string
-	Version() uint32
 	Proto() *throughcarev1.SharingProtocol
 	Rule(sender, recipient string, purpose throughcarev1.Purpose) (*throughcarev1.SharingRule, bool)
 	RuleFor(sender, recipient string, purpose throughcarev1.Purpose) (*throughcarev1.SharingRule, error)
-	Enforce(msg proto.Message, sender, recipient string, purpose throughcarev1.Purpose, consents []*throughcarev1.Consent) (protocol.Report, error)
-	Check(msg proto.Message, sender, recipient string, purpose throughcarev1.Purpose, consents []*throughcarev1.Consent) ([]throughcarev1.DataCategory, error)
 }
 
 var _ Policy = (*protocol.Protocol)(nil)
@@ -111,8 +108,8 @@ type Service struct {
 	cases     *cases.Store
 	dead      *eventbus.DeadLetters
 	ledger    *ledger.Ledger
-	verifier  *signing.Verifier
-	replays   *signing.ReplayGuard
+	out       *gate.Outbound
+	in        *gate.Inbound
 	requests  resendRequests
 	now       func() time.Time
 	// closing ends open watches at shutdown, so a graceful stop does not wait on them.
@@ -174,11 +171,11 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 		cases:     caseStore,
 		dead:      dead,
 		ledger:    book,
-		verifier:  signing.NewVerifier(cfg.Keyring),
-		replays:   replays,
 		now:       time.Now,
 		closing:   make(chan struct{}),
 	}
+	s.out = &gate.Outbound{Protocol: cfg.Protocol, Ledger: book, PersonKey: cfg.PersonKey, SigningKey: cfg.SigningKey, Case: s.localCase, Now: s.now}
+	s.in = &gate.Inbound{Agency: name, Protocol: cfg.Protocol, Ledger: book, Verifier: signing.NewVerifier(cfg.Keyring), Replays: replays, Case: s.localCase, Log: s.log, Now: s.now}
 	s.index = records.NewIndex(handovers, s.indexKeys)
 	if err := s.index.EnsureBuilt(ctx); err != nil {
 		return nil, fmt.Errorf("handovers of %s: %w", name, err)
@@ -243,7 +240,7 @@ func (s *Service) Run(ctx context.Context) error {
 	relay.OrderKey = func(msg jetstream.Msg) string { return msg.Subject() } // per handover
 	inbox := s.cfg.Inbox
 	inbox.OrderKey = eventbus.OrderByCase
-	inbox.EraseHandled = holdsPersonalData // what arrived lives on in the records it was stored in, or nowhere
+	inbox.EraseHandled = gate.HoldsPersonalData // what arrived lives on in the records it was stored in, or nowhere
 
 	handoverIndex := relay
 	handoverIndex.Durable = s.cfg.Agency + "-handover-index"

@@ -18,7 +18,6 @@ import (
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
-	"github.com/throughcare/throughcare/pkg/signing"
 )
 
 // handleIncoming processes one event from another agency. Every branch is idempotent.
@@ -27,7 +26,7 @@ func (s *Service) handleIncoming(ctx context.Context, msg jetstream.Msg) error {
 	if err != nil {
 		return err
 	}
-	if err := s.authenticate(ctx, ev); err != nil {
+	if err := s.in.Authenticate(ctx, ev); err != nil {
 		return err
 	}
 	if ev.GetRecipient() != s.cfg.Agency {
@@ -64,10 +63,10 @@ func settledInline(ev *throughcarev1.Event) bool {
 
 // apply admits and applies the next event of a handover.
 func (s *Service) apply(ctx context.Context, ev *throughcarev1.Event) error {
-	if err := s.checkReplay(ctx, ev); err != nil {
+	if err := s.in.CheckReplay(ctx, ev); err != nil {
 		return err
 	}
-	if err := s.checkIncoming(ctx, ev); err != nil {
+	if err := s.in.Check(ctx, ev); err != nil {
 		return err
 	}
 	switch p := ev.GetPayload().(type) {
@@ -267,7 +266,7 @@ func (s *Service) receiveConsentWithdrawn(ctx context.Context, ev *throughcarev1
 	var purged []throughcarev1.DataCategory
 	var person []byte
 	err = s.updateCase(ctx, ev.GetCaseId(), func(rc *throughcarev1.ReleaseCase) {
-		person = s.personHash(rc)
+		person = s.cfg.PersonKey.OfCase(rc)
 		purged = protocol.Purge(rc, withdrawn.GetCategories())
 		for _, c := range rc.GetConsents() {
 			if c.GetRecipient() == s.cfg.Agency && slices.Contains(withdrawn.GetCategories(), c.GetCategory()) && c.GetWithdrawnTime() == nil {
@@ -356,11 +355,8 @@ func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
 		return eventbus.Permanent(err)
 	}
 	for _, ev := range rec.GetOutbox() {
-		if err := s.disclose(ctx, ev); err != nil {
+		if err := s.out.Pass(ctx, ev); err != nil {
 			return err
-		}
-		if err := signing.Sign(ev, s.cfg.SigningKey); err != nil {
-			return eventbus.Permanent(err)
 		}
 		if ev.GetSequence() > 0 {
 			if err := s.keep(ctx, msg, ev); err != nil {

@@ -196,7 +196,7 @@ func (s *Service) recordRetrieved(ctx context.Context, handoverID string) error 
 		ProtocolId:      s.cfg.Protocol.ID(),
 		ProtocolVersion: s.cfg.Protocol.Version(),
 		Time:            timestampNow(s.now),
-		PersonHash:      s.personHash(rc),
+		PersonHash:      s.cfg.PersonKey.OfCase(rc),
 		Note:            fmt.Sprintf("handover %s first read by %s's system", handoverID, s.cfg.Agency),
 	}
 	if _, err := s.ledger.Append(ctx, entry, "retrieved/"+handoverID); err != nil {

@@ -2,7 +2,6 @@ package handover
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"maps"
@@ -11,47 +10,17 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
-	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
-	"github.com/throughcare/throughcare/pkg/signing"
 )
-
-// allCategories is every data category, for stripping a message no rule covers.
-var allCategories = func() []throughcarev1.DataCategory {
-	var all []throughcarev1.DataCategory
-	for n := range throughcarev1.DataCategory_name {
-		if n != 0 {
-			all = append(all, throughcarev1.DataCategory(n))
-		}
-	}
-	slices.Sort(all)
-	return all
-}()
-
-// enforce cuts ev down to what the protocol lets its recipient have, in place. An event
-// that no rule covers (a receipt back along a purpose the protocol has no reverse rule for)
-// keeps its routing metadata only.
-func (s *Service) enforce(ev *throughcarev1.Event, consents []*throughcarev1.Consent) (protocol.Report, error) {
-	report, err := s.cfg.Protocol.Enforce(ev, ev.GetSource(), ev.GetRecipient(), ev.GetPurpose(), consents)
-	if errors.Is(err, protocol.ErrNoRule) {
-		for _, c := range protocol.Purge(ev, allCategories) {
-			report.Withheld = append(report.Withheld, &throughcarev1.Withholding{Category: c, Reason: throughcarev1.WithholdReason_WITHHOLD_REASON_NOT_ALLOWED})
-		}
-		return report, nil
-	}
-	return report, err
-}
 
 // localCase is this agency's copy of the case an event is about, if it still has one.
 func (s *Service) localCase(ctx context.Context, caseID string) (*throughcarev1.ReleaseCase, error) {
@@ -60,199 +29,6 @@ func (s *Service) localCase(ctx context.Context, caseID string) (*throughcarev1.
 		return nil, nil
 	}
 	return rc, err
-}
-
-// disclose is the last gate before an event leaves: it enforces the protocol once more
-// (consent may have been withdrawn since the event was made) and records the disclosure in
-// the ledger, before the event is published.
-func (s *Service) disclose(ctx context.Context, ev *throughcarev1.Event) error {
-	// The case is read for its current consents and the person's hash; an event that
-	// carries no personal data (most receipts) needs neither, and saves the round trip.
-	var rc *throughcarev1.ReleaseCase
-	if ev.GetType() == throughcarev1.EventType_EVENT_TYPE_HANDOVER_REFERRED || carriesPersonalData(ev) {
-		var err error
-		if rc, err = s.localCase(ctx, ev.GetCaseId()); err != nil {
-			return err
-		}
-	}
-	report, err := s.enforce(ev, rc.GetConsents())
-	if err != nil {
-		return err
-	}
-	ev.Withholdings = mergeWithholdings(ev.GetWithholdings(), report.Withheld)
-	if len(report.Shared) == 0 && ev.GetType() != throughcarev1.EventType_EVENT_TYPE_HANDOVER_REFERRED {
-		return nil // routing metadata only: nothing personal is disclosed
-	}
-	payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("encode event %s: %w", ev.GetEventId(), err)
-	}
-	hash := sha256.Sum256(payload)
-	entry := &throughcarev1.Disclosure{
-		Kind:               throughcarev1.DisclosureKind_DISCLOSURE_KIND_SHARED,
-		CaseId:             ev.GetCaseId(),
-		EventId:            ev.GetEventId(),
-		Sender:             ev.GetSource(),
-		Recipient:          ev.GetRecipient(),
-		Purpose:            ev.GetPurpose(),
-		SharedCategories:   report.Shared,
-		WithheldCategories: categoriesOf(ev.GetWithholdings()),
-		Withholdings:       ev.GetWithholdings(),
-		LegalBasis:         report.Rule.GetLegalBasis(),
-		ProtocolId:         s.cfg.Protocol.ID(),
-		ProtocolVersion:    s.cfg.Protocol.Version(),
-		Actor:              ev.GetActor(),
-		Time:               timestampNow(s.now),
-		PayloadHash:        hash[:],
-		PersonHash:         s.personHash(rc),
-	}
-	if _, err := s.ledger.Append(ctx, entry, "shared/"+ev.GetEventId()); err != nil {
-		return fmt.Errorf("record disclosure of event %s: %w", ev.GetEventId(), err)
-	}
-	return nil
-}
-
-// authenticate is the receiver's first gate: an event must carry a valid signature of its
-// source agency, and (checkReplay, once its sequence says it is new) must not replay an old
-// one. A refusal is recorded in the ledger (by event id and reason only: nothing of an
-// unauthenticated payload is trusted or kept) and the message is dead-lettered.
-func (s *Service) authenticate(ctx context.Context, ev *throughcarev1.Event) error {
-	return s.refuseUnauthentic(ctx, ev, s.verifier.Verify(ev))
-}
-
-// checkReplay refuses an authenticated event that replays an old one; see authenticate.
-func (s *Service) checkReplay(ctx context.Context, ev *throughcarev1.Event) error {
-	return s.refuseUnauthentic(ctx, ev, s.replays.Check(ctx, ev))
-}
-
-func (s *Service) refuseUnauthentic(ctx context.Context, ev *throughcarev1.Event, err error) error {
-	if err == nil {
-		return nil
-	}
-	if !isRefusal(err) {
-		return err // the replay store is unreachable: retry
-	}
-	entry := &throughcarev1.Disclosure{
-		Kind:            throughcarev1.DisclosureKind_DISCLOSURE_KIND_REFUSED,
-		EventId:         ev.GetEventId(),
-		Sender:          ev.GetSource(),
-		Recipient:       s.cfg.Agency,
-		ProtocolId:      s.cfg.Protocol.ID(),
-		ProtocolVersion: s.cfg.Protocol.Version(),
-		Time:            timestampNow(s.now),
-		Note:            fmt.Sprintf("refused event %s claiming to come from %s: %v", ev.GetEventId(), ev.GetSource(), err),
-	}
-	if _, lerr := s.ledger.Append(ctx, entry, "unauthenticated/"+ev.GetEventId()+"/"+refusalKind(err)); lerr != nil {
-		return fmt.Errorf("record refusal of event %s: %w", ev.GetEventId(), lerr)
-	}
-	s.log.Warn("event refused: not authentic", zap.String("event_id", ev.GetEventId()), zap.String("claimed_source", ev.GetSource()), zap.String("reason", refusalKind(err)))
-	return eventbus.Permanent(err)
-}
-
-// isRefusal tells a verdict on the event from a failure to reach a verdict.
-func isRefusal(err error) bool { return refusalKind(err) != "" }
-
-func refusalKind(err error) string {
-	for _, k := range []struct {
-		err  error
-		name string
-	}{
-		{signing.ErrUnsigned, "unsigned"}, {signing.ErrUnknownKey, "unknown-key"}, {signing.ErrWrongAgency, "wrong-agency"},
-		{signing.ErrBadSignature, "bad-signature"}, {signing.ErrKeyExpired, "key-expired"}, {signing.ErrReplayed, "replayed"},
-	} {
-		if errors.Is(err, k.err) {
-			return k.name
-		}
-	}
-	return ""
-}
-
-// checkIncoming is the receiver's gate: an event carrying a category the protocol does not
-// let this agency have is refused, never stored, and the refusal is recorded.
-func (s *Service) checkIncoming(ctx context.Context, ev *throughcarev1.Event) error {
-	forbidden, err := s.forbiddenIn(ev, ev.GetHandoverReferred().GetReleaseCase().GetConsents())
-	if err == nil && len(forbidden) > 0 && ev.GetHandoverReferred() == nil {
-		// Consent can only widen what is allowed: look it up only when it could matter.
-		var rc *throughcarev1.ReleaseCase
-		if rc, err = s.localCase(ctx, ev.GetCaseId()); err == nil {
-			forbidden, err = s.forbiddenIn(ev, rc.GetConsents())
-		}
-	}
-	if err != nil {
-		return err
-	}
-	if len(forbidden) == 0 {
-		return nil
-	}
-	note := fmt.Sprintf("refused event %s from %s: it carries %v, which protocol %s v%d does not let %s have for %s",
-		ev.GetEventId(), ev.GetSource(), forbidden, s.cfg.Protocol.ID(), s.cfg.Protocol.Version(), s.cfg.Agency, ev.GetPurpose())
-	entry := &throughcarev1.Disclosure{
-		Kind:               throughcarev1.DisclosureKind_DISCLOSURE_KIND_REFUSED,
-		CaseId:             ev.GetCaseId(),
-		EventId:            ev.GetEventId(),
-		Sender:             ev.GetSource(),
-		Recipient:          s.cfg.Agency,
-		Purpose:            ev.GetPurpose(),
-		WithheldCategories: forbidden,
-		ProtocolId:         s.cfg.Protocol.ID(),
-		ProtocolVersion:    s.cfg.Protocol.Version(),
-		Time:               timestampNow(s.now),
-		Note:               note,
-	}
-	if _, err := s.ledger.Append(ctx, entry, "refused/"+ev.GetEventId()); err != nil {
-		return fmt.Errorf("record refusal of event %s: %w", ev.GetEventId(), err)
-	}
-	s.log.Warn("event refused: protocol violation", zap.String("event_id", ev.GetEventId()), zap.String("source", ev.GetSource()), zap.Any("categories", forbidden))
-	return eventbus.Permanent(errors.New(note))
-}
-
-// forbiddenIn lists the categories in ev that this agency may not have from its source.
-func (s *Service) forbiddenIn(ev *throughcarev1.Event, consents []*throughcarev1.Consent) ([]throughcarev1.DataCategory, error) {
-	forbidden, err := s.cfg.Protocol.Check(ev, ev.GetSource(), s.cfg.Agency, ev.GetPurpose(), consents)
-	if errors.Is(err, protocol.ErrNoRule) {
-		return protocol.Purge(proto.CloneOf(ev), allCategories), nil
-	}
-	return forbidden, err
-}
-
-// holdsPersonalData reports whether an inbox message may hold something personal, so must
-// be erased once handled: unless it is an event that carries no categorized field and no
-// field this service does not know, it may.
-func holdsPersonalData(msg jetstream.Msg) bool {
-	ev, err := eventbus.Decode(msg.Subject(), msg.Headers(), msg.Data())
-	return err != nil || carriesPersonalData(ev) || hasUnknownFields(ev.ProtoReflect())
-}
-
-func hasUnknownFields(m protoreflect.Message) bool {
-	if len(m.GetUnknown()) > 0 {
-		return true
-	}
-	found := false
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		switch {
-		case fd.IsMap():
-			if fd.MapValue().Message() != nil {
-				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-					found = hasUnknownFields(mv.Message())
-					return !found
-				})
-			}
-		case fd.Message() == nil:
-		case fd.IsList():
-			for i := 0; i < v.List().Len() && !found; i++ {
-				found = hasUnknownFields(v.List().Get(i).Message())
-			}
-		default:
-			found = hasUnknownFields(v.Message())
-		}
-		return !found
-	})
-	return found
-}
-
-// carriesPersonalData reports whether any categorized field of ev is set.
-func carriesPersonalData(ev *throughcarev1.Event) bool {
-	return len(protocol.Purge(proto.CloneOf(ev), allCategories)) > 0
 }
 
 // Readable returns what this agency's system may read of its copies of cases: each cut
@@ -268,9 +44,9 @@ func (s *Service) Readable(ctx context.Context, copies ...*throughcarev1.Release
 		rc = proto.CloneOf(rc)
 		h, ok := latest[rc.GetCaseId()]
 		if !ok {
-			protocol.Purge(rc, allCategories)
+			protocol.Purge(rc, protocol.AllCategories)
 		} else if _, err := s.cfg.Protocol.Enforce(rc, h.GetSender(), s.cfg.Agency, h.GetPurpose(), rc.GetConsents()); errors.Is(err, protocol.ErrNoRule) {
-			protocol.Purge(rc, allCategories)
+			protocol.Purge(rc, protocol.AllCategories)
 		} else if err != nil {
 			return nil, err
 		}
@@ -369,7 +145,7 @@ func (s *Service) expireCopy(ctx context.Context, caseID string, now time.Time) 
 			ProtocolId:      s.cfg.Protocol.ID(),
 			ProtocolVersion: s.cfg.Protocol.Version(),
 			Time:            timestamppb.New(now),
-			PersonHash:      s.personHash(rc),
+			PersonHash:      s.cfg.PersonKey.OfCase(rc),
 			Note:            fmt.Sprintf("copy of case %s removed: retention ran out at %s", caseID, until.UTC().Format(time.RFC3339)),
 		}
 		// The entry first: a crash before the removal repeats both, and the dedupe id keeps
@@ -391,7 +167,7 @@ func (s *Service) expireCopy(ctx context.Context, caseID string, now time.Time) 
 			if rec.GetCopyRemoved() {
 				return errUnchanged
 			}
-			protocol.Purge(rec.GetHandover(), allCategories)
+			protocol.Purge(rec.GetHandover(), protocol.AllCategories)
 			rec.CopyRemoved = true
 			return nil
 		})
@@ -465,30 +241,4 @@ func (s *Service) relayed(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("outbox relay: %w", err)
 	}
 	return info.AckFloor.Stream, nil
-}
-
-func (s *Service) personHash(rc *throughcarev1.ReleaseCase) []byte {
-	if pn := rc.GetPerson().GetPrisonNumber(); pn != "" {
-		return s.cfg.PersonKey.Hash(pn)
-	}
-	return nil
-}
-
-func categoriesOf(ws []*throughcarev1.Withholding) []throughcarev1.DataCategory {
-	out := make([]throughcarev1.DataCategory, 0, len(ws))
-	for _, w := range ws {
-		out = append(out, w.GetCategory())
-	}
-	return out
-}
-
-// mergeWithholdings adds to what the event already says was held back.
-func mergeWithholdings(have, more []*throughcarev1.Withholding) []*throughcarev1.Withholding {
-	for _, w := range more {
-		if !slices.ContainsFunc(have, func(h *throughcarev1.Withholding) bool { return h.GetCategory() == w.GetCategory() }) {
-			have = append(have, w)
-		}
-	}
-	slices.SortFunc(have, func(a, b *throughcarev1.Withholding) int { return int(a.GetCategory()) - int(b.GetCategory()) })
-	return have
 }

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 )
 
 const (
@@ -62,6 +64,15 @@ func (k PersonKey) IsZero() bool { return k.secret == nil }
 // upper-cased first so that a request typed in lower case finds the same person.
 func (k PersonKey) Hash(prisonNumber string) []byte {
 	return k.mac(personHashDomain + strings.ToUpper(strings.TrimSpace(prisonNumber)))
+}
+
+// OfCase is the person reference of a case's ledger entries: nil for no case, or one
+// without a prison number.
+func (k PersonKey) OfCase(rc *throughcarev1.ReleaseCase) []byte {
+	if pn := rc.GetPerson().GetPrisonNumber(); pn != "" {
+		return k.Hash(pn)
+	}
+	return nil
 }
 
 // ID names the key, for logs: the agencies of one deployment log the same ID.

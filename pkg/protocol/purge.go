@@ -48,3 +48,20 @@ func purge(m protoreflect.Message, categories []throughcarev1.DataCategory, clea
 		return true
 	})
 }
+
+// AllCategories is every data category, for stripping a message no rule covers.
+var AllCategories = func() []throughcarev1.DataCategory {
+	var all []throughcarev1.DataCategory
+	for n := range throughcarev1.DataCategory_name {
+		if n != 0 {
+			all = append(all, throughcarev1.DataCategory(n))
+		}
+	}
+	slices.Sort(all)
+	return all
+}()
+
+// CarriesPersonalData reports whether any categorized field of msg is set.
+func CarriesPersonalData(msg proto.Message) bool {
+	return len(Purge(proto.Clone(msg), AllCategories)) > 0
+}
