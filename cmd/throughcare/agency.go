@@ -23,8 +23,6 @@ import (
 	"github.com/throughcare/throughcare/pkg/records"
 	"github.com/throughcare/throughcare/services/casework"
 	"github.com/throughcare/throughcare/services/prison"
-	"github.com/throughcare/throughcare/services/probation"
-	"github.com/throughcare/throughcare/services/socialwork"
 )
 
 // operatorMethods are what an operator's certificate may call on any agency's service:
@@ -91,9 +89,9 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 	case throughcarev1.AgencyRole_AGENCY_ROLE_PRISON:
 		throughcarev1.RegisterPrisonServiceServer(srv.Server, prison.New(log, agency, store, handovers))
 	case throughcarev1.AgencyRole_AGENCY_ROLE_PROBATION:
-		throughcarev1.RegisterProbationServiceServer(srv.Server, probation.New(log, store, handovers))
+		throughcarev1.RegisterProbationServiceServer(srv.Server, casework.NewProbation(log, store, handovers))
 	case throughcarev1.AgencyRole_AGENCY_ROLE_SOCIAL_WORK:
-		throughcarev1.RegisterSocialWorkServiceServer(srv.Server, socialwork.New(log, store, handovers))
+		throughcarev1.RegisterSocialWorkServiceServer(srv.Server, casework.NewSocialWork(log, store, handovers))
 	}
 	throughcarev1.RegisterCaseServiceServer(srv.Server, casework.New(log, agency, store, handovers))
 	throughcarev1.RegisterHandoverServiceServer(srv.Server, handovers)

@@ -1,6 +1,7 @@
 // Package casework is the service every agency serves, whatever its role: referral of a
 // case it holds to any agency a protocol rule lets it share with, and its copies of the
-// cases referred to it.
+// cases referred to it. The probation and social-work services are here too: they serve
+// the same copies, under their role's names, with the plan each shares back.
 package casework
 
 import (
