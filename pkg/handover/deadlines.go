@@ -12,6 +12,7 @@ import (
 	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/handover/lifecycle"
 	"github.com/throughcare/throughcare/pkg/records"
 )
 
@@ -47,7 +48,7 @@ func (s *Service) CheckDeadlines(ctx context.Context) error {
 	return s.sweep(ctx, "due", now, func(ctx context.Context, handoverID string) error {
 		_, err := s.mutate(ctx, handoverID, func(rec *storev1.HandoverRecord) error {
 			h := rec.GetHandover()
-			ack, accept := overdue(h, now)
+			ack, accept := lifecycle.Overdue(h, now)
 			if !ack && !accept {
 				return errUnchanged
 			}
@@ -81,7 +82,7 @@ func (s *Service) sweep(ctx context.Context, kind string, now time.Time, handle 
 // sweepEvery is sweep for an index filed by unit rather than by the hour.
 func (s *Service) sweepEvery(ctx context.Context, kind string, unit time.Duration, now time.Time, handle func(ctx context.Context, handoverID string) error) error {
 	checkpointKey := "cp." + kind
-	until := unitOf(now, unit)
+	until := lifecycle.UnitOf(now, unit)
 	from := until - 1
 	if cp, _, err := s.handovers.GetRaw(ctx, checkpointKey); err == nil {
 		if h, perr := strconv.ParseInt(string(cp), 10, 64); perr == nil && h < from {
@@ -91,7 +92,7 @@ func (s *Service) sweepEvery(ctx context.Context, kind string, unit time.Duratio
 		return err
 	}
 	for hour := from; hour <= until; hour++ {
-		pattern := "ix." + kind + "." + hourToken(hour) + ".*"
+		pattern := "ix." + kind + "." + lifecycle.UnitToken(hour) + ".*"
 		var after uint64
 		for {
 			entries, resume, err := s.handovers.PageSparse(ctx, pattern, after, sweepBatch)
@@ -121,24 +122,8 @@ const sweepBatch = 256
 func (s *Service) raiseOverdue(rec *storev1.HandoverRecord, t throughcarev1.ReceiptType) {
 	h := rec.GetHandover()
 	s.log.Warn("handover overdue", zap.String("handover_id", h.GetHandoverId()), zap.String("case_id", h.GetCaseId()),
-		zap.String("deadline", t.String()), zap.String("direction", s.direction(h).String()), zap.String("state", h.GetState().String()))
-	if s.incoming(h) {
-		s.issueReceipt(rec, t, h.GetState(), "", nil)
+		zap.String("deadline", t.String()), zap.String("direction", s.party.Direction(h).String()), zap.String("state", h.GetState().String()))
+	if s.party.Incoming(h) {
+		s.party.IssueReceipt(rec, t, h.GetState(), "", nil)
 	}
-}
-
-// overdue reports which not-yet-marked deadlines of h have passed.
-func overdue(h *throughcarev1.Handover, now time.Time) (ack, accept bool) {
-	ack = waitingForAcknowledgement(h) && !h.GetAcknowledgeOverdue() && h.GetAcknowledgeDueTime() != nil && now.After(h.GetAcknowledgeDueTime().AsTime())
-	accept = !finished(h) && !h.GetAcceptOverdue() && h.GetAcceptDueTime() != nil && now.After(h.GetAcceptDueTime().AsTime())
-	return ack, accept
-}
-
-// waitingForAcknowledgement reports whether h has not been acknowledged yet.
-func waitingForAcknowledgement(h *throughcarev1.Handover) bool {
-	switch h.GetState() {
-	case throughcarev1.HandoverState_HANDOVER_STATE_REFERRED, throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED, throughcarev1.HandoverState_HANDOVER_STATE_RETRIEVED:
-		return true
-	}
-	return false
 }

@@ -19,54 +19,14 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/handover/lifecycle"
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
 )
 
-// Delivery end to end. JetStream delivers at least once between the streams, but a message
-// lost inside NATS (a purged inbox, a restored backup) would go unnoticed. So, as AS4
-// reliability does, each agency numbers the events it sends along a handover (the write
-// that puts an event in the outbox gives it the next sequence), keeps each signed event
-// under sent.<handover>.<sequence> until the other agency acknowledges it, and re-sends
-// what is unacknowledged after ResendAfter. The receiver applies the events of a handover
-// in sequence: a duplicate is acknowledged again and not applied, a gap is not applied and
-// answered with a resend request. Acknowledgements are cumulative and ride on every event
-// back (acknowledged_sequence), or on an acknowledgement event of their own when the
-// receiver has nothing else to send back; neither those nor resend requests are sequenced.
-
-// sequenced reports whether ev takes a place in its handover's sequence.
-func sequenced(ev *throughcarev1.Event) bool {
-	switch ev.GetPayload().(type) {
-	case *throughcarev1.Event_SequenceAcknowledged, *throughcarev1.Event_ResendRequested:
-		return false
-	}
-	return true
-}
-
-// peerOf is the other agency of a handover, for this agency.
-func (s *Service) peerOf(h *throughcarev1.Handover) string {
-	if s.incoming(h) {
-		return h.GetSender()
-	}
-	return h.GetRecipient()
-}
-
-// number gives each new event of rec's outbox the handover's next sequence and the last
-// sequence received in order, and schedules a resend while any is unacknowledged. Every
-// write calls it, so an event's sequence commits with the event.
-func (s *Service) number(rec *storev1.HandoverRecord) {
-	for _, ev := range rec.GetOutbox() {
-		ev.AcknowledgedSequence = rec.GetLastReceivedSequence()
-		if sequenced(ev) && ev.GetSequence() == 0 {
-			rec.LastSentSequence++
-			ev.Sequence = rec.GetLastSentSequence()
-		}
-	}
-	if rec.GetLastSentSequence() > rec.GetPeerAcknowledgedSequence() && rec.GetResendDueTime() == nil {
-		rec.ResendDueTime = timestamppb.New(s.now().Add(s.cfg.ResendAfter))
-	}
-}
+// Each signed event sent along a handover is kept under sent.<handover>.<sequence> until
+// the other agency acknowledges it (lifecycle: delivery end to end).
 
 func sentKey(handoverID string, seq uint64) string {
 	return "sent." + handoverID + "." + strconv.FormatUint(seq, 10)
@@ -172,40 +132,6 @@ func (s *Service) dropKept(ctx context.Context, key string) error {
 	return s.handovers.RemoveRaw(ctx, key)
 }
 
-// takeAcknowledgement records on rec that the other agency received everything up to ack,
-// and reports whether that is news.
-func (s *Service) takeAcknowledgement(rec *storev1.HandoverRecord, ack uint64) bool {
-	ack = min(ack, rec.GetLastSentSequence())
-	if ack <= rec.GetPeerAcknowledgedSequence() {
-		return false
-	}
-	rec.PeerAcknowledgedSequence = ack
-	if ack == rec.GetLastSentSequence() {
-		rec.ResendDueTime = nil
-	} else {
-		rec.ResendDueTime = timestamppb.New(s.now().Add(s.cfg.ResendAfter)) // progress: wait again
-	}
-	return true
-}
-
-// settle records on rec, in the write that applies ev, that ev was received and the
-// acknowledgement it carries; when the write sends nothing else back, it sends an
-// acknowledgement. It reports whether rec changed.
-func (s *Service) settle(rec *storev1.HandoverRecord, ev *throughcarev1.Event) bool {
-	changed := s.takeAcknowledgement(rec, ev.GetAcknowledgedSequence())
-	if seq := ev.GetSequence(); seq == 0 || seq != rec.GetLastReceivedSequence()+1 {
-		return changed
-	}
-	rec.LastReceivedSequence = ev.GetSequence()
-	if len(rec.GetOutbox()) == 0 {
-		h := rec.GetHandover()
-		ack := s.newEvent(h, s.peerOf(h), "", throughcarev1.EventType_EVENT_TYPE_SEQUENCE_ACKNOWLEDGED)
-		ack.Payload = &throughcarev1.Event_SequenceAcknowledged{SequenceAcknowledged: &throughcarev1.SequenceAcknowledged{}}
-		rec.Outbox = append(rec.Outbox, ack)
-	}
-	return true
-}
-
 // received settles ev on its handover after it was handled, unless the handler's own
 // write did.
 func (s *Service) received(ctx context.Context, ev *throughcarev1.Event) error {
@@ -213,7 +139,7 @@ func (s *Service) received(ctx context.Context, ev *throughcarev1.Event) error {
 		return nil
 	}
 	_, err := s.mutate(ctx, ev.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
-		if s.peerOf(rec.GetHandover()) != ev.GetSource() || !s.settle(rec, ev) {
+		if s.party.PeerOf(rec.GetHandover()) != ev.GetSource() || !s.party.Settle(rec, ev) {
 			return errUnchanged
 		}
 		return nil
@@ -229,7 +155,7 @@ func (s *Service) received(ctx context.Context, ev *throughcarev1.Event) error {
 // and asks for a resend on a gap; done says the event needs nothing more. An event without
 // a sequence (from a sender older than sequences) passes.
 func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (done bool, err error) {
-	if !sequenced(ev) {
+	if !lifecycle.Sequenced(ev) {
 		return true, s.acknowledged(ctx, ev)
 	}
 	if ev.GetSequence() == 0 {
@@ -246,7 +172,7 @@ func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (done
 		}
 	case err != nil:
 		return true, handoverError(ev.GetHandoverId(), err)
-	case s.peerOf(rec.GetHandover()) != ev.GetSource():
+	case s.party.PeerOf(rec.GetHandover()) != ev.GetSource():
 		return false, nil // not this handover's other agency: the handler refuses it
 	default:
 		received = rec.GetLastReceivedSequence()
@@ -294,7 +220,7 @@ func (s *Service) acknowledged(ctx context.Context, ev *throughcarev1.Event) err
 	if err != nil {
 		return err
 	}
-	if s.peerOf(rec.GetHandover()) != ev.GetSource() {
+	if s.party.PeerOf(rec.GetHandover()) != ev.GetSource() {
 		return eventbus.Permanent(fmt.Errorf("event %s: %s is not the other agency of handover %s", ev.GetEventId(), ev.GetSource(), ev.GetHandoverId()))
 	}
 	ack := ev.GetAcknowledgedSequence()
@@ -347,10 +273,6 @@ func (s *Service) sendControl(ctx context.Context, about *throughcarev1.Event, r
 	return eventbus.Publish(ctx, s.js, ev)
 }
 
-// resendUnit is the span of time the resend index files under one key: resends fall due
-// minutes after a send, and a pass reads what is filed under the current unit.
-const resendUnit = time.Minute
-
 // resendTimeout is why a resend pass re-sends.
 const resendTimeout = "unacknowledged in time"
 
@@ -358,7 +280,7 @@ const resendTimeout = "unacknowledged in time"
 // has not acknowledged. It reads only the resends filed under the hours since its last pass.
 func (s *Service) CheckResends(ctx context.Context) error {
 	now := s.now()
-	return s.sweepEvery(ctx, "resend", resendUnit, now, func(ctx context.Context, handoverID string) error {
+	return s.sweepEvery(ctx, "resend", lifecycle.ResendUnit, now, func(ctx context.Context, handoverID string) error {
 		rec, err := s.get(ctx, handoverID)
 		if errors.Is(err, fault.ErrNotFound) {
 			return nil
@@ -397,7 +319,7 @@ func (s *Service) resend(ctx context.Context, handoverID string, onTimeout bool,
 		if due := rec.GetResendDueTime(); onTimeout && (due == nil || now.Before(due.AsTime())) {
 			return errUnchanged
 		}
-		changed := s.takeAcknowledgement(rec, acked)
+		changed := s.party.TakeAcknowledgement(rec, acked)
 		for _, se := range kept {
 			if se.GetEvent().GetSequence() > rec.GetPeerAcknowledgedSequence() {
 				pending = append(pending, se)

@@ -7,6 +7,12 @@
 // and clears it. So an event is never sent for a change that was not stored, nor a change
 // stored without its event being sent, whenever the process dies. Receivers are idempotent:
 // a duplicate changes nothing.
+//
+// What a change does to a handover is decided in package lifecycle, and every event passes
+// package gate on its way out and in; this package stores, relays, receives and re-sends.
+// The files follow the seams: rpc.go (HandoverService), refer.go (the sender's commands),
+// inbox.go (one handler per event type), relay.go (the outbox relay), delivery.go (kept events, resends),
+// deadlines.go and retention.go (the periodic passes), readable.go (what a copy may show).
 package handover
 
 import (
@@ -19,6 +25,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
@@ -27,6 +34,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
 	"github.com/throughcare/throughcare/pkg/gate"
+	"github.com/throughcare/throughcare/pkg/handover/lifecycle"
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
@@ -108,6 +116,7 @@ type Service struct {
 	cases     *cases.Store
 	dead      *eventbus.DeadLetters
 	ledger    *ledger.Ledger
+	party     *lifecycle.Party
 	out       *gate.Outbound
 	in        *gate.Inbound
 	requests  resendRequests
@@ -174,9 +183,10 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 		now:       time.Now,
 		closing:   make(chan struct{}),
 	}
+	s.party = &lifecycle.Party{Agency: name, Protocol: cfg.Protocol, AcknowledgeWithin: cfg.AcknowledgeWithin, AcceptBeforeRelease: cfg.AcceptBeforeRelease, ResendAfter: cfg.ResendAfter, Now: s.now}
 	s.out = &gate.Outbound{Protocol: cfg.Protocol, Ledger: book, PersonKey: cfg.PersonKey, SigningKey: cfg.SigningKey, Case: s.localCase, Now: s.now}
 	s.in = &gate.Inbound{Agency: name, Protocol: cfg.Protocol, Ledger: book, Verifier: signing.NewVerifier(cfg.Keyring), Replays: replays, Case: s.localCase, Log: s.log, Now: s.now}
-	s.index = records.NewIndex(handovers, s.indexKeys)
+	s.index = records.NewIndex(handovers, s.party.IndexKeys)
 	if err := s.index.EnsureBuilt(ctx); err != nil {
 		return nil, fmt.Errorf("handovers of %s: %w", name, err)
 	}
@@ -310,7 +320,7 @@ func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec
 // mends a crash between the two.
 func (s *Service) write(ctx context.Context, rec *storev1.HandoverRecord, rev uint64) (uint64, error) {
 	id := rec.GetHandover().GetHandoverId()
-	s.number(rec)
+	s.party.Number(rec)
 	var err error
 	if rec.GetHandover().GetRevision() >= historyKept {
 		// This write may push the oldest revision out of the history: erase it first,
@@ -354,12 +364,4 @@ func handoverError(handoverID string, err error) error {
 	return fmt.Errorf("handover %s: %w", handoverID, err)
 }
 
-// incoming reports whether this agency is the handover's recipient.
-func (s *Service) incoming(h *throughcarev1.Handover) bool { return h.GetRecipient() == s.cfg.Agency }
-
-func (s *Service) direction(h *throughcarev1.Handover) throughcarev1.Direction {
-	if s.incoming(h) {
-		return throughcarev1.Direction_DIRECTION_INCOMING
-	}
-	return throughcarev1.Direction_DIRECTION_OUTGOING
-}
+func timestampNow(now func() time.Time) *timestamppb.Timestamp { return timestamppb.New(now()) }

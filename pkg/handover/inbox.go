@@ -15,6 +15,7 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/handover/lifecycle"
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
@@ -107,7 +108,7 @@ func (s *Service) receiveReferral(ctx context.Context, ev *throughcarev1.Event, 
 	h.UpdateTime = timestampNow(s.now)
 	h.AcknowledgeDueTime = timestamppb.New(s.now().Add(s.cfg.AcknowledgeWithin))
 	rec := &storev1.HandoverRecord{Handover: h, LastReceivedSequence: min(ev.GetSequence(), 1)}
-	s.issueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_DELIVERED, throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED, "", nil)
+	s.party.IssueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_DELIVERED, throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED, "", nil)
 	if _, err := s.write(ctx, rec, 0); errors.Is(err, records.ErrExists) {
 		return nil // another replica delivered it meanwhile
 	} else if err != nil {
@@ -176,11 +177,11 @@ func (s *Service) receiveReceipt(ctx context.Context, ev *throughcarev1.Event, i
 	}
 	_, err := s.mutate(ctx, ev.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
 		h := rec.GetHandover()
-		if s.incoming(h) || h.GetRecipient() != ev.GetSource() {
+		if s.party.Incoming(h) || h.GetRecipient() != ev.GetSource() {
 			return eventbus.Permanent(fmt.Errorf("event %s: a receipt from %s for a handover it did not receive", ev.GetEventId(), ev.GetSource()))
 		}
-		applied := s.applyReceipt(h, issued)
-		if settled := s.settle(rec, ev); !applied && !settled {
+		applied := s.party.ApplyReceipt(h, issued)
+		if settled := s.party.Settle(rec, ev); !applied && !settled {
 			return errUnchanged
 		}
 		return nil
@@ -195,26 +196,26 @@ func (s *Service) receiveReceipt(ctx context.Context, ev *throughcarev1.Event, i
 func (s *Service) receiveAnswer(ctx context.Context, ev *throughcarev1.Event, answer *throughcarev1.InformationProvided) error {
 	_, err := s.mutate(ctx, ev.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
 		h := rec.GetHandover()
-		if !s.incoming(h) || h.GetSender() != ev.GetSource() {
+		if !s.party.Incoming(h) || h.GetSender() != ev.GetSource() {
 			return eventbus.Permanent(fmt.Errorf("event %s: an answer from %s for a handover it did not send", ev.GetEventId(), ev.GetSource()))
 		}
-		req := findRequest(h, answer.GetRequestId())
+		req := lifecycle.FindRequest(h, answer.GetRequestId())
 		if req == nil {
 			return eventbus.Permanent(fmt.Errorf("event %s: no question %s on handover %s", ev.GetEventId(), answer.GetRequestId(), h.GetHandoverId()))
 		}
 		if req.GetAnswerTime() != nil {
-			if s.settle(rec, ev) {
+			if s.party.Settle(rec, ev) {
 				return nil
 			}
 			return errUnchanged
 		}
 		req.Answer, req.AnswerTime = answer.GetAnswer(), timestampNow(s.now)
 		state := h.GetState()
-		if state == throughcarev1.HandoverState_HANDOVER_STATE_INFORMATION_REQUESTED && openRequests(h) == 0 {
+		if state == throughcarev1.HandoverState_HANDOVER_STATE_INFORMATION_REQUESTED && lifecycle.OpenRequests(h) == 0 {
 			state = throughcarev1.HandoverState_HANDOVER_STATE_ACKNOWLEDGED
 		}
-		s.issueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_INFORMATION_PROVIDED, state, ev.GetActor(), nil)
-		s.settle(rec, ev)
+		s.party.IssueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_INFORMATION_PROVIDED, state, ev.GetActor(), nil)
+		s.party.Settle(rec, ev)
 		return nil
 	})
 	return err
@@ -260,7 +261,7 @@ func (s *Service) receiveConsentWithdrawn(ctx context.Context, ev *throughcarev1
 		}
 		return err
 	}
-	if h := rec.GetHandover(); !s.incoming(h) || h.GetSender() != ev.GetSource() || h.GetCaseId() != ev.GetCaseId() {
+	if h := rec.GetHandover(); !s.party.Incoming(h) || h.GetSender() != ev.GetSource() || h.GetCaseId() != ev.GetCaseId() {
 		return eventbus.Permanent(fmt.Errorf("event %s: handover %s was not sent by %s", ev.GetEventId(), h.GetHandoverId(), ev.GetSource()))
 	}
 	var purged []throughcarev1.DataCategory
@@ -307,7 +308,7 @@ func (s *Service) receiveConsentWithdrawn(ctx context.Context, ev *throughcarev1
 		if n := len(rec.AppliedEventIds); n > maxAppliedEvents {
 			rec.AppliedEventIds = rec.AppliedEventIds[n-maxAppliedEvents:]
 		}
-		s.issueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_PURGED, rec.GetHandover().GetState(), ev.GetActor(), func(issued *throughcarev1.ReceiptIssued) {
+		s.party.IssueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_PURGED, rec.GetHandover().GetState(), ev.GetActor(), func(issued *throughcarev1.ReceiptIssued) {
 			issued.PurgedCategories = withdrawn.GetCategories()
 		})
 		return nil
@@ -336,42 +337,8 @@ func (s *Service) checkAccepted(ctx context.Context, ev *throughcarev1.Event, in
 	if incoming {
 		peer = h.GetSender()
 	}
-	if s.incoming(h) != incoming || peer != ev.GetSource() || h.GetCaseId() != ev.GetCaseId() || h.GetState() != throughcarev1.HandoverState_HANDOVER_STATE_ACCEPTED {
-		return eventbus.Permanent(fmt.Errorf("event %s: handover %s does not carry it (%s, %s)", ev.GetEventId(), h.GetHandoverId(), s.direction(h), h.GetState()))
+	if s.party.Incoming(h) != incoming || peer != ev.GetSource() || h.GetCaseId() != ev.GetCaseId() || h.GetState() != throughcarev1.HandoverState_HANDOVER_STATE_ACCEPTED {
+		return eventbus.Permanent(fmt.Errorf("event %s: handover %s does not carry it (%s, %s)", ev.GetEventId(), h.GetHandoverId(), s.party.Direction(h), h.GetState()))
 	}
 	return nil
-}
-
-// relayOutbox publishes the events a write put in a handover's outbox. It sees every
-// revision the bucket keeps; a crash before the acknowledgement publishes them again
-// under the same ids, which JetStream's duplicate window and the receivers' idempotence
-// absorb.
-func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
-	if op := msg.Headers().Get("KV-Operation"); op != "" || len(msg.Data()) == 0 {
-		return nil // a delete or purge marker
-	}
-	rec, err := s.handovers.Decode(msg.Data())
-	if err != nil {
-		return eventbus.Permanent(err)
-	}
-	for _, ev := range rec.GetOutbox() {
-		if err := s.out.Pass(ctx, ev); err != nil {
-			return err
-		}
-		if ev.GetSequence() > 0 {
-			if err := s.keep(ctx, msg, ev); err != nil {
-				return err
-			}
-		}
-		if err := eventbus.Publish(ctx, s.js, ev); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// followIndex puts a handover's index entries in place if the write that changed it did
-// not (it crashed in between).
-func (s *Service) followIndex(ctx context.Context, msg jetstream.Msg) error {
-	return s.index.Follow(ctx, msg, eventbus.Later)
 }

@@ -5,15 +5,14 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/handover/lifecycle"
 	"github.com/throughcare/throughcare/pkg/ids"
 )
 
@@ -48,7 +47,7 @@ func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient str
 		State:         throughcarev1.HandoverState_HANDOVER_STATE_REFERRED,
 		CreateTime:    now,
 		UpdateTime:    now,
-		AcceptDueTime: s.acceptDue(rc),
+		AcceptDueTime: s.party.AcceptDue(rc),
 		Revision:      1,
 	}
 	// The copy the recipient gets: its revision is ours, not theirs.
@@ -59,7 +58,7 @@ func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient str
 		return nil, nil, err
 	}
 	h.WithheldCategories = report.WithheldCategories()
-	ev := s.newEvent(h, recipient, actor, throughcarev1.EventType_EVENT_TYPE_HANDOVER_REFERRED)
+	ev := s.party.NewEvent(h, recipient, actor, throughcarev1.EventType_EVENT_TYPE_HANDOVER_REFERRED)
 	ev.Withholdings = report.Withheld
 	ev.Payload = &throughcarev1.Event_HandoverReferred{HandoverReferred: &throughcarev1.HandoverReferred{Handover: proto.CloneOf(h), ReleaseCase: shared}}
 	rec := &storev1.HandoverRecord{Handover: h, Outbox: []*throughcarev1.Event{ev}}
@@ -70,16 +69,6 @@ func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient str
 		zap.String("recipient", recipient), zap.String("purpose", purpose.String()), zap.String("actor", actor),
 		zap.Any("withheld", h.GetWithheldCategories()))
 	return h, report.Withheld, nil
-}
-
-// acceptDue is when acceptance is due: a set time before the expected release.
-func (s *Service) acceptDue(rc *throughcarev1.ReleaseCase) *timestamppb.Timestamp {
-	d := rc.GetReleasePlan().GetExpectedReleaseDate()
-	if d == nil {
-		return nil
-	}
-	release := time.Date(int(d.GetYear()), time.Month(d.GetMonth()), int(d.GetDay()), 0, 0, 0, 0, time.UTC)
-	return timestamppb.New(release.Add(-s.cfg.AcceptBeforeRelease))
 }
 
 // NotifyRelease tells every agency that accepted a handover of the case that the person
@@ -97,8 +86,8 @@ func (s *Service) NotifyRelease(ctx context.Context, actor, caseID string, relea
 				return errUnchanged
 			}
 			rec.ReleaseNotified = true
-			ev := s.newEvent(rec.GetHandover(), rec.GetHandover().GetRecipient(), actor, throughcarev1.EventType_EVENT_TYPE_RELEASE_RECORDED)
-			ev.EventId = stableEventID(rec.GetHandover().GetHandoverId(), "release")
+			ev := s.party.NewEvent(rec.GetHandover(), rec.GetHandover().GetRecipient(), actor, throughcarev1.EventType_EVENT_TYPE_RELEASE_RECORDED)
+			ev.EventId = lifecycle.StableEventID(rec.GetHandover().GetHandoverId(), "release")
 			ev.Payload = &throughcarev1.Event_ReleaseRecorded{ReleaseRecorded: &throughcarev1.ReleaseRecorded{Release: proto.CloneOf(release)}}
 			rec.Outbox = append(rec.Outbox, ev)
 			return nil
@@ -125,7 +114,7 @@ func (s *Service) SharePlan(ctx context.Context, actor, caseID string, plan *thr
 	}
 	for _, h := range accepted {
 		_, err := s.mutate(ctx, h.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
-			ev := s.newEvent(rec.GetHandover(), rec.GetHandover().GetSender(), actor, throughcarev1.EventType_EVENT_TYPE_PLAN_SHARED)
+			ev := s.party.NewEvent(rec.GetHandover(), rec.GetHandover().GetSender(), actor, throughcarev1.EventType_EVENT_TYPE_PLAN_SHARED)
 			ev.Payload = &throughcarev1.Event_PlanShared{PlanShared: proto.CloneOf(plan)}
 			rec.Outbox = append(rec.Outbox, ev)
 			return nil
@@ -159,7 +148,7 @@ func (s *Service) ofCase(ctx context.Context, caseID string, incoming bool) ([]*
 	if !ids.Valid(caseID) {
 		return nil, fault.InvalidField("case_id", "is not a case id")
 	}
-	entries, err := s.handovers.Latest(ctx, "ix.case."+caseID+"."+dirToken(incoming)+".*")
+	entries, err := s.handovers.Latest(ctx, "ix.case."+caseID+"."+lifecycle.DirToken(incoming)+".*")
 	if err != nil {
 		return nil, fmt.Errorf("handovers of case %s: %w", caseID, err)
 	}
@@ -186,7 +175,7 @@ func (s *Service) WithdrawConsent(ctx context.Context, actor, caseID string, rec
 	}
 	for _, h := range referred {
 		_, err := s.mutate(ctx, h.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
-			ev := s.newEvent(rec.GetHandover(), recipient, actor, throughcarev1.EventType_EVENT_TYPE_CONSENT_WITHDRAWN)
+			ev := s.party.NewEvent(rec.GetHandover(), recipient, actor, throughcarev1.EventType_EVENT_TYPE_CONSENT_WITHDRAWN)
 			ev.Payload = &throughcarev1.Event_ConsentWithdrawn{ConsentWithdrawn: &throughcarev1.ConsentWithdrawn{Categories: categories}}
 			rec.Outbox = append(rec.Outbox, ev)
 			return nil

@@ -14,6 +14,7 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/cases"
 	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/handover/lifecycle"
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/records"
 )
@@ -38,7 +39,7 @@ func (s *Service) ListHandovers(ctx context.Context, req *throughcarev1.ListHand
 		}
 		var matching []records.Entry
 		for _, e := range entries {
-			if rec, ok := found[records.RecordOf(e.Key)]; ok && matches(req, s.direction(rec.GetHandover()), rec.GetHandover()) {
+			if rec, ok := found[records.RecordOf(e.Key)]; ok && matches(req, s.party.Direction(rec.GetHandover()), rec.GetHandover()) {
 				matching = append(matching, e)
 			}
 		}
@@ -68,13 +69,13 @@ func listPatterns(req *throughcarev1.ListHandoversRequest) []string {
 	if req.GetOverdueOnly() {
 		index = "ix.overdue."
 	}
-	dir := dirToken(req.GetDirection() == throughcarev1.Direction_DIRECTION_INCOMING)
+	dir := lifecycle.DirToken(req.GetDirection() == throughcarev1.Direction_DIRECTION_INCOMING)
 	if len(req.GetStates()) == 0 {
 		return []string{index + dir + ".*.*"}
 	}
 	var out []string
 	for _, st := range req.GetStates() {
-		out = append(out, index+dir+"."+stateToken(st)+".*")
+		out = append(out, index+dir+"."+lifecycle.StateToken(st)+".*")
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
@@ -117,7 +118,7 @@ func matches(req *throughcarev1.ListHandoversRequest, dir throughcarev1.Directio
 	if before := req.GetDueBefore(); before != nil {
 		ackDue := h.GetAcknowledgeDueTime() != nil && h.GetAcknowledgeDueTime().AsTime().Before(before.AsTime())
 		acceptDue := h.GetAcceptDueTime() != nil && h.GetAcceptDueTime().AsTime().Before(before.AsTime())
-		if finished(h) || !ackDue && !acceptDue {
+		if lifecycle.Finished(h) || !ackDue && !acceptDue {
 			return false
 		}
 	}
@@ -134,7 +135,7 @@ func (s *Service) GetHandover(ctx context.Context, req *throughcarev1.GetHandove
 		return nil, err
 	}
 	resp := &throughcarev1.GetHandoverResponse{Handover: h}
-	if s.incoming(h) {
+	if s.party.Incoming(h) {
 		rc, err := s.localCase(ctx, h.GetCaseId())
 		if err != nil {
 			return nil, err
@@ -153,7 +154,7 @@ func (s *Service) GetHandover(ctx context.Context, req *throughcarev1.GetHandove
 // retrieved marks an incoming handover retrieved the first time the recipient's system
 // reads it, records that read in the ledger, and returns the handover as it now stands.
 func (s *Service) retrieved(ctx context.Context, h *throughcarev1.Handover) (*throughcarev1.Handover, error) {
-	if !s.incoming(h) || h.GetState() != throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED {
+	if !s.party.Incoming(h) || h.GetState() != throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED {
 		return h, nil
 	}
 	if err := s.recordRetrieved(ctx, h.GetHandoverId()); err != nil {
@@ -210,13 +211,13 @@ func (s *Service) recordRetrieved(ctx context.Context, handoverID string) error 
 func (s *Service) recipientStep(ctx context.Context, handoverID, actor string, t throughcarev1.ReceiptType, to throughcarev1.HandoverState, apply func(*throughcarev1.Handover, *throughcarev1.ReceiptIssued)) (*storev1.HandoverRecord, error) {
 	rec, err := s.mutate(ctx, handoverID, func(rec *storev1.HandoverRecord) error {
 		h := rec.GetHandover()
-		if !s.incoming(h) {
+		if !s.party.Incoming(h) {
 			return fmt.Errorf("handover %s was sent by this agency; only its recipient can take this step: %w", handoverID, fault.ErrFailedPrecondition)
 		}
-		if err := checkTransition(h, t); err != nil {
+		if err := lifecycle.CheckTransition(h, t); err != nil {
 			return err
 		}
-		s.issueReceipt(rec, t, to, actor, func(issued *throughcarev1.ReceiptIssued) {
+		s.party.IssueReceipt(rec, t, to, actor, func(issued *throughcarev1.ReceiptIssued) {
 			if apply != nil {
 				apply(h, issued)
 			}
@@ -268,10 +269,10 @@ const maxQuestions = 20
 func (s *Service) RequestInformation(ctx context.Context, req *throughcarev1.RequestInformationRequest) (*throughcarev1.RequestInformationResponse, error) {
 	rec, err := s.mutate(ctx, req.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
 		h := rec.GetHandover()
-		if !s.incoming(h) {
+		if !s.party.Incoming(h) {
 			return fmt.Errorf("handover %s was sent by this agency; only its recipient can ask: %w", h.GetHandoverId(), fault.ErrFailedPrecondition)
 		}
-		if err := checkTransition(h, throughcarev1.ReceiptType_RECEIPT_TYPE_INFORMATION_REQUESTED); err != nil {
+		if err := lifecycle.CheckTransition(h, throughcarev1.ReceiptType_RECEIPT_TYPE_INFORMATION_REQUESTED); err != nil {
 			return err
 		}
 		if len(h.GetInformationRequests()) >= maxQuestions {
@@ -279,7 +280,7 @@ func (s *Service) RequestInformation(ctx context.Context, req *throughcarev1.Req
 		}
 		question := &throughcarev1.InformationRequest{RequestId: ids.New(ids.Request), Question: req.GetQuestion(), AskTime: timestampNow(s.now)}
 		h.InformationRequests = append(h.InformationRequests, question)
-		s.issueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_INFORMATION_REQUESTED, throughcarev1.HandoverState_HANDOVER_STATE_INFORMATION_REQUESTED, req.GetActor(),
+		s.party.IssueReceipt(rec, throughcarev1.ReceiptType_RECEIPT_TYPE_INFORMATION_REQUESTED, throughcarev1.HandoverState_HANDOVER_STATE_INFORMATION_REQUESTED, req.GetActor(),
 			func(issued *throughcarev1.ReceiptIssued) { issued.InformationRequest = question })
 		return nil
 	})
@@ -292,10 +293,10 @@ func (s *Service) RequestInformation(ctx context.Context, req *throughcarev1.Req
 func (s *Service) ProvideInformation(ctx context.Context, req *throughcarev1.ProvideInformationRequest) (*throughcarev1.ProvideInformationResponse, error) {
 	rec, err := s.mutate(ctx, req.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
 		h := rec.GetHandover()
-		if s.incoming(h) {
+		if s.party.Incoming(h) {
 			return fmt.Errorf("handover %s was received by this agency; only its sender can answer: %w", h.GetHandoverId(), fault.ErrFailedPrecondition)
 		}
-		question := findRequest(h, req.GetRequestId())
+		question := lifecycle.FindRequest(h, req.GetRequestId())
 		if question == nil {
 			return fmt.Errorf("handover %s has no question %s: %w", h.GetHandoverId(), req.GetRequestId(), fault.ErrNotFound)
 		}
@@ -303,8 +304,8 @@ func (s *Service) ProvideInformation(ctx context.Context, req *throughcarev1.Pro
 			return fmt.Errorf("question %s on handover %s is answered: %w", req.GetRequestId(), h.GetHandoverId(), fault.ErrFailedPrecondition)
 		}
 		question.Answer, question.AnswerTime = req.GetAnswer(), timestampNow(s.now)
-		ev := s.newEvent(h, h.GetRecipient(), req.GetActor(), throughcarev1.EventType_EVENT_TYPE_INFORMATION_PROVIDED)
-		ev.EventId = stableEventID(h.GetHandoverId(), "answer/"+req.GetRequestId())
+		ev := s.party.NewEvent(h, h.GetRecipient(), req.GetActor(), throughcarev1.EventType_EVENT_TYPE_INFORMATION_PROVIDED)
+		ev.EventId = lifecycle.StableEventID(h.GetHandoverId(), "answer/"+req.GetRequestId())
 		ev.Payload = &throughcarev1.Event_InformationProvided{InformationProvided: &throughcarev1.InformationProvided{RequestId: req.GetRequestId(), Answer: req.GetAnswer()}}
 		rec.Outbox = append(rec.Outbox, ev)
 		return nil
@@ -336,13 +337,13 @@ func (s *Service) WatchHandovers(req *throughcarev1.WatchHandoversRequest, strea
 	}()
 	err := s.handovers.Watch(ctx, after, func(_ string, rec *storev1.HandoverRecord, rev uint64) error {
 		h := rec.GetHandover()
-		if s.incoming(h) && h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED {
+		if s.party.Incoming(h) && h.GetState() == throughcarev1.HandoverState_HANDOVER_STATE_DELIVERED {
 			// The retrieved receipt is a change of its own that the watch sends next.
 			if _, err := s.retrieved(ctx, h); err != nil {
 				return err
 			}
 		}
-		return stream.Send(&throughcarev1.WatchHandoversResponse{Handover: h, Direction: s.direction(h), Cursor: strconv.FormatUint(rev, 10)})
+		return stream.Send(&throughcarev1.WatchHandoversResponse{Handover: h, Direction: s.party.Direction(h), Cursor: strconv.FormatUint(rev, 10)})
 	})
 	select {
 	case <-s.closing:

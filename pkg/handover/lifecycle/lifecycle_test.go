@@ -1,4 +1,4 @@
-package handover
+package lifecycle
 
 import (
 	"errors"
@@ -35,7 +35,7 @@ func TestCheckTransitionAllowsOnlyTheRecipientsMoves(t *testing.T) {
 	}
 	for rt, from := range allowed {
 		for _, st := range allStates {
-			err := checkTransition(&throughcarev1.Handover{HandoverId: "ho_1", State: st}, rt)
+			err := CheckTransition(&throughcarev1.Handover{HandoverId: "ho_1", State: st}, rt)
 			if want := slices.Contains(from, st); want != (err == nil) {
 				t.Errorf("%s from %s: got %v, want allowed=%v", rt, st, err, want)
 			}
@@ -47,11 +47,11 @@ func TestCheckTransitionAllowsOnlyTheRecipientsMoves(t *testing.T) {
 }
 
 func receipt(seq uint64, rt throughcarev1.ReceiptType, st throughcarev1.HandoverState, at time.Time) *throughcarev1.ReceiptIssued {
-	return &throughcarev1.ReceiptIssued{Receipt: &throughcarev1.Receipt{Sequence: seq, Type: rt, State: st, Time: timestamppb.New(at), EventId: stableEventID("ho_1", fmt.Sprintf("receipt/%d", seq))}}
+	return &throughcarev1.ReceiptIssued{Receipt: &throughcarev1.Receipt{Sequence: seq, Type: rt, State: st, Time: timestamppb.New(at), EventId: StableEventID("ho_1", fmt.Sprintf("receipt/%d", seq))}}
 }
 
 func TestApplyReceiptOrdersBySequenceAndIgnoresDuplicates(t *testing.T) {
-	s := &Service{cfg: Config{Agency: "prison", AcknowledgeWithin: time.Hour}}
+	p := &Party{Agency: "prison", AcknowledgeWithin: time.Hour}
 	h := &throughcarev1.Handover{HandoverId: "ho_1", State: referred}
 	t0 := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 	accept := receipt(4, throughcarev1.ReceiptType_RECEIPT_TYPE_ACCEPTED, accepted, t0.Add(3*time.Minute))
@@ -63,8 +63,8 @@ func TestApplyReceiptOrdersBySequenceAndIgnoresDuplicates(t *testing.T) {
 		receipt(1, throughcarev1.ReceiptType_RECEIPT_TYPE_DELIVERED, delivered, t0),
 		receipt(3, throughcarev1.ReceiptType_RECEIPT_TYPE_ACKNOWLEDGED, acknowledged, t0.Add(2*time.Minute)),
 	} {
-		if !s.applyReceipt(h, r) {
-			t.Errorf("receipt %d: applyReceipt = false, want true the first time", r.GetReceipt().GetSequence())
+		if !p.ApplyReceipt(h, r) {
+			t.Errorf("receipt %d: ApplyReceipt = false, want true the first time", r.GetReceipt().GetSequence())
 		}
 	}
 	if h.GetState() != accepted || h.GetAssignedWorker() != "po-marko" {
@@ -82,8 +82,8 @@ func TestApplyReceiptOrdersBySequenceAndIgnoresDuplicates(t *testing.T) {
 	}
 	// Twice: nothing changes.
 	before := len(h.GetReceipts())
-	if s.applyReceipt(h, receipt(3, throughcarev1.ReceiptType_RECEIPT_TYPE_ACKNOWLEDGED, acknowledged, t0.Add(2*time.Minute))) {
-		t.Error("a receipt applied twice: applyReceipt = true, want false")
+	if p.ApplyReceipt(h, receipt(3, throughcarev1.ReceiptType_RECEIPT_TYPE_ACKNOWLEDGED, acknowledged, t0.Add(2*time.Minute))) {
+		t.Error("a receipt applied twice: ApplyReceipt = true, want false")
 	}
 	if len(h.GetReceipts()) != before || h.GetState() != accepted {
 		t.Errorf("after a duplicate: %d receipts, state %s; want %d, ACCEPTED", len(h.GetReceipts()), h.GetState(), before)
@@ -91,22 +91,22 @@ func TestApplyReceiptOrdersBySequenceAndIgnoresDuplicates(t *testing.T) {
 }
 
 func TestApplyReceiptCarriesTheRecipientsDetail(t *testing.T) {
-	s := &Service{cfg: Config{Agency: "prison", AcknowledgeWithin: time.Hour}}
+	p := &Party{Agency: "prison", AcknowledgeWithin: time.Hour}
 	h := &throughcarev1.Handover{HandoverId: "ho_1", State: referred}
 	t0 := time.Now()
 	ask := receipt(2, throughcarev1.ReceiptType_RECEIPT_TYPE_INFORMATION_REQUESTED, infoReq, t0)
 	ask.InformationRequest = &throughcarev1.InformationRequest{RequestId: "rq_1", Question: "Which hostel?"}
-	s.applyReceipt(h, ask)
+	p.ApplyReceipt(h, ask)
 	if len(h.GetInformationRequests()) != 1 || h.GetInformationRequests()[0].GetQuestion() != "Which hostel?" {
 		t.Errorf("questions: got %v, want the one asked", h.GetInformationRequests())
 	}
 	decline := receipt(3, throughcarev1.ReceiptType_RECEIPT_TYPE_DECLINED, declined, t0)
 	decline.DeclineReason, decline.DeclineNote = throughcarev1.DeclineReason_DECLINE_REASON_OUT_OF_AREA, "Not ours"
-	s.applyReceipt(h, decline)
+	p.ApplyReceipt(h, decline)
 	if h.GetDeclineReason() != throughcarev1.DeclineReason_DECLINE_REASON_OUT_OF_AREA || h.GetDeclineNote() != "Not ours" || h.GetState() != declined {
 		t.Errorf("after decline: %s %q %s; want OUT_OF_AREA, the note, DECLINED", h.GetDeclineReason(), h.GetDeclineNote(), h.GetState())
 	}
-	s.applyReceipt(h, receipt(4, throughcarev1.ReceiptType_RECEIPT_TYPE_ACKNOWLEDGE_OVERDUE, declined, t0))
+	p.ApplyReceipt(h, receipt(4, throughcarev1.ReceiptType_RECEIPT_TYPE_ACKNOWLEDGE_OVERDUE, declined, t0))
 	if !h.GetAcknowledgeOverdue() || h.GetAcceptOverdue() {
 		t.Errorf("after an acknowledge-overdue receipt: ack %v accept %v; want true false", h.GetAcknowledgeOverdue(), h.GetAcceptOverdue())
 	}
@@ -132,7 +132,7 @@ func TestOverdueMarksEachDeadlineOnce(t *testing.T) {
 		{"declined", &throughcarev1.Handover{State: declined, AcceptDueTime: past}, false, false},
 		{"accept already marked", &throughcarev1.Handover{State: acknowledged, AcceptDueTime: past, AcceptOverdue: true}, false, false},
 	} {
-		ack, accept := overdue(tc.h, now)
+		ack, accept := Overdue(tc.h, now)
 		if ack != tc.ack || accept != tc.accept {
 			t.Errorf("%s: overdue = %v, %v; want %v, %v", tc.name, ack, accept, tc.ack, tc.accept)
 		}
@@ -140,41 +140,13 @@ func TestOverdueMarksEachDeadlineOnce(t *testing.T) {
 }
 
 func TestStableEventIDIsTheSameForTheSameEventOnly(t *testing.T) {
-	a, b := stableEventID("ho_1", "receipt/1"), stableEventID("ho_1", "receipt/1")
+	a, b := StableEventID("ho_1", "receipt/1"), StableEventID("ho_1", "receipt/1")
 	if a != b {
 		t.Errorf("same event: %q and %q, want equal", a, b)
 	}
-	for _, other := range []string{stableEventID("ho_1", "receipt/2"), stableEventID("ho_2", "receipt/1"), stableEventID("ho_1", "release")} {
+	for _, other := range []string{StableEventID("ho_1", "receipt/2"), StableEventID("ho_2", "receipt/1"), StableEventID("ho_1", "release")} {
 		if other == a {
 			t.Errorf("different events share the id %q", a)
-		}
-	}
-}
-
-func TestMatchesFiltersByDirectionStateAndDeadline(t *testing.T) {
-	now := time.Now()
-	soon, later := timestamppb.New(now.Add(time.Hour)), timestamppb.New(now.Add(48*time.Hour))
-	in := throughcarev1.Direction_DIRECTION_INCOMING
-	h := &throughcarev1.Handover{State: delivered, AcknowledgeDueTime: soon, AcceptDueTime: later}
-	for _, tc := range []struct {
-		name string
-		req  *throughcarev1.ListHandoversRequest
-		dir  throughcarev1.Direction
-		h    *throughcarev1.Handover
-		want bool
-	}{
-		{"direction", &throughcarev1.ListHandoversRequest{Direction: in}, in, h, true},
-		{"other direction", &throughcarev1.ListHandoversRequest{Direction: throughcarev1.Direction_DIRECTION_OUTGOING}, in, h, false},
-		{"state listed", &throughcarev1.ListHandoversRequest{Direction: in, States: []throughcarev1.HandoverState{retrieved, delivered}}, in, h, true},
-		{"state not listed", &throughcarev1.ListHandoversRequest{Direction: in, States: []throughcarev1.HandoverState{accepted}}, in, h, false},
-		{"overdue only, not overdue", &throughcarev1.ListHandoversRequest{Direction: in, OverdueOnly: true}, in, h, false},
-		{"overdue only, overdue", &throughcarev1.ListHandoversRequest{Direction: in, OverdueOnly: true}, in, &throughcarev1.Handover{State: delivered, AcceptOverdue: true}, true},
-		{"due before the ack deadline passes", &throughcarev1.ListHandoversRequest{Direction: in, DueBefore: timestamppb.New(now.Add(2 * time.Hour))}, in, h, true},
-		{"nothing due before", &throughcarev1.ListHandoversRequest{Direction: in, DueBefore: timestamppb.New(now)}, in, h, false},
-		{"finished is never due", &throughcarev1.ListHandoversRequest{Direction: in, DueBefore: timestamppb.New(now.Add(72 * time.Hour))}, in, &throughcarev1.Handover{State: accepted, AcceptDueTime: later}, false},
-	} {
-		if got := matches(tc.req, tc.dir, tc.h); got != tc.want {
-			t.Errorf("%s: matches = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
