@@ -14,39 +14,14 @@ import (
 // recipient forgets what it may no longer hold (consent withdrawn, retention run out).
 func Purge(msg proto.Message, categories []throughcarev1.DataCategory) []throughcarev1.DataCategory {
 	var cleared []throughcarev1.DataCategory
-	purge(msg.ProtoReflect(), categories, &cleared)
+	walkSet(msg.ProtoReflect(), func(m protoreflect.Message, fd protoreflect.FieldDescriptor, c throughcarev1.DataCategory) {
+		if slices.Contains(categories, c) {
+			m.Clear(fd)
+			cleared = append(cleared, c)
+		}
+	})
 	slices.Sort(cleared)
 	return slices.Compact(cleared)
-}
-
-func purge(m protoreflect.Message, categories []throughcarev1.DataCategory, cleared *[]throughcarev1.DataCategory) {
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		marker := MarkerOf(fd)
-		switch {
-		case marker.Category != throughcarev1.DataCategory_DATA_CATEGORY_UNSPECIFIED:
-			if slices.Contains(categories, marker.Category) {
-				m.Clear(fd)
-				*cleared = append(*cleared, marker.Category)
-			}
-		case marker.Routing && fd.Message() != nil:
-			switch {
-			case fd.IsList():
-				for i := 0; i < v.List().Len(); i++ {
-					purge(v.List().Get(i).Message(), categories, cleared)
-				}
-			case fd.IsMap():
-				if fd.MapValue().Message() != nil {
-					v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-						purge(mv.Message(), categories, cleared)
-						return true
-					})
-				}
-			default:
-				purge(v.Message(), categories, cleared)
-			}
-		}
-		return true
-	})
 }
 
 // AllCategories is every data category, for stripping a message no rule covers.
@@ -62,6 +37,44 @@ var AllCategories = func() []throughcarev1.DataCategory {
 }()
 
 // CarriesPersonalData reports whether any categorized field of msg is set.
-func CarriesPersonalData(msg proto.Message) bool {
-	return len(Purge(proto.Clone(msg), AllCategories)) > 0
+func CarriesPersonalData(msg proto.Message) bool { return len(Present(msg)) > 0 }
+
+// Present lists, sorted, the categories of the fields set in msg, at any depth below
+// routing containers: what Purge with every category would clear, without clearing it.
+func Present(msg proto.Message) []throughcarev1.DataCategory {
+	var found []throughcarev1.DataCategory
+	walkSet(msg.ProtoReflect(), func(_ protoreflect.Message, _ protoreflect.FieldDescriptor, c throughcarev1.DataCategory) {
+		found = append(found, c)
+	})
+	slices.Sort(found)
+	return slices.Compact(found)
+}
+
+// walkSet calls seen with every categorized field set in m, the message holding it, and
+// its category.
+func walkSet(m protoreflect.Message, seen func(protoreflect.Message, protoreflect.FieldDescriptor, throughcarev1.DataCategory)) {
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		marker := MarkerOf(fd)
+		switch {
+		case marker.Category != throughcarev1.DataCategory_DATA_CATEGORY_UNSPECIFIED:
+			seen(m, fd, marker.Category)
+		case marker.Routing && fd.Message() != nil:
+			switch {
+			case fd.IsList():
+				for i := 0; i < v.List().Len(); i++ {
+					walkSet(v.List().Get(i).Message(), seen)
+				}
+			case fd.IsMap():
+				if fd.MapValue().Message() != nil {
+					v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+						walkSet(mv.Message(), seen)
+						return true
+					})
+				}
+			default:
+				walkSet(v.Message(), seen)
+			}
+		}
+		return true
+	})
 }

@@ -29,3 +29,24 @@ func TestPurgeClearsOnlyTheNamedCategories(t *testing.T) {
 		t.Errorf("Purge cleared more than health: %v", rc)
 	}
 }
+
+func TestPresentListsWhatIsSetAndChangesNothing(t *testing.T) {
+	rc := &throughcarev1.ReleaseCase{
+		CaseId: "rc_1",
+		Person: &throughcarev1.Person{GivenName: "Ana"},
+		Health: &throughcarev1.Need{Summary: "diabetes"},
+	}
+	ev := &throughcarev1.Event{CaseId: "rc_1", Payload: &throughcarev1.Event_HandoverReferred{HandoverReferred: &throughcarev1.HandoverReferred{ReleaseCase: rc}}}
+	got := Present(ev)
+	want := []throughcarev1.DataCategory{throughcarev1.DataCategory_DATA_CATEGORY_IDENTITY, throughcarev1.DataCategory_DATA_CATEGORY_HEALTH}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("Present = %v, want %v", got, want)
+	}
+	if rc.GetHealth() == nil || rc.GetPerson() == nil {
+		t.Error("Present cleared a field")
+	}
+	if !CarriesPersonalData(ev) || CarriesPersonalData(&throughcarev1.Event{CaseId: "rc_1"}) {
+		t.Error("CarriesPersonalData: want true for the referral, false for routing metadata only")
+	}
+}
