@@ -17,6 +17,7 @@ import (
 
 	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/flow"
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 	"github.com/throughcare/throughcare/pkg/signing"
@@ -109,6 +110,9 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	sys := &devSystem{log: log, nats: ns, certs: bundle, personKey: personKey}
+	if err := sys.setupFlow(ctx, cfg, creds); err != nil {
+		return nil, errors.Join(err, sys.Stop())
+	}
 	type devAgency struct{ agency, addr, healthAddr string }
 	var agencies []devAgency
 	for i, id := range registry.IDs() {
@@ -159,6 +163,29 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 	return sys, nil
 }
 
+// setupFlow creates the operators' FLOW stream, in the operator account when each agency
+// has its own, as an operator would with `throughcare events setup`.
+func (s *devSystem) setupFlow(ctx context.Context, cfg devConfig, creds natsserver.Credentials) error {
+	var opts []nats.Option
+	if cfg.NATSAccounts {
+		auth, err := natsserver.OperatorConnectOptions(creds.SeedFile(natsserver.OperatorAccount))
+		if err != nil {
+			return err
+		}
+		opts = auth
+	}
+	nc, err := nats.Connect(s.nats.ClientURL(), append(opts, nats.Name("throughcare-dev-operator"))...)
+	if err != nil {
+		return fmt.Errorf("connect as the operators: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	return flow.Setup(ctx, js, flow.DefaultLimits)
+}
+
 // Stop shuts down in order: gRPC first (calls in flight finish), then the NATS connection
 // (drained, so nothing acknowledged is dropped), then the embedded server.
 func (s *devSystem) Stop() error {
@@ -190,6 +217,7 @@ func printDevBanner(w io.Writer, cfg devConfig, sys *devSystem) {
 		natsAccess = "an account per agency; nkey seeds in " + devCredentialsDir(cfg.DataDir)
 	}
 	fmt.Fprintf(w, "  %-12s %s (%s)\n", "nats", sys.nats.ClientURL(), natsAccess)
+	fmt.Fprintf(w, "  %-12s throughcare events tail --data-dir %s --nats-url %s\n", "operators", cfg.DataDir, sys.nats.ClientURL())
 	first := sys.agencies[0]
 	addr, who := first.Addr(), first.handovers.Agencies().Name(first.agency)
 	if sys.certs == nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/agency"
 	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/flow"
 	"github.com/throughcare/throughcare/pkg/grpcserver"
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/ledger"
@@ -226,6 +227,13 @@ func newSystem(t testing.TB, opts ...systemOption) *system {
 		opts:      o,
 		nodes:     map[string][]*node{},
 		Certs:     testCertsFor(t, registry.IDs()),
+	}
+	operator, err := jetstream.New(sys.NATS.ConnectAsOperator(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := flow.Setup(testCtx(t), operator, flow.DefaultLimits); err != nil { // as dev does
+		t.Fatal(err)
 	}
 	for _, a := range registry.IDs() {
 		sys.JS[a] = sys.NATS.JetStreamAs(t, a)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -139,6 +140,19 @@ func TestReferralLostInsideNATSIsResent(t *testing.T) {
 	}
 	if dl := listDeadLetters(t, sys); len(dl) != 0 {
 		t.Errorf("dead letters: got %v, want none", dl)
+	}
+	// The operators see the resend, and the referral received once.
+	_, lines, _ := startTail(t, sys, "--from-sequence", "1", "--handover", id)
+	eventually(t, crossAgencyWait, func() (bool, string) {
+		got := stages(lines())
+		return slices.Contains(got, "resent handover_referred prison→probation") &&
+				slices.Contains(got, "received handover_referred prison→probation"),
+			fmt.Sprintf("the operators' tail shows %v; want the referral resent and received", got)
+	})
+	for _, l := range lines() {
+		if l.r.GetStage() == throughcarev1.FlowStage_FLOW_STAGE_RESENT && (l.r.GetAttempt() < 2 || !strings.Contains(l.r.GetReason(), "unacknowledged")) {
+			t.Errorf("resent record: attempt %d, reason %q; want a second attempt, unacknowledged", l.r.GetAttempt(), l.r.GetReason())
+		}
 	}
 }
 

@@ -71,6 +71,22 @@ func (g *Inbound) refuseUnauthentic(ctx context.Context, ev *throughcarev1.Event
 	return eventbus.Permanent(err)
 }
 
+// ErrForbidden marks an event refused for carrying what the protocol does not let this
+// agency have.
+var ErrForbidden = errors.New("the protocol does not allow what it carries")
+
+// RefusalReason names, in a word and without its content, why an event was refused for
+// good: a signature verdict, a protocol violation, or "rejected" for anything else.
+func RefusalReason(err error) string {
+	if kind := refusalKind(err); kind != "" {
+		return kind
+	}
+	if errors.Is(err, ErrForbidden) {
+		return "protocol-violation"
+	}
+	return "rejected"
+}
+
 // refusalKind names a verdict on the event; "" is a failure to reach one.
 func refusalKind(err error) string {
 	for _, k := range []struct {
@@ -123,7 +139,7 @@ func (g *Inbound) Check(ctx context.Context, ev *throughcarev1.Event) error {
 		return fmt.Errorf("record refusal of event %s: %w", ev.GetEventId(), err)
 	}
 	g.Log.Warn("event refused: protocol violation", zap.String("event_id", ev.GetEventId()), zap.String("source", ev.GetSource()), zap.Any("categories", forbidden))
-	return eventbus.Permanent(errors.New(note))
+	return eventbus.Permanent(fmt.Errorf("%s: %w", note, ErrForbidden))
 }
 
 // forbiddenIn lists the categories in ev that this agency may not have from its source.

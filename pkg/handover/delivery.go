@@ -150,16 +150,26 @@ func (s *Service) received(ctx context.Context, ev *throughcarev1.Event) error {
 	return err
 }
 
+// Stages of an incoming event, for its flow record (see package flow); stageApply: not
+// settled by its place in the sequence, it goes on to be applied.
+const (
+	stageApply     = throughcarev1.FlowStage_FLOW_STAGE_UNSPECIFIED
+	stageReceived  = throughcarev1.FlowStage_FLOW_STAGE_RECEIVED
+	stageDuplicate = throughcarev1.FlowStage_FLOW_STAGE_DUPLICATE
+	stageGap       = throughcarev1.FlowStage_FLOW_STAGE_GAP
+)
+
 // inSequence places an authenticated event in its handover's sequence before anything is
 // applied. It handles acknowledgements and resend requests, acknowledges a duplicate again
-// and asks for a resend on a gap; done says the event needs nothing more. An event without
+// and asks for a resend on a gap; any stage but stageApply says what became of the event,
+// which needs nothing more. An event without
 // a sequence (from a sender older than sequences) passes.
-func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (done bool, err error) {
+func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (done throughcarev1.FlowStage, err error) {
 	if !lifecycle.Sequenced(ev) {
-		return true, s.acknowledged(ctx, ev)
+		return stageReceived, s.acknowledged(ctx, ev)
 	}
 	if ev.GetSequence() == 0 {
-		return false, nil
+		return stageApply, nil
 	}
 	var received uint64
 	rec, _, err := s.handovers.Get(ctx, ev.GetHandoverId())
@@ -168,12 +178,12 @@ func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (done
 		// Nothing received yet, as a recipient; as a sender this agency would hold the
 		// handover: the handler refuses what is not about one of its own.
 		if ev.GetType() == throughcarev1.EventType_EVENT_TYPE_RECEIPT_ISSUED || ev.GetType() == throughcarev1.EventType_EVENT_TYPE_PLAN_SHARED {
-			return false, nil
+			return stageApply, nil
 		}
 	case err != nil:
-		return true, handoverError(ev.GetHandoverId(), err)
+		return stageReceived, handoverError(ev.GetHandoverId(), err)
 	case s.party.PeerOf(rec.GetHandover()) != ev.GetSource():
-		return false, nil // not this handover's other agency: the handler refuses it
+		return stageApply, nil // not this handover's other agency: the handler refuses it
 	default:
 		received = rec.GetLastReceivedSequence()
 	}
@@ -183,31 +193,31 @@ func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (done
 		if rec != nil && ev.GetAcknowledgedSequence() > rec.GetPeerAcknowledgedSequence() {
 			from, err := s.peerAcknowledged(ctx, rec)
 			if err != nil {
-				return true, err
+				return stageReceived, err
 			}
 			if err := s.forget(ctx, ev.GetHandoverId(), from, min(ev.GetAcknowledgedSequence(), rec.GetLastSentSequence())); err != nil {
-				return true, err
+				return stageReceived, err
 			}
 		}
-		return false, nil
+		return stageApply, nil
 	}
 	if rec != nil && ev.GetAcknowledgedSequence() > rec.GetPeerAcknowledgedSequence() {
 		if err := s.acknowledged(ctx, ev); err != nil {
-			return true, err
+			return stageReceived, err
 		}
 	}
 	fields := []zap.Field{zap.String("handover_id", ev.GetHandoverId()), zap.String("event_id", ev.GetEventId()),
 		zap.String("source", ev.GetSource()), zap.Uint64("sequence", seq), zap.Uint64("received_sequence", received)}
 	if seq <= received {
 		s.log.Info("duplicate event acknowledged again, not applied", fields...)
-		return true, s.sendControl(ctx, ev, received, &throughcarev1.Event_SequenceAcknowledged{SequenceAcknowledged: &throughcarev1.SequenceAcknowledged{}})
+		return stageDuplicate, s.sendControl(ctx, ev, received, &throughcarev1.Event_SequenceAcknowledged{SequenceAcknowledged: &throughcarev1.SequenceAcknowledged{}})
 	}
 	if !s.requests.first(ev.GetHandoverId(), received, s.now(), s.cfg.ResendAfter) {
 		s.log.Info("sequence gap: resend already requested", fields...)
-		return true, nil
+		return stageGap, nil
 	}
 	s.log.Warn("sequence gap: resend requested", fields...)
-	return true, s.sendControl(ctx, ev, received, &throughcarev1.Event_ResendRequested{ResendRequested: &throughcarev1.ResendRequested{ReceivedSequence: received}})
+	return stageGap, s.sendControl(ctx, ev, received, &throughcarev1.Event_ResendRequested{ResendRequested: &throughcarev1.ResendRequested{ReceivedSequence: received}})
 }
 
 // acknowledged takes the acknowledgement an event carries, and re-sends what a resend
@@ -270,7 +280,11 @@ func (s *Service) sendControl(ctx context.Context, about *throughcarev1.Event, r
 	if err := s.out.Sign(ev); err != nil {
 		return err
 	}
-	return eventbus.Publish(ctx, s.js, ev)
+	if err := eventbus.Publish(ctx, s.js, ev); err != nil {
+		return err
+	}
+	s.observed(ev, throughcarev1.FlowStage_FLOW_STAGE_SENT, 1, "")
+	return nil
 }
 
 // resendTimeout is why a resend pass re-sends.
@@ -381,6 +395,7 @@ func (s *Service) resendOne(ctx context.Context, se *storev1.SentEvent, why stri
 	if err := eventbus.PublishAs(ctx, s.js, ev, fmt.Sprintf("%s.r%d", ev.GetEventId(), se.GetResends())); err != nil {
 		return err
 	}
+	s.observed(ev, throughcarev1.FlowStage_FLOW_STAGE_RESENT, se.GetResends()+1, why)
 	s.log.Warn("event re-sent", zap.String("handover_id", ev.GetHandoverId()), zap.String("case_id", ev.GetCaseId()),
 		zap.String("event_id", ev.GetEventId()), zap.String("type", ev.GetType().String()), zap.Uint64("sequence", ev.GetSequence()),
 		zap.String("recipient", ev.GetRecipient()), zap.Uint32("attempt", se.GetResends()), zap.String("reason", why))

@@ -33,6 +33,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/cases"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/flow"
 	"github.com/throughcare/throughcare/pkg/gate"
 	"github.com/throughcare/throughcare/pkg/handover/lifecycle"
 	"github.com/throughcare/throughcare/pkg/ledger"
@@ -117,6 +118,7 @@ type Service struct {
 	dead      *eventbus.DeadLetters
 	ledger    *ledger.Ledger
 	party     *lifecycle.Party
+	flow      *flow.Publisher
 	out       *gate.Outbound
 	in        *gate.Inbound
 	requests  resendRequests
@@ -184,6 +186,7 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 		closing:   make(chan struct{}),
 	}
 	s.party = &lifecycle.Party{Agency: name, Protocol: cfg.Protocol, AcknowledgeWithin: cfg.AcknowledgeWithin, AcceptBeforeRelease: cfg.AcceptBeforeRelease, ResendAfter: cfg.ResendAfter, Now: s.now}
+	s.flow = flow.NewPublisher(name, js.Conn(), s.log)
 	s.out = &gate.Outbound{Protocol: cfg.Protocol, Ledger: book, PersonKey: cfg.PersonKey, SigningKey: cfg.SigningKey, Case: s.localCase, Now: s.now}
 	s.in = &gate.Inbound{Agency: name, Protocol: cfg.Protocol, Ledger: book, Verifier: signing.NewVerifier(cfg.Keyring), Replays: replays, Case: s.localCase, Log: s.log, Now: s.now}
 	s.index = records.NewIndex(handovers, s.party.IndexKeys)

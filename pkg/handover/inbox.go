@@ -15,42 +15,65 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/fault"
+	"github.com/throughcare/throughcare/pkg/flow"
+	"github.com/throughcare/throughcare/pkg/gate"
 	"github.com/throughcare/throughcare/pkg/handover/lifecycle"
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
 )
 
-// handleIncoming processes one event from another agency. Every branch is idempotent.
+// handleIncoming processes one event from another agency, and tells the operators what
+// became of it (package flow). Every branch is idempotent.
 func (s *Service) handleIncoming(ctx context.Context, msg jetstream.Msg) error {
 	ev, err := eventbus.Decode(msg.Subject(), msg.Headers(), msg.Data())
 	if err != nil {
 		return err
 	}
+	stage, err := s.receive(ctx, ev)
+	switch {
+	case err == nil:
+		s.observed(ev, stage, 0, "")
+	case errors.Is(err, eventbus.ErrPermanent):
+		s.observed(ev, throughcarev1.FlowStage_FLOW_STAGE_REFUSED, 0, gate.RefusalReason(err))
+	}
+	return err
+}
+
+// receive admits and applies one decoded event, and says what became of it.
+func (s *Service) receive(ctx context.Context, ev *throughcarev1.Event) (throughcarev1.FlowStage, error) {
 	if err := s.in.Authenticate(ctx, ev); err != nil {
-		return err
+		return 0, err
 	}
 	if ev.GetRecipient() != s.cfg.Agency {
-		return eventbus.Permanent(fmt.Errorf("event %s is addressed to %s", ev.GetEventId(), ev.GetRecipient()))
+		return 0, eventbus.Permanent(fmt.Errorf("event %s is addressed to %s", ev.GetEventId(), ev.GetRecipient()))
 	}
 	if !ids.Valid(ev.GetHandoverId()) || !ids.Valid(ev.GetCaseId()) {
-		return eventbus.Permanent(fmt.Errorf("event %s has a malformed handover or case id", ev.GetEventId()))
+		return 0, eventbus.Permanent(fmt.Errorf("event %s has a malformed handover or case id", ev.GetEventId()))
 	}
-	if done, err := s.inSequence(ctx, ev); done || err != nil {
-		return err
+	if stage, err := s.inSequence(ctx, ev); stage != stageApply || err != nil {
+		return stage, err
 	}
 	// The next event of its handover is received, whatever becomes of it: one refused for
 	// good is dead-lettered, and must not hold up those behind it.
-	err = s.apply(ctx, ev)
+	err := s.apply(ctx, ev)
 	if err == nil && settledInline(ev) {
-		return nil
+		return stageReceived, nil
 	}
 	if err == nil || errors.Is(err, eventbus.ErrPermanent) {
 		if serr := s.received(ctx, ev); serr != nil {
-			return serr
+			return 0, serr
 		}
 	}
-	return err
+	return stageReceived, err
+}
+
+// observed tells the operators what became of ev here: attempt counts its sends, 0 for
+// an event received.
+func (s *Service) observed(ev *throughcarev1.Event, stage throughcarev1.FlowStage, attempt uint32, reason string) {
+	r := flow.Record(ev, stage, s.now())
+	r.Attempt, r.Reason = attempt, reason
+	s.flow.Publish(r)
 }
 
 // settledInline reports whether the handler of ev settles it in its own write.

@@ -5,6 +5,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 )
 
@@ -32,6 +33,7 @@ func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
 		if err := eventbus.Publish(ctx, s.js, ev); err != nil {
 			return err
 		}
+		s.observed(ev, throughcarev1.FlowStage_FLOW_STAGE_SENT, 1, "")
 	}
 	return nil
 }

@@ -13,10 +13,15 @@ import (
 
 	"github.com/throughcare/throughcare/pkg/agency"
 	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/flow"
 )
 
 // SystemAccount is the server's own account, for monitoring and server events.
 const SystemAccount = "SYS"
+
+// OperatorAccount holds the operators' FLOW stream and nothing else (package flow): its
+// user's JetStream reaches no stream that holds a payload.
+const OperatorAccount = "OPERATOR"
 
 // Buckets are the Key-Value buckets every agency keeps, as <agency>_<bucket>; they must
 // match the buckets cmd/throughcare, pkg/handover and pkg/signing open: an agency's user
@@ -42,6 +47,9 @@ type Accounts struct {
 	// SystemUser is the public nkey of the system account's user; empty leaves the
 	// system account without users.
 	SystemUser string
+	// OperatorUser is the public nkey of the operators' user; empty leaves out the
+	// operator account, and agencies publish no flow records anywhere.
+	OperatorUser string
 }
 
 // Validate checks that every agency has a user with a valid public user nkey.
@@ -58,6 +66,9 @@ func (a Accounts) Validate() error {
 	if a.SystemUser != "" && !nkeys.IsValidPublicUserKey(a.SystemUser) {
 		errs = append(errs, errors.New("accounts: system user is not a valid public user nkey"))
 	}
+	if a.OperatorUser != "" && !nkeys.IsValidPublicUserKey(a.OperatorUser) {
+		errs = append(errs, errors.New("accounts: operator user is not a valid public user nkey"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -67,13 +78,17 @@ func (a Accounts) Conf() (string, error) {
 	if err := a.Validate(); err != nil {
 		return "", err
 	}
-	return renderAccounts(a.Agencies, func(ag string) string { return quote(a.Users[ag]) }, quote(a.SystemUser), a.SystemUser != ""), nil
+	var operator string
+	if a.OperatorUser != "" {
+		operator = quote(a.OperatorUser)
+	}
+	return renderAccounts(a.Agencies, func(ag string) string { return quote(a.Users[ag]) }, quote(a.SystemUser), a.SystemUser != "", operator), nil
 }
 
 // ConfTemplate renders the accounts with each user's public nkey read from an environment
 // variable when the server starts (THROUGHCARE_<ACCOUNT>_NKEY), for deploy/nats.
 func ConfTemplate(agencies *agency.Registry) string {
-	return renderAccounts(agencies, func(ag string) string { return "$" + NKeyEnv(AccountName(ag)) }, "$"+NKeyEnv(SystemAccount), true)
+	return renderAccounts(agencies, func(ag string) string { return "$" + NKeyEnv(AccountName(ag)) }, "$"+NKeyEnv(SystemAccount), true, "$"+NKeyEnv(OperatorAccount))
 }
 
 // NKeyEnv is the environment variable holding the public nkey of account's user in the
@@ -90,7 +105,8 @@ func InboxPrefix(a string) string { return "_INBOX_" + a }
 func userPermissions(a string) (pubAllow, pubDeny, subAllow []string) {
 	tok := a
 	pubAllow = []string{
-		"tc." + tok + ".>", // outbox tc.<agency>.out.> and ledger tc.<agency>.ledger
+		"tc." + tok + ".>",          // outbox tc.<agency>.out.> and ledger tc.<agency>.ledger
+		flow.PublisherSubjects(tok), // its flow records, into the operators' account
 	}
 	for _, b := range Buckets {
 		pubAllow = append(pubAllow, "$KV."+tok+"_"+b+".>")
@@ -106,7 +122,21 @@ func userPermissions(a string) (pubAllow, pubDeny, subAllow []string) {
 	return pubAllow, pubDeny, subAllow
 }
 
-func renderAccounts(agencies *agency.Registry, userRef func(string) string, sysUser string, withSysUser bool) string {
+// OperatorInboxPrefix is the operators' reply and delivery inbox prefix.
+const OperatorInboxPrefix = "_INBOX_operator"
+
+// operatorPermissions: the JetStream API of the operator account, which holds the FLOW
+// stream only, read-only in effect: nothing deleted or purged, no flow record forged.
+func operatorPermissions() (pubAllow, pubDeny, subAllow []string) {
+	pubAllow = []string{"$JS.API.>", "$JS.ACK.>", "$JS.FC.>"}
+	pubDeny = []string{"$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "flow.>"}
+	subAllow = []string{OperatorInboxPrefix + ".>"}
+	return pubAllow, pubDeny, subAllow
+}
+
+// renderAccounts writes the configuration; an empty operatorUser leaves out the operator
+// account.
+func renderAccounts(agencies *agency.Registry, userRef func(string) string, sysUser string, withSysUser bool, operatorUser string) string {
 	var b strings.Builder
 	w := func(indent int, format string, args ...any) {
 		b.WriteString(strings.Repeat("  ", indent))
@@ -129,6 +159,25 @@ func renderAccounts(agencies *agency.Registry, userRef func(string) string, sysU
 		w(1, "}")
 	} else {
 		w(1, "%s: {}", SystemAccount)
+	}
+	if operatorUser != "" {
+		pubAllow, pubDeny, subAllow := operatorPermissions()
+		w(1, "%s: {", OperatorAccount)
+		w(2, "jetstream: enabled")
+		w(2, "users: [{")
+		w(3, "nkey: %s", operatorUser)
+		w(3, "permissions: {")
+		w(4, "publish: {allow: %s, deny: %s}", list(pubAllow), list(pubDeny))
+		w(4, "subscribe: {allow: %s}", list(subAllow))
+		w(3, "}")
+		w(2, "}]")
+		w(2, "exports: [")
+		w(3, "# each agency publishes its own flow records into FLOW, and nothing else")
+		for _, ag := range agencies.IDs() {
+			w(3, "{service: %s, accounts: [%s]}", quote(flow.PublisherSubjects(ag)), AccountName(ag))
+		}
+		w(2, "]")
+		w(1, "}")
 	}
 	for _, ag := range agencies.IDs() {
 		name := AccountName(ag)
@@ -159,6 +208,9 @@ func renderAccounts(agencies *agency.Registry, userRef func(string) string, sysU
 		}
 		w(2, "]")
 		w(2, "imports: [")
+		if operatorUser != "" {
+			w(3, "{service: {account: %s, subject: %s}}", OperatorAccount, quote(flow.PublisherSubjects(ag)))
+		}
 		for _, src := range agencies.Peers(ag) {
 			ext := eventbus.External(src, ag)
 			w(3, "# INBOX_%s sources OUTBOX_%s through these", name, AccountName(src))
@@ -246,6 +298,9 @@ func LoadOrCreateCredentials(dir string, agencies *agency.Registry) (Credentials
 		return Credentials{}, err
 	}
 	c.Accounts.SystemUser = pub
+	if c.Accounts.OperatorUser, err = loadOrCreateUser(c.SeedFile(OperatorAccount)); err != nil {
+		return Credentials{}, err
+	}
 	return c, nil
 }
 
@@ -323,4 +378,19 @@ func (c Credentials) SystemConnectOptions() ([]nats.Option, error) {
 		return nil, fmt.Errorf("credentials of the system user: %w", err)
 	}
 	return []nats.Option{auth}, nil
+}
+
+// OperatorConnectOptions are what an operator's tools connect with: the operators' nkey
+// from seedFile (Credentials.SeedFile(OperatorAccount) in dev) and its inbox prefix.
+func OperatorConnectOptions(seedFile string) ([]nats.Option, error) {
+	if st, err := os.Stat(seedFile); err != nil {
+		return nil, fmt.Errorf("operator credentials: %w", err)
+	} else if !privateMode(st.Mode()) {
+		return nil, fmt.Errorf("operator credentials: %s is open to others (mode %v); want 0600 or 0400", seedFile, st.Mode().Perm())
+	}
+	auth, err := nats.NkeyOptionFromSeed(seedFile)
+	if err != nil {
+		return nil, fmt.Errorf("operator credentials: %w", err)
+	}
+	return []nats.Option{auth, nats.CustomInboxPrefix(OperatorInboxPrefix)}, nil
 }

@@ -40,12 +40,13 @@ func TestDeployTemplateParses(t *testing.T) {
 		t.Setenv(natsserver.NKeyEnv(natsserver.AccountName(a)), creds.Accounts.Users[a])
 	}
 	t.Setenv(natsserver.NKeyEnv(natsserver.SystemAccount), creds.Accounts.SystemUser)
+	t.Setenv(natsserver.NKeyEnv(natsserver.OperatorAccount), creds.Accounts.OperatorUser)
 	opts, err := server.ProcessConfigFile(deployConf)
 	if err != nil {
 		t.Fatalf("parse %s: %v", deployConf, err)
 	}
-	if len(opts.Nkeys) != 4 {
-		t.Errorf("%d nkey users, want 4", len(opts.Nkeys))
+	if len(opts.Nkeys) != 5 {
+		t.Errorf("%d nkey users, want 5", len(opts.Nkeys))
 	}
 	if !opts.JetStream || opts.SystemAccount != natsserver.SystemAccount {
 		t.Errorf("jetstream %v, system account %q", opts.JetStream, opts.SystemAccount)

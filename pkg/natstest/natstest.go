@@ -102,6 +102,16 @@ func (s *AgencyServer) JetStreamAs(t testing.TB, agency string) jetstream.JetStr
 	return js
 }
 
+// ConnectAsOperator connects with the operators' credentials: the FLOW stream's account.
+func (s *AgencyServer) ConnectAsOperator(t testing.TB, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	auth, err := natsserver.OperatorConnectOptions(s.Creds.SeedFile(natsserver.OperatorAccount))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Connect(t, append(auth, opts...)...)
+}
+
 // URL is the client URL; it stays the same across Restart.
 func (s *Server) URL() string {
 	return s.srv.ClientURL()
