@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/handover"
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/ledger"
+	"github.com/throughcare/throughcare/pkg/metrics"
 	"github.com/throughcare/throughcare/pkg/records"
 	"github.com/throughcare/throughcare/services/casework"
 	"github.com/throughcare/throughcare/services/prison"
@@ -39,6 +41,8 @@ type listen struct {
 	Addr string
 	// HealthAddr serves health alone, in plaintext, for probes; empty serves no such port.
 	HealthAddr string
+	// MetricsAddr serves Prometheus metrics in plaintext HTTP; empty serves none.
+	MetricsAddr string
 	// TLS is the server's mutual TLS; nil serves plaintext with no caller identities and so
 	// no authorization (--insecure).
 	TLS                  *tls.Config
@@ -54,6 +58,9 @@ type agencyServer struct {
 	server         *grpcserver.Server
 	listener       net.Listener
 	healthListener net.Listener // nil without a health port
+	metrics        *http.Server // nil without a metrics port
+	metricsAddr    string
+	metricsServed  chan error
 	served         chan error
 	healthServed   chan error
 	stopWork       context.CancelFunc
@@ -76,11 +83,17 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	handovers, err := handover.Open(ctx, log, js, store, hcfg)
+	var handovers *handover.Service
+	m := metrics.New(agency, func(ctx context.Context) (metrics.State, error) { return handovers.MetricsState(ctx) }, log)
+	hcfg.Metrics = m
+	handovers, err = handover.Open(ctx, log, js, store, hcfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	srv, err := grpcserver.New(log, serverConfig(agency, l, recordWrite(agency, handovers.Ledger())))
+	scfg := serverConfig(agency, l, recordWrite(agency, handovers.Ledger()))
+	scfg.OuterUnary = []grpc.UnaryServerInterceptor{m.GRPC().UnaryServerInterceptor()}
+	scfg.OuterStream = []grpc.StreamServerInterceptor{m.GRPC().StreamServerInterceptor()}
+	srv, err := grpcserver.New(log, scfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -108,11 +121,32 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 			return nil, fmt.Errorf("%s: listen for health: %w", name, err)
 		}
 	}
+	var metricsLis net.Listener
+	if l.MetricsAddr != "" {
+		if metricsLis, err = net.Listen("tcp", l.MetricsAddr); err != nil {
+			_ = lis.Close()
+			if healthLis != nil {
+				_ = healthLis.Close()
+			}
+			return nil, fmt.Errorf("%s: listen for metrics: %w", name, err)
+		}
+	}
+	m.GRPC().InitializeMetrics(srv.Server)
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	a := &agencyServer{
 		agency: agency, server: srv, listener: lis, healthListener: healthLis,
-		served: make(chan error, 1), healthServed: make(chan error, 1),
+		served: make(chan error, 1), healthServed: make(chan error, 1), metricsServed: make(chan error, 1),
 		stopWork: stopWork, workDone: make(chan error, 1), handovers: handovers,
+	}
+	if metricsLis != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", m.Handler())
+		a.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		a.metricsAddr = metricsLis.Addr().String()
+		go func() { a.metricsServed <- a.metrics.Serve(metricsLis) }()
+		log.Info("serving metrics in plaintext", zap.String("addr", metricsLis.Addr().String()))
+	} else {
+		a.metricsServed <- nil
 	}
 	go func() { a.workDone <- handovers.Run(workCtx) }()
 	srv.SetServing()
@@ -180,14 +214,29 @@ func (a *agencyServer) HealthAddr() string {
 	return a.healthListener.Addr().String()
 }
 
+// MetricsAddr is where the agency serves metrics; empty when it does not.
+func (a *agencyServer) MetricsAddr() string {
+	if a.metrics == nil {
+		return ""
+	}
+	return a.metricsAddr
+}
+
 // Stop stops accepting calls, lets those in flight finish, then stops event processing
 // (the message in hand is finished and acknowledged) and waits for both.
 func (a *agencyServer) Stop() error {
 	a.handovers.CloseWatches()
 	a.server.Stop()
 	served, healthServed := stopped(<-a.served), stopped(<-a.healthServed)
+	var metricsStopped error
+	if a.metrics != nil {
+		metricsStopped = a.metrics.Close()
+	}
+	if err := <-a.metricsServed; !errors.Is(err, http.ErrServerClosed) {
+		metricsStopped = errors.Join(metricsStopped, err)
+	}
 	a.stopWork()
-	return errors.Join(served, healthServed, <-a.workDone)
+	return errors.Join(served, healthServed, metricsStopped, <-a.workDone)
 }
 
 // stopped is nil for what Serve returns when the server was stopped, also when Stop came

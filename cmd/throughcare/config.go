@@ -156,8 +156,8 @@ func (c grpcFlags) validate() error {
 }
 
 // listen is where and how an agency serves gRPC: its own config for startAgency.
-func (c grpcFlags) listen(addr, healthAddr string, serverTLS *tls.Config) listen {
-	return listen{Addr: addr, HealthAddr: healthAddr, TLS: serverTLS, CallTimeout: c.CallTimeout, MaxInFlightPerCaller: c.MaxInFlightPerCaller}
+func (c grpcFlags) listen(addr, healthAddr, metricsAddr string, serverTLS *tls.Config) listen {
+	return listen{Addr: addr, HealthAddr: healthAddr, MetricsAddr: metricsAddr, TLS: serverTLS, CallTimeout: c.CallTimeout, MaxInFlightPerCaller: c.MaxInFlightPerCaller}
 }
 
 // insecureWarning is logged once at start by a command run with --insecure.
@@ -168,7 +168,8 @@ type devConfig struct {
 	NATSPort     int
 	NATSAccounts bool
 	// BasePort places the agencies, in the protocol's order: the i-th serves gRPC on
-	// BasePort+1+i and health on BasePort+11+i. Zero picks free ports.
+	// BasePort+1+i, health on BasePort+11+i and metrics on BasePort+21+i. Zero picks free
+	// ports.
 	BasePort int
 	GRPC     grpcFlags
 	Handover handoverFlags
@@ -178,12 +179,14 @@ type devConfig struct {
 // maxDevAgencies is how many agencies dev's port scheme places before health ports collide.
 const maxDevAgencies = 10
 
-// agencyAddrs are where the i-th agency of the protocol serves gRPC and health in dev.
-func (c devConfig) agencyAddrs(i int) (addr, healthAddr string) {
+// agencyAddrs are where the i-th agency of the protocol serves gRPC, health and metrics
+// in dev.
+func (c devConfig) agencyAddrs(i int) (addr, healthAddr, metricsAddr string) {
 	if c.BasePort == 0 {
-		return "127.0.0.1:0", "127.0.0.1:0"
+		return "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	}
-	return fmt.Sprintf("127.0.0.1:%d", c.BasePort+1+i), fmt.Sprintf("127.0.0.1:%d", c.BasePort+11+i)
+	at := func(offset int) string { return fmt.Sprintf("127.0.0.1:%d", c.BasePort+offset+i) }
+	return at(1), at(11), at(21)
 }
 
 // CertsDir is where dev keeps its local CA and certificates.
@@ -201,7 +204,7 @@ func parseDevConfig(args []string, getenv func(string) string, out io.Writer) (d
 	fs.StringVar(&c.DataDir, "data-dir", "./.throughcare", "where the embedded NATS keeps its data")
 	fs.IntVar(&c.NATSPort, "nats-port", 4222, "port of the embedded NATS on 127.0.0.1 (-1 picks a free one)")
 	fs.BoolVar(&c.NATSAccounts, "nats-accounts", true, "run one NATS account per agency, each service with its own nkey (credentials in <data-dir>/credentials); false shares one unauthenticated account")
-	fs.IntVar(&c.BasePort, "base-port", 7100, "ports of the agencies on 127.0.0.1, in the protocol's order: the i-th (from 0) serves gRPC on base+1+i and plaintext health on base+11+i; 0 picks free ports")
+	fs.IntVar(&c.BasePort, "base-port", 7100, "ports of the agencies on 127.0.0.1, in the protocol's order: the i-th (from 0) serves gRPC on base+1+i, plaintext health on base+11+i and metrics on base+21+i; 0 picks free ports")
 	c.GRPC.register(fs)
 	c.Handover.register(fs)
 	c.Log.register(fs, "console")
@@ -211,8 +214,8 @@ func parseDevConfig(args []string, getenv func(string) string, out io.Writer) (d
 	if c.DataDir == "" {
 		return c, errors.New("--data-dir: must not be empty")
 	}
-	if c.BasePort < 0 || c.BasePort > 65535-2*maxDevAgencies {
-		return c, fmt.Errorf("--base-port %d: want 0 to %d", c.BasePort, 65535-2*maxDevAgencies)
+	if c.BasePort < 0 || c.BasePort > 65535-3*maxDevAgencies {
+		return c, fmt.Errorf("--base-port %d: want 0 to %d", c.BasePort, 65535-3*maxDevAgencies)
 	}
 	return c, errors.Join(c.GRPC.validate(), c.Handover.validate())
 }
@@ -251,9 +254,11 @@ type serveConfig struct {
 	NATSSeed   string
 	Addr       string
 	HealthAddr string
-	TLSCA      string
-	TLSCert    string
-	TLSKey     string
+	// MetricsAddr serves Prometheus metrics in plaintext HTTP; empty serves none.
+	MetricsAddr string
+	TLSCA       string
+	TLSCert     string
+	TLSKey      string
 	// PersonHashKey is the file of the deployment's person-hash key.
 	PersonHashKey string
 	Replicas      int
@@ -271,6 +276,7 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	fs.StringVar(&c.NATSSeed, "nats-nkey-seed", "", "file holding the service's NATS user nkey seed (mode 0600); set when NATS runs an account per agency (deploy/nats)")
 	fs.StringVar(&c.Addr, "addr", ":7100", "gRPC listen address (mutual TLS)")
 	fs.StringVar(&c.HealthAddr, "health-addr", ":7110", "plaintext gRPC health address for probes, serving nothing else; empty for none")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", ":7120", "plaintext HTTP address serving Prometheus metrics at /metrics; empty for none")
 	fs.StringVar(&c.TLSCA, "tls-ca", "", "PEM file of the CA whose client certificates are accepted")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM file of the service's server certificate")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM file of the server certificate's key")

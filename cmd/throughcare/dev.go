@@ -113,11 +113,11 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 	if err := sys.setupFlow(ctx, cfg, creds); err != nil {
 		return nil, errors.Join(err, sys.Stop())
 	}
-	type devAgency struct{ agency, addr, healthAddr string }
+	type devAgency struct{ agency, addr, healthAddr, metricsAddr string }
 	var agencies []devAgency
 	for i, id := range registry.IDs() {
-		addr, healthAddr := cfg.agencyAddrs(i)
-		agencies = append(agencies, devAgency{id, addr, healthAddr})
+		addr, healthAddr, metricsAddr := cfg.agencyAddrs(i)
+		agencies = append(agencies, devAgency{id, addr, healthAddr, metricsAddr})
 	}
 	streams := make([]jetstream.JetStream, len(agencies))
 	for i, a := range agencies {
@@ -154,7 +154,7 @@ func startDev(ctx context.Context, log *zap.Logger, cfg devConfig) (*devSystem, 
 		hc.SigningKey, hc.Keyring = keys[a.agency], keyring
 		hc.PersonKey = personKey
 		hc.Topology = topology
-		srv, err := startAgency(ctx, log, js, hc, cfg.GRPC.listen(a.addr, a.healthAddr, serverTLS))
+		srv, err := startAgency(ctx, log, js, hc, cfg.GRPC.listen(a.addr, a.healthAddr, a.metricsAddr, serverTLS))
 		if err != nil {
 			return nil, errors.Join(err, sys.Stop())
 		}
@@ -209,6 +209,9 @@ func printDevBanner(w io.Writer, cfg devConfig, sys *devSystem) {
 		health := "no health port"
 		if a.HealthAddr() != "" {
 			health = "health " + a.HealthAddr() + " (plaintext)"
+		}
+		if a.MetricsAddr() != "" {
+			health += ", metrics http://" + a.MetricsAddr() + "/metrics"
 		}
 		fmt.Fprintf(w, "  %-12s %-16s %s\n", name, a.Addr(), health)
 	}

@@ -358,7 +358,7 @@ func (s *system) tryStartNode(agency string, name, addr string) (*node, error) {
 	log := s.log.With(zap.String("node", name)).WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewTee(c, deliveryCore{d: s.Delivered, node: name})
 	}))
-	l := s.opts.grpc.listen(addr, "", serverTLS(s.t, s.Certs, agency))
+	l := s.opts.grpc.listen(addr, "", "127.0.0.1:0", serverTLS(s.t, s.Certs, agency))
 	l.innermost = s.opts.innermost
 	srv, err := startAgency(s.t.Context(), log, js, s.cfg[agency], l)
 	if err != nil {

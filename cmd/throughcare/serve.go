@@ -24,7 +24,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	}
 	defer func() { _ = log.Sync() }()
 	log.Info("starting throughcare serve", zap.String("service", cfg.Service), zap.String("nats_url", redactURLs(cfg.NATSURL)),
-		zap.String("addr", cfg.Addr), zap.String("health_addr", cfg.HealthAddr), zap.Int("replicas", cfg.Replicas),
+		zap.String("addr", cfg.Addr), zap.String("health_addr", cfg.HealthAddr), zap.String("metrics_addr", cfg.MetricsAddr), zap.Int("replicas", cfg.Replicas),
 		zap.String("tls_ca", cfg.TLSCA), zap.String("tls_cert", cfg.TLSCert), zap.String("tls_key", cfg.TLSKey), zap.String("person_hash_key", cfg.PersonHashKey), zap.Bool("insecure", cfg.GRPC.Insecure),
 		zap.Duration("call_timeout", cfg.GRPC.CallTimeout), zap.Int("max_inflight_per_caller", cfg.GRPC.MaxInFlightPerCaller))
 	var serverTLS *tls.Config
@@ -78,7 +78,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	srv, err := startAgency(ctx, log, js, hc, cfg.GRPC.listen(cfg.Addr, cfg.HealthAddr, serverTLS))
+	srv, err := startAgency(ctx, log, js, hc, cfg.GRPC.listen(cfg.Addr, cfg.HealthAddr, cfg.MetricsAddr, serverTLS))
 	if err != nil {
 		return err
 	}

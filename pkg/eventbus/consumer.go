@@ -102,6 +102,9 @@ func OpenDeadLetters(ctx context.Context, js jetstream.JetStream, bucket string,
 	return &DeadLetters{store: s}, nil
 }
 
+// Len is how many dead letters are recorded: for metrics.
+func (d *DeadLetters) Len(ctx context.Context) (uint64, error) { return d.store.Len(ctx) }
+
 // List returns up to limit dead letters recorded after the bucket revision afterRevision,
 // oldest first, and the revision to resume after when more may follow (0 at the end).
 func (d *DeadLetters) List(ctx context.Context, afterRevision uint64, limit int) ([]*throughcarev1.DeadLetter, uint64, error) {

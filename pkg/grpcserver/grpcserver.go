@@ -43,6 +43,10 @@ type Config struct {
 	// Unary and Stream run after validation, innermost: authorization and the like.
 	Unary  []grpc.UnaryServerInterceptor
 	Stream []grpc.StreamServerInterceptor
+	// OuterUnary and OuterStream run first but for panic recovery: metrics, which must
+	// see every call with the code it ended with.
+	OuterUnary  []grpc.UnaryServerInterceptor
+	OuterStream []grpc.StreamServerInterceptor
 }
 
 // Server is a gRPC server with health and reflection registered, and a second,
@@ -63,8 +67,8 @@ func New(log *zap.Logger, cfg Config) (*Server, error) {
 	if cfg.MaxRecvMsgSize == 0 {
 		cfg.MaxRecvMsgSize = DefaultMaxRecvMsgSize
 	}
-	unary := []grpc.UnaryServerInterceptor{recoverUnary(log), logUnary(log), mapErrorsUnary(log)}
-	stream := []grpc.StreamServerInterceptor{recoverStream(log), logStream(log), mapErrorsStream(log)}
+	unary := append(append([]grpc.UnaryServerInterceptor{recoverUnary(log)}, cfg.OuterUnary...), logUnary(log), mapErrorsUnary(log))
+	stream := append(append([]grpc.StreamServerInterceptor{recoverStream(log)}, cfg.OuterStream...), logStream(log), mapErrorsStream(log))
 	if cfg.IdentifyCallers {
 		identifyUnary, identifyStream := Identify()
 		unary = append(unary, identifyUnary)

@@ -37,6 +37,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/gate"
 	"github.com/throughcare/throughcare/pkg/handover/lifecycle"
 	"github.com/throughcare/throughcare/pkg/ledger"
+	"github.com/throughcare/throughcare/pkg/metrics"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
 	"github.com/throughcare/throughcare/pkg/signing"
@@ -76,6 +77,8 @@ type Config struct {
 	// ResendAfter is how long an event sent along a handover may go unacknowledged by the
 	// other agency before it is re-sent (then twice as long, up to 32 times).
 	ResendAfter time.Duration
+	// Metrics counts events and deliveries; nil counts nothing.
+	Metrics *metrics.Agency
 }
 
 // Policy is the sharing protocol as handovers use it; *protocol.Protocol is the one
@@ -368,3 +371,40 @@ func handoverError(handoverID string, err error) error {
 }
 
 func timestampNow(now func() time.Time) *timestamppb.Timestamp { return timestamppb.New(now()) }
+
+// MetricsState reads, for a metrics scrape, the backlog of the agency's inbox and outbox
+// relay, its inbox sources' lag, and how many dead letters and ledger entries it holds:
+// stream and consumer state, no record.
+func (s *Service) MetricsState(ctx context.Context) (metrics.State, error) {
+	relayStream, _ := s.handovers.ChangeStream()
+	st := metrics.State{SourceLag: map[string]uint64{}}
+	for _, c := range []struct{ stream, name string }{{s.cfg.Inbox.Stream, "inbox"}, {relayStream, "outbox_relay"}} {
+		durable := s.cfg.Inbox.Durable
+		if c.name == "outbox_relay" {
+			durable = relayDurable(s.cfg.Agency)
+		}
+		cons, err := s.js.Consumer(ctx, c.stream, durable)
+		if err != nil {
+			return st, fmt.Errorf("consumer %s: %w", durable, err)
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return st, fmt.Errorf("consumer %s: %w", durable, err)
+		}
+		st.Consumers = append(st.Consumers, metrics.Consumer{Name: c.name, Pending: info.NumPending, AckPending: uint64(info.NumAckPending), Redelivered: uint64(info.NumRedelivered)})
+	}
+	sources, err := eventbus.InboxSources(ctx, s.js, s.cfg.Agency)
+	if err != nil {
+		return st, err
+	}
+	for _, src := range sources {
+		st.SourceLag[src.Source] = src.Lag
+	}
+	if st.DeadLetters, err = s.dead.Len(ctx); err != nil {
+		return st, err
+	}
+	if st.LedgerEntries, err = s.ledger.Len(ctx); err != nil {
+		return st, err
+	}
+	return st, nil
+}

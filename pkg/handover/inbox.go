@@ -74,6 +74,11 @@ func (s *Service) observed(ev *throughcarev1.Event, stage throughcarev1.FlowStag
 	r := flow.Record(ev, stage, s.now())
 	r.Attempt, r.Reason = attempt, reason
 	s.flow.Publish(r)
+	peer := ev.GetSource()
+	if peer == s.cfg.Agency {
+		peer = ev.GetRecipient()
+	}
+	s.cfg.Metrics.Event(stage, ev.GetType(), peer)
 }
 
 // settledInline reports whether the handler of ev settles it in its own write.
@@ -204,6 +209,9 @@ func (s *Service) receiveReceipt(ctx context.Context, ev *throughcarev1.Event, i
 			return eventbus.Permanent(fmt.Errorf("event %s: a receipt from %s for a handover it did not receive", ev.GetEventId(), ev.GetSource()))
 		}
 		applied := s.party.ApplyReceipt(h, issued)
+		if applied && issued.GetReceipt().GetType() == throughcarev1.ReceiptType_RECEIPT_TYPE_DELIVERED {
+			s.cfg.Metrics.Delivered(s.now().Sub(h.GetCreateTime().AsTime()))
+		}
 		if settled := s.party.Settle(rec, ev); !applied && !settled {
 			return errUnchanged
 		}

@@ -105,6 +105,15 @@ func Open(ctx context.Context, js jetstream.JetStream, agency string, replicas i
 	return &Ledger{js: js, stream: stream, name: cfg.Name, subject: cfg.Subjects[0]}, nil
 }
 
+// Len is how many entries the ledger holds, from its stream's state: for metrics.
+func (l *Ledger) Len(ctx context.Context) (uint64, error) {
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("ledger %s: %w", l.name, err)
+	}
+	return info.State.Msgs, nil
+}
+
 // Append chains d onto the ledger and returns the stored entry, with Sequence, Time and
 // EntryHash set; d itself is not modified. The time is taken in sequence order, so entry
 // times never run backwards along the chain. dedupeID names the disclosure (e.g.

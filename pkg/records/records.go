@@ -339,6 +339,16 @@ func (s *Store[T]) ChangeStream() (stream, keyPrefix string) {
 	return "KV_" + bucket, "$KV." + bucket + "."
 }
 
+// Len is how many messages the bucket's stream holds, from its state: for a bucket whose
+// records are only ever created (dead letters), how many records there are.
+func (s *Store[T]) Len(ctx context.Context) (uint64, error) {
+	st, err := s.kv.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return st.Values(), nil
+}
+
 // Decode reads a record from a raw message of the change stream.
 func (s *Store[T]) Decode(data []byte) (T, error) { return s.unmarshal(data) }
 
