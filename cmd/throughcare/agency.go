@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/stats"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/cases"
@@ -93,6 +95,7 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 	scfg := serverConfig(agency, l, recordWrite(agency, handovers.Ledger()))
 	scfg.OuterUnary = []grpc.UnaryServerInterceptor{m.GRPC().UnaryServerInterceptor()}
 	scfg.OuterStream = []grpc.StreamServerInterceptor{m.GRPC().StreamServerInterceptor()}
+	scfg.StatsHandlers = []stats.Handler{otelgrpc.NewServerHandler()}
 	srv, err := grpcserver.New(log, scfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)

@@ -21,6 +21,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 	"github.com/throughcare/throughcare/pkg/signing"
+	"github.com/throughcare/throughcare/pkg/tracing"
 )
 
 // devSystem is everything `throughcare dev` runs in one process.
@@ -45,6 +46,11 @@ func runDev(ctx context.Context, cfg devConfig, stdout io.Writer) error {
 		zap.Int("base_port", cfg.BasePort), zap.Bool("insecure", cfg.GRPC.Insecure),
 		zap.Duration("call_timeout", cfg.GRPC.CallTimeout), zap.Int("max_inflight_per_caller", cfg.GRPC.MaxInFlightPerCaller))
 
+	stopTracing, err := tracing.Setup(ctx, "throughcare-dev")
+	if err != nil {
+		return fmt.Errorf("tracing (OTEL_EXPORTER_OTLP_*): %w", err)
+	}
+	defer func() { _ = stopTracing(context.WithoutCancel(ctx)) }()
 	sys, err := startDev(ctx, log, cfg)
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/natsserver"
+	"github.com/throughcare/throughcare/pkg/tracing"
 )
 
 // runServe runs one agency's service against an external NATS: the Kubernetes shape.
@@ -27,6 +28,11 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 		zap.String("addr", cfg.Addr), zap.String("health_addr", cfg.HealthAddr), zap.String("metrics_addr", cfg.MetricsAddr), zap.Int("replicas", cfg.Replicas),
 		zap.String("tls_ca", cfg.TLSCA), zap.String("tls_cert", cfg.TLSCert), zap.String("tls_key", cfg.TLSKey), zap.String("person_hash_key", cfg.PersonHashKey), zap.Bool("insecure", cfg.GRPC.Insecure),
 		zap.Duration("call_timeout", cfg.GRPC.CallTimeout), zap.Int("max_inflight_per_caller", cfg.GRPC.MaxInFlightPerCaller))
+	stopTracing, err := tracing.Setup(ctx, "throughcare-"+cfg.Service)
+	if err != nil {
+		return fmt.Errorf("tracing (OTEL_EXPORTER_OTLP_*): %w", err)
+	}
+	defer func() { _ = stopTracing(context.WithoutCancel(ctx)) }()
 	var serverTLS *tls.Config
 	if cfg.GRPC.Insecure {
 		log.Warn(insecureWarning)

@@ -25,6 +25,7 @@ import (
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/agency"
+	"github.com/throughcare/throughcare/pkg/tracing"
 )
 
 // OutboxStream and InboxStream name an agency's streams.
@@ -255,6 +256,7 @@ func PublishAs(ctx context.Context, js jetstream.JetStream, ev *throughcarev1.Ev
 		return err
 	}
 	msg.Header.Set(jetstream.MsgIDHeader, msgID)
+	tracing.InjectHeader(ctx, msg.Header)
 	if _, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(OutboxStream(ev.GetSource()))); err != nil {
 		return fmt.Errorf("publish event %s: %w", ev.GetEventId(), err)
 	}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/stats"
 )
 
 // DefaultMaxRecvMsgSize bounds a request. The largest legitimate request, a release case
@@ -47,6 +48,8 @@ type Config struct {
 	// see every call with the code it ended with.
 	OuterUnary  []grpc.UnaryServerInterceptor
 	OuterStream []grpc.StreamServerInterceptor
+	// StatsHandlers see every call from its start: tracing.
+	StatsHandlers []stats.Handler
 }
 
 // Server is a gRPC server with health and reflection registered, and a second,
@@ -89,6 +92,9 @@ func New(log *zap.Logger, cfg Config) (*Server, error) {
 	}
 	if cfg.Creds != nil {
 		opts = append(opts, grpc.Creds(cfg.Creds))
+	}
+	for _, h := range cfg.StatsHandlers {
+		opts = append(opts, grpc.StatsHandler(h))
 	}
 	s := &Server{
 		Server: grpc.NewServer(opts...),

@@ -23,6 +23,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
+	"github.com/throughcare/throughcare/pkg/tracing"
 )
 
 // Each signed event sent along a handover is kept under sent.<handover>.<sequence> until
@@ -270,6 +271,7 @@ func (s *Service) sendControl(ctx context.Context, about *throughcarev1.Event, r
 		ProtocolId:           s.cfg.Protocol.ID(),
 		ProtocolVersion:      s.cfg.Protocol.Version(),
 		AcknowledgedSequence: received,
+		TraceContext:         tracing.Inject(ctx),
 	}
 	switch p := payload.(type) {
 	case *throughcarev1.Event_SequenceAcknowledged:
@@ -392,7 +394,8 @@ func (s *Service) resendOne(ctx context.Context, se *storev1.SentEvent, why stri
 	if err := s.out.Resent(ctx, ev, se.GetResends(), why); err != nil {
 		return err
 	}
-	if err := eventbus.PublishAs(ctx, s.js, ev, fmt.Sprintf("%s.r%d", ev.GetEventId(), se.GetResends())); err != nil {
+	// In the trace of what first sent it.
+	if err := eventbus.PublishAs(tracing.Extract(ctx, ev.GetTraceContext()), s.js, ev, fmt.Sprintf("%s.r%d", ev.GetEventId(), se.GetResends())); err != nil {
 		return err
 	}
 	s.observed(ev, throughcarev1.FlowStage_FLOW_STAGE_RESENT, se.GetResends()+1, why)

@@ -41,6 +41,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
 	"github.com/throughcare/throughcare/pkg/signing"
+	"github.com/throughcare/throughcare/pkg/tracing"
 )
 
 // Config is one agency's handover settings.
@@ -327,6 +328,11 @@ func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec
 func (s *Service) write(ctx context.Context, rec *storev1.HandoverRecord, rev uint64) (uint64, error) {
 	id := rec.GetHandover().GetHandoverId()
 	s.party.Number(rec)
+	for _, ev := range rec.GetOutbox() {
+		if ev.TraceContext == nil {
+			ev.TraceContext = tracing.Inject(ctx) // the relay continues the trace
+		}
+	}
 	var err error
 	if rec.GetHandover().GetRevision() >= historyKept {
 		// This write may push the oldest revision out of the history: erase it first,

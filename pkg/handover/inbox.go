@@ -7,6 +7,8 @@ import (
 	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -21,6 +23,7 @@ import (
 	"github.com/throughcare/throughcare/pkg/ids"
 	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/records"
+	"github.com/throughcare/throughcare/pkg/tracing"
 )
 
 // handleIncoming processes one event from another agency, and tells the operators what
@@ -30,7 +33,11 @@ func (s *Service) handleIncoming(ctx context.Context, msg jetstream.Msg) error {
 	if err != nil {
 		return err
 	}
+	ctx, span := tracing.Tracer().Start(tracing.ExtractHeader(ctx, msg.Headers()), "receive "+ev.GetType().String(),
+		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(eventAttributes(ev)...))
+	defer func() { endSpan(span, err) }()
 	stage, err := s.receive(ctx, ev)
+	span.SetAttributes(attribute.String("throughcare.stage", stage.String()))
 	switch {
 	case err == nil:
 		s.observed(ev, stage, 0, "")

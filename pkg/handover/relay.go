@@ -4,9 +4,14 @@ import (
 	"context"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/gate"
+	"github.com/throughcare/throughcare/pkg/tracing"
 )
 
 // relayOutbox publishes the events a write put in a handover's outbox. It sees every
@@ -22,20 +27,52 @@ func (s *Service) relayOutbox(ctx context.Context, msg jetstream.Msg) error {
 		return eventbus.Permanent(err)
 	}
 	for _, ev := range rec.GetOutbox() {
-		if err := s.out.Pass(ctx, ev); err != nil {
+		if err := s.relayOne(ctx, msg, ev); err != nil {
 			return err
 		}
-		if ev.GetSequence() > 0 {
-			if err := s.keep(ctx, msg, ev); err != nil {
-				return err
-			}
-		}
-		if err := eventbus.Publish(ctx, s.js, ev); err != nil {
-			return err
-		}
-		s.observed(ev, throughcarev1.FlowStage_FLOW_STAGE_SENT, 1, "")
 	}
 	return nil
+}
+
+// relayOne sends one event of an outbox, in the trace of what caused it.
+func (s *Service) relayOne(ctx context.Context, msg jetstream.Msg, ev *throughcarev1.Event) (err error) {
+	ctx, span := tracing.Tracer().Start(tracing.Extract(ctx, ev.GetTraceContext()), "relay "+ev.GetType().String(),
+		trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(eventAttributes(ev)...))
+	defer func() { endSpan(span, err) }()
+	if err := s.out.Pass(ctx, ev); err != nil {
+		return err
+	}
+	if ev.GetSequence() > 0 {
+		if err := s.keep(ctx, msg, ev); err != nil {
+			return err
+		}
+	}
+	if err := eventbus.Publish(ctx, s.js, ev); err != nil {
+		return err
+	}
+	s.observed(ev, throughcarev1.FlowStage_FLOW_STAGE_SENT, 1, "")
+	return nil
+}
+
+// eventAttributes describe an event on a span: routing metadata only, as on a flow record.
+func eventAttributes(ev *throughcarev1.Event) []attribute.KeyValue {
+	return []attribute.KeyValue{
+		attribute.String("throughcare.event_id", ev.GetEventId()),
+		attribute.String("throughcare.event_type", ev.GetType().String()),
+		attribute.String("throughcare.source", ev.GetSource()),
+		attribute.String("throughcare.recipient", ev.GetRecipient()),
+		attribute.String("throughcare.handover_id", ev.GetHandoverId()),
+		attribute.Int64("throughcare.sequence", int64(ev.GetSequence())),
+	}
+}
+
+// endSpan ends span, marking it failed with err's kind, never its text (which may name
+// ids a trace backend has no need of).
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.SetStatus(codes.Error, gate.RefusalReason(err))
+	}
+	span.End()
 }
 
 // followIndex puts a handover's index entries in place if the write that changed it did

@@ -120,6 +120,10 @@ type Event struct {
 	// The last sequence the source received from the recipient along this handover with
 	// none missing before it: the recipient need no longer keep those events.
 	AcknowledgedSequence uint64 `protobuf:"varint,14,opt,name=acknowledged_sequence,json=acknowledgedSequence,proto3" json:"acknowledged_sequence,omitempty"`
+	// The W3C trace context (traceparent, tracestate) of the call or event that caused this
+	// one, so that a referral and its receipts are one trace across the agencies. It rides
+	// in the NATS headers too; here it waits in the outbox until the relay sends the event.
+	TraceContext map[string]string `protobuf:"bytes,15,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Types that are valid to be assigned to Payload:
 	//
 	//	*Event_HandoverReferred
@@ -265,6 +269,13 @@ func (x *Event) GetAcknowledgedSequence() uint64 {
 		return x.AcknowledgedSequence
 	}
 	return 0
+}
+
+func (x *Event) GetTraceContext() map[string]string {
+	if x != nil {
+		return x.TraceContext
+	}
+	return nil
 }
 
 func (x *Event) GetPayload() isEvent_Payload {
@@ -847,8 +858,7 @@ var File_throughcare_v1_event_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\n" +
-	"\x1athroughcare/v1/event.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\xf1\n" +
-	"\n" +
+	"\x1athroughcare/v1/event.proto\x12\x0ethroughcare.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\x86\f\n" +
 	"\x05Event\x12\x1f\n" +
 	"\bevent_id\x18\x01 \x01(\tB\x04\xd0\xf3\x18\x01R\aeventId\x123\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x19.throughcare.v1.EventTypeB\x04\xd0\xf3\x18\x01R\x04type\x12\x1c\n" +
@@ -867,7 +877,8 @@ const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\x05actor\x18\v \x01(\tB\x04\xd0\xf3\x18\x01R\x05actor\x12E\n" +
 	"\fwithholdings\x18\f \x03(\v2\x1b.throughcare.v1.WithholdingB\x04\xd0\xf3\x18\x01R\fwithholdings\x12 \n" +
 	"\bsequence\x18\r \x01(\x04B\x04\xd0\xf3\x18\x01R\bsequence\x129\n" +
-	"\x15acknowledged_sequence\x18\x0e \x01(\x04B\x04\xd0\xf3\x18\x01R\x14acknowledgedSequence\x12U\n" +
+	"\x15acknowledged_sequence\x18\x0e \x01(\x04B\x04\xd0\xf3\x18\x01R\x14acknowledgedSequence\x12R\n" +
+	"\rtrace_context\x18\x0f \x03(\v2'.throughcare.v1.Event.TraceContextEntryB\x04\xd0\xf3\x18\x01R\ftraceContext\x12U\n" +
 	"\x11handover_referred\x18\x14 \x01(\v2 .throughcare.v1.HandoverReferredB\x04\xd0\xf3\x18\x01H\x00R\x10handoverReferred\x12L\n" +
 	"\x0ereceipt_issued\x18\x15 \x01(\v2\x1d.throughcare.v1.ReceiptIssuedB\x04\xd0\xf3\x18\x01H\x00R\rreceiptIssued\x12^\n" +
 	"\x14information_provided\x18\x16 \x01(\v2#.throughcare.v1.InformationProvidedB\x04\xd0\xf3\x18\x01H\x00R\x13informationProvided\x12R\n" +
@@ -878,7 +889,10 @@ const file_throughcare_v1_event_proto_rawDesc = "" +
 	"\x15sequence_acknowledged\x18\x1a \x01(\v2$.throughcare.v1.SequenceAcknowledgedB\x04\xd0\xf3\x18\x01H\x00R\x14sequenceAcknowledged\x12R\n" +
 	"\x10resend_requested\x18\x1b \x01(\v2\x1f.throughcare.v1.ResendRequestedB\x04\xd0\xf3\x18\x01H\x00R\x0fresendRequested\x12\"\n" +
 	"\tsignature\x18\x1e \x01(\fB\x04\xd0\xf3\x18\x01R\tsignature\x12\x1b\n" +
-	"\x06key_id\x18\x1f \x01(\tB\x04\xd0\xf3\x18\x01R\x05keyIdB\t\n" +
+	"\x06key_id\x18\x1f \x01(\tB\x04\xd0\xf3\x18\x01R\x05keyId\x1a?\n" +
+	"\x11TraceContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
 	"\apayload\"\x94\x01\n" +
 	"\x10HandoverReferred\x12:\n" +
 	"\bhandover\x18\x01 \x01(\v2\x18.throughcare.v1.HandoverB\x04\xd0\xf3\x18\x01R\bhandover\x12D\n" +
@@ -931,7 +945,7 @@ func file_throughcare_v1_event_proto_rawDescGZIP() []byte {
 }
 
 var file_throughcare_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_throughcare_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_throughcare_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_throughcare_v1_event_proto_goTypes = []any{
 	(EventType)(0),                // 0: throughcare.v1.EventType
 	(*Event)(nil),                 // 1: throughcare.v1.Event
@@ -943,47 +957,49 @@ var file_throughcare_v1_event_proto_goTypes = []any{
 	(*ConsentWithdrawn)(nil),      // 7: throughcare.v1.ConsentWithdrawn
 	(*SequenceAcknowledged)(nil),  // 8: throughcare.v1.SequenceAcknowledged
 	(*ResendRequested)(nil),       // 9: throughcare.v1.ResendRequested
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(Purpose)(0),                  // 11: throughcare.v1.Purpose
-	(*Withholding)(nil),           // 12: throughcare.v1.Withholding
-	(*Handover)(nil),              // 13: throughcare.v1.Handover
-	(*ReleaseCase)(nil),           // 14: throughcare.v1.ReleaseCase
-	(*Receipt)(nil),               // 15: throughcare.v1.Receipt
-	(DeclineReason)(0),            // 16: throughcare.v1.DeclineReason
-	(*InformationRequest)(nil),    // 17: throughcare.v1.InformationRequest
-	(DataCategory)(0),             // 18: throughcare.v1.DataCategory
-	(*Release)(nil),               // 19: throughcare.v1.Release
-	(*SupervisionPlan)(nil),       // 20: throughcare.v1.SupervisionPlan
-	(*AssistancePlan)(nil),        // 21: throughcare.v1.AssistancePlan
+	nil,                           // 10: throughcare.v1.Event.TraceContextEntry
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(Purpose)(0),                  // 12: throughcare.v1.Purpose
+	(*Withholding)(nil),           // 13: throughcare.v1.Withholding
+	(*Handover)(nil),              // 14: throughcare.v1.Handover
+	(*ReleaseCase)(nil),           // 15: throughcare.v1.ReleaseCase
+	(*Receipt)(nil),               // 16: throughcare.v1.Receipt
+	(DeclineReason)(0),            // 17: throughcare.v1.DeclineReason
+	(*InformationRequest)(nil),    // 18: throughcare.v1.InformationRequest
+	(DataCategory)(0),             // 19: throughcare.v1.DataCategory
+	(*Release)(nil),               // 20: throughcare.v1.Release
+	(*SupervisionPlan)(nil),       // 21: throughcare.v1.SupervisionPlan
+	(*AssistancePlan)(nil),        // 22: throughcare.v1.AssistancePlan
 }
 var file_throughcare_v1_event_proto_depIdxs = []int32{
 	0,  // 0: throughcare.v1.Event.type:type_name -> throughcare.v1.EventType
-	10, // 1: throughcare.v1.Event.occurred_at:type_name -> google.protobuf.Timestamp
-	11, // 2: throughcare.v1.Event.purpose:type_name -> throughcare.v1.Purpose
-	12, // 3: throughcare.v1.Event.withholdings:type_name -> throughcare.v1.Withholding
-	2,  // 4: throughcare.v1.Event.handover_referred:type_name -> throughcare.v1.HandoverReferred
-	3,  // 5: throughcare.v1.Event.receipt_issued:type_name -> throughcare.v1.ReceiptIssued
-	4,  // 6: throughcare.v1.Event.information_provided:type_name -> throughcare.v1.InformationProvided
-	5,  // 7: throughcare.v1.Event.release_recorded:type_name -> throughcare.v1.ReleaseRecorded
-	6,  // 8: throughcare.v1.Event.plan_shared:type_name -> throughcare.v1.PlanShared
-	7,  // 9: throughcare.v1.Event.consent_withdrawn:type_name -> throughcare.v1.ConsentWithdrawn
-	8,  // 10: throughcare.v1.Event.sequence_acknowledged:type_name -> throughcare.v1.SequenceAcknowledged
-	9,  // 11: throughcare.v1.Event.resend_requested:type_name -> throughcare.v1.ResendRequested
-	13, // 12: throughcare.v1.HandoverReferred.handover:type_name -> throughcare.v1.Handover
-	14, // 13: throughcare.v1.HandoverReferred.release_case:type_name -> throughcare.v1.ReleaseCase
-	15, // 14: throughcare.v1.ReceiptIssued.receipt:type_name -> throughcare.v1.Receipt
-	16, // 15: throughcare.v1.ReceiptIssued.decline_reason:type_name -> throughcare.v1.DeclineReason
-	17, // 16: throughcare.v1.ReceiptIssued.information_request:type_name -> throughcare.v1.InformationRequest
-	18, // 17: throughcare.v1.ReceiptIssued.purged_categories:type_name -> throughcare.v1.DataCategory
-	19, // 18: throughcare.v1.ReleaseRecorded.release:type_name -> throughcare.v1.Release
-	20, // 19: throughcare.v1.PlanShared.supervision_plan:type_name -> throughcare.v1.SupervisionPlan
-	21, // 20: throughcare.v1.PlanShared.assistance_plan:type_name -> throughcare.v1.AssistancePlan
-	18, // 21: throughcare.v1.ConsentWithdrawn.categories:type_name -> throughcare.v1.DataCategory
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	11, // 1: throughcare.v1.Event.occurred_at:type_name -> google.protobuf.Timestamp
+	12, // 2: throughcare.v1.Event.purpose:type_name -> throughcare.v1.Purpose
+	13, // 3: throughcare.v1.Event.withholdings:type_name -> throughcare.v1.Withholding
+	10, // 4: throughcare.v1.Event.trace_context:type_name -> throughcare.v1.Event.TraceContextEntry
+	2,  // 5: throughcare.v1.Event.handover_referred:type_name -> throughcare.v1.HandoverReferred
+	3,  // 6: throughcare.v1.Event.receipt_issued:type_name -> throughcare.v1.ReceiptIssued
+	4,  // 7: throughcare.v1.Event.information_provided:type_name -> throughcare.v1.InformationProvided
+	5,  // 8: throughcare.v1.Event.release_recorded:type_name -> throughcare.v1.ReleaseRecorded
+	6,  // 9: throughcare.v1.Event.plan_shared:type_name -> throughcare.v1.PlanShared
+	7,  // 10: throughcare.v1.Event.consent_withdrawn:type_name -> throughcare.v1.ConsentWithdrawn
+	8,  // 11: throughcare.v1.Event.sequence_acknowledged:type_name -> throughcare.v1.SequenceAcknowledged
+	9,  // 12: throughcare.v1.Event.resend_requested:type_name -> throughcare.v1.ResendRequested
+	14, // 13: throughcare.v1.HandoverReferred.handover:type_name -> throughcare.v1.Handover
+	15, // 14: throughcare.v1.HandoverReferred.release_case:type_name -> throughcare.v1.ReleaseCase
+	16, // 15: throughcare.v1.ReceiptIssued.receipt:type_name -> throughcare.v1.Receipt
+	17, // 16: throughcare.v1.ReceiptIssued.decline_reason:type_name -> throughcare.v1.DeclineReason
+	18, // 17: throughcare.v1.ReceiptIssued.information_request:type_name -> throughcare.v1.InformationRequest
+	19, // 18: throughcare.v1.ReceiptIssued.purged_categories:type_name -> throughcare.v1.DataCategory
+	20, // 19: throughcare.v1.ReleaseRecorded.release:type_name -> throughcare.v1.Release
+	21, // 20: throughcare.v1.PlanShared.supervision_plan:type_name -> throughcare.v1.SupervisionPlan
+	22, // 21: throughcare.v1.PlanShared.assistance_plan:type_name -> throughcare.v1.AssistancePlan
+	19, // 22: throughcare.v1.ConsentWithdrawn.categories:type_name -> throughcare.v1.DataCategory
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_event_proto_init() }
@@ -1011,7 +1027,7 @@ func file_throughcare_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_throughcare_v1_event_proto_rawDesc), len(file_throughcare_v1_event_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
