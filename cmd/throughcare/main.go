@@ -32,6 +32,7 @@ commands:
   serve   run one agency's service against an external NATS (--service, --nats-url, --tls-*, --person-hash-key)
   certs   create the local CA and certificates that dev uses (in <data-dir>/certs), or show them
   events  operators: tail the events between agencies, routing metadata only (events tail -h)
+  streams operators: every account's streams, consumers, sources and lag; resends
 
 Run 'throughcare <command> -h' for the flags of a command. Every flag can also be set with
 an environment variable: --data-dir is THROUGHCARE_DATA_DIR.
@@ -69,6 +70,12 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 			return err
 		}
 		return runEvents(ctx, cfg, stdout, os.Stderr)
+	case "streams":
+		cfg, err := parseStreamsConfig(args[1:], getenv, stdout)
+		if err != nil {
+			return err
+		}
+		return runStreams(ctx, cfg, stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

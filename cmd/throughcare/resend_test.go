@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -153,6 +154,9 @@ func TestReferralLostInsideNATSIsResent(t *testing.T) {
 		if l.r.GetStage() == throughcarev1.FlowStage_FLOW_STAGE_RESENT && (l.r.GetAttempt() < 2 || !strings.Contains(l.r.GetReason(), "unacknowledged")) {
 			t.Errorf("resent record: attempt %d, reason %q; want a second attempt, unacknowledged", l.r.GetAttempt(), l.r.GetReason())
 		}
+	}
+	if report := streamsReport(t, sys); !regexp.MustCompile(`prison → probation\s+[1-9]`).MatchString(report) {
+		t.Errorf("streams report counts no resend from the prison to probation:\n%s", report)
 	}
 }
 
