@@ -218,12 +218,7 @@ func (a *agencyServer) HealthAddr() string {
 }
 
 // MetricsAddr is where the agency serves metrics; empty when it does not.
-func (a *agencyServer) MetricsAddr() string {
-	if a.metrics == nil {
-		return ""
-	}
-	return a.metricsAddr
-}
+func (a *agencyServer) MetricsAddr() string { return a.metricsAddr }
 
 // Stop stops accepting calls, lets those in flight finish, then stops event processing
 // (the message in hand is finished and acknowledged) and waits for both.

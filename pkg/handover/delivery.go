@@ -163,9 +163,9 @@ const (
 // inSequence places an authenticated event in its handover's sequence before anything is
 // applied. It handles acknowledgements and resend requests, acknowledges a duplicate again
 // and asks for a resend on a gap; any stage but stageApply says what became of the event,
-// which needs nothing more. An event without
-// a sequence (from a sender older than sequences) passes.
-func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (done throughcarev1.FlowStage, err error) {
+// which needs nothing more. An event without a sequence (from a sender older than
+// sequences) passes.
+func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (stage throughcarev1.FlowStage, err error) {
 	if !lifecycle.Sequenced(ev) {
 		return stageReceived, s.acknowledged(ctx, ev)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -210,20 +211,25 @@ func (s *Service) receiveReceipt(ctx context.Context, ev *throughcarev1.Event, i
 	if issued.GetReceipt().GetSequence() == 0 {
 		return eventbus.Permanent(fmt.Errorf("event %s: receipt without a sequence", ev.GetEventId()))
 	}
+	var delivered time.Duration // how long the referral took, once this write stores its delivery
 	_, err := s.mutate(ctx, ev.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
 		h := rec.GetHandover()
 		if s.party.Incoming(h) || h.GetRecipient() != ev.GetSource() {
 			return eventbus.Permanent(fmt.Errorf("event %s: a receipt from %s for a handover it did not receive", ev.GetEventId(), ev.GetSource()))
 		}
 		applied := s.party.ApplyReceipt(h, issued)
+		delivered = 0
 		if applied && issued.GetReceipt().GetType() == throughcarev1.ReceiptType_RECEIPT_TYPE_DELIVERED {
-			s.cfg.Metrics.Delivered(s.now().Sub(h.GetCreateTime().AsTime()))
+			delivered = s.now().Sub(h.GetCreateTime().AsTime())
 		}
 		if settled := s.party.Settle(rec, ev); !applied && !settled {
 			return errUnchanged
 		}
 		return nil
 	})
+	if err == nil && delivered > 0 {
+		s.cfg.Metrics.Delivered(delivered)
+	}
 	if err == nil {
 		s.log.Info("receipt received", zap.String("handover_id", ev.GetHandoverId()), zap.String("receipt", issued.GetReceipt().GetType().String()))
 	}
