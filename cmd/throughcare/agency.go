@@ -34,6 +34,7 @@ import (
 // Everything else, reflection included, is for the agency's own system only.
 var operatorMethods = []string{
 	throughcarev1.HandoverService_ListDeadLetters_FullMethodName,
+	throughcarev1.HandoverService_ListOverdueHandovers_FullMethodName,
 	throughcarev1.AuditService_VerifyLedger_FullMethodName,
 	throughcarev1.AuditService_GetSharingProtocol_FullMethodName,
 }

@@ -33,6 +33,7 @@ commands:
   certs   create the local CA and certificates that dev uses (in <data-dir>/certs), or show them
   events  operators: tail the events between agencies, routing metadata only (events tail -h)
   streams operators: every account's streams, consumers, sources and lag; resends
+  handovers overdue   operators: every agency's handovers with a deadline passed
 
 Run 'throughcare <command> -h' for the flags of a command. Every flag can also be set with
 an environment variable: --data-dir is THROUGHCARE_DATA_DIR.
@@ -76,6 +77,12 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 			return err
 		}
 		return runStreams(ctx, cfg, stdout)
+	case "handovers":
+		cfg, err := parseOverdueConfig(args[1:], getenv, stdout)
+		if err != nil {
+			return err
+		}
+		return runOverdue(ctx, cfg, stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

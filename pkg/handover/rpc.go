@@ -20,16 +20,55 @@ import (
 )
 
 func (s *Service) ListHandovers(ctx context.Context, req *throughcarev1.ListHandoversRequest) (*throughcarev1.ListHandoversResponse, error) {
-	after, err := records.DecodeRevisionToken(req.GetPageToken())
+	page, next, err := s.listIndexed(ctx, listPatterns(req), req.GetOverdueOnly(), req.GetPageToken(), req.GetPageSize(), func(h *throughcarev1.Handover) bool {
+		return matches(req, s.party.Direction(h), h)
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list handovers: %w", err)
 	}
-	size := int(req.GetPageSize())
+	for i, h := range page {
+		if page[i], err = s.retrieved(ctx, h); err != nil {
+			return nil, err
+		}
+	}
+	return &throughcarev1.ListHandoversResponse{Handovers: page, NextPageToken: next}, nil
+}
+
+// ListOverdueHandovers lists, for operators, the handovers either way with a deadline
+// marked overdue, from the sparse overdue index; it marks nothing retrieved.
+func (s *Service) ListOverdueHandovers(ctx context.Context, req *throughcarev1.ListOverdueHandoversRequest) (*throughcarev1.ListOverdueHandoversResponse, error) {
+	patterns := []string{"ix.overdue.in.*.*", "ix.overdue.out.*.*"}
+	page, next, err := s.listIndexed(ctx, patterns, true, req.GetPageToken(), req.GetPageSize(), func(h *throughcarev1.Handover) bool {
+		return h.GetAcknowledgeOverdue() || h.GetAcceptOverdue()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list overdue handovers: %w", err)
+	}
+	resp := &throughcarev1.ListOverdueHandoversResponse{NextPageToken: next}
+	for _, h := range page {
+		resp.Handovers = append(resp.Handovers, &throughcarev1.OverdueHandover{
+			HandoverId: h.GetHandoverId(), CaseId: h.GetCaseId(), Sender: h.GetSender(), Recipient: h.GetRecipient(),
+			Purpose: h.GetPurpose(), State: h.GetState(), Direction: s.party.Direction(h),
+			AcknowledgeOverdue: h.GetAcknowledgeOverdue(), AcknowledgeDueTime: h.GetAcknowledgeDueTime(),
+			AcceptOverdue: h.GetAcceptOverdue(), AcceptDueTime: h.GetAcceptDueTime(), CreateTime: h.GetCreateTime(),
+		})
+	}
+	return resp, nil
+}
+
+// listIndexed reads a page of the handovers that index entries matching patterns point
+// at, as they now stand, keeping those keep accepts, and the token of the next page.
+func (s *Service) listIndexed(ctx context.Context, patterns []string, sparse bool, token string, pageSize int32, keep func(*throughcarev1.Handover) bool) ([]*throughcarev1.Handover, string, error) {
+	after, err := records.DecodeRevisionToken(token)
+	if err != nil {
+		return nil, "", err
+	}
+	size := int(pageSize)
 	if size == 0 {
 		size = cases.DefaultPageSize
 	}
 	found := map[string]*storev1.HandoverRecord{}
-	entries, resume, err := s.handovers.Matching(ctx, listPatterns(req), req.GetOverdueOnly(), after, size, func(ctx context.Context, entries []records.Entry) ([]records.Entry, error) {
+	entries, resume, err := s.handovers.Matching(ctx, patterns, sparse, after, size, func(ctx context.Context, entries []records.Entry) ([]records.Entry, error) {
 		recs, err := s.getMany(ctx, entries)
 		if err != nil {
 			return nil, err
@@ -39,26 +78,24 @@ func (s *Service) ListHandovers(ctx context.Context, req *throughcarev1.ListHand
 		}
 		var matching []records.Entry
 		for _, e := range entries {
-			if rec, ok := found[records.RecordOf(e.Key)]; ok && matches(req, s.party.Direction(rec.GetHandover()), rec.GetHandover()) {
+			if rec, ok := found[records.RecordOf(e.Key)]; ok && keep(rec.GetHandover()) {
 				matching = append(matching, e)
 			}
 		}
 		return matching, nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list handovers: %w", err)
+		return nil, "", err
 	}
 	page := make([]*throughcarev1.Handover, len(entries))
 	for i, e := range entries {
-		if page[i], err = s.retrieved(ctx, found[records.RecordOf(e.Key)].GetHandover()); err != nil {
-			return nil, err
-		}
+		page[i] = found[records.RecordOf(e.Key)].GetHandover()
 	}
-	resp := &throughcarev1.ListHandoversResponse{Handovers: page}
+	var next string
 	if resume != 0 {
-		resp.NextPageToken = records.EncodeRevisionToken(resume)
+		next = records.EncodeRevisionToken(resume)
 	}
-	return resp, nil
+	return page, next, nil
 }
 
 // listPatterns are the index entries a listing reads: by direction and state, or the

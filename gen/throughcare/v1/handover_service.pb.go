@@ -1137,6 +1137,246 @@ func (x *DeadLetter) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+type ListOverdueHandoversRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOverdueHandoversRequest) Reset() {
+	*x = ListOverdueHandoversRequest{}
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOverdueHandoversRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOverdueHandoversRequest) ProtoMessage() {}
+
+func (x *ListOverdueHandoversRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOverdueHandoversRequest.ProtoReflect.Descriptor instead.
+func (*ListOverdueHandoversRequest) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListOverdueHandoversRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListOverdueHandoversRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListOverdueHandoversResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Handovers     []*OverdueHandover     `protobuf:"bytes,1,rep,name=handovers,proto3" json:"handovers,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOverdueHandoversResponse) Reset() {
+	*x = ListOverdueHandoversResponse{}
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOverdueHandoversResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOverdueHandoversResponse) ProtoMessage() {}
+
+func (x *ListOverdueHandoversResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOverdueHandoversResponse.ProtoReflect.Descriptor instead.
+func (*ListOverdueHandoversResponse) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListOverdueHandoversResponse) GetHandovers() []*OverdueHandover {
+	if x != nil {
+		return x.Handovers
+	}
+	return nil
+}
+
+func (x *ListOverdueHandoversResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// OverdueHandover is what an operator sees of a handover whose deadline passed: routing
+// metadata only, no free text and no worker.
+type OverdueHandover struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	HandoverId string                 `protobuf:"bytes,1,opt,name=handover_id,json=handoverId,proto3" json:"handover_id,omitempty"`
+	CaseId     string                 `protobuf:"bytes,2,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	Sender     string                 `protobuf:"bytes,3,opt,name=sender,proto3" json:"sender,omitempty"`
+	Recipient  string                 `protobuf:"bytes,4,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	Purpose    Purpose                `protobuf:"varint,5,opt,name=purpose,proto3,enum=throughcare.v1.Purpose" json:"purpose,omitempty"`
+	State      HandoverState          `protobuf:"varint,6,opt,name=state,proto3,enum=throughcare.v1.HandoverState" json:"state,omitempty"`
+	// Seen from the agency that answered.
+	Direction Direction `protobuf:"varint,7,opt,name=direction,proto3,enum=throughcare.v1.Direction" json:"direction,omitempty"`
+	// Which deadlines passed, and when each fell due.
+	AcknowledgeOverdue bool                   `protobuf:"varint,8,opt,name=acknowledge_overdue,json=acknowledgeOverdue,proto3" json:"acknowledge_overdue,omitempty"`
+	AcknowledgeDueTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=acknowledge_due_time,json=acknowledgeDueTime,proto3" json:"acknowledge_due_time,omitempty"`
+	AcceptOverdue      bool                   `protobuf:"varint,10,opt,name=accept_overdue,json=acceptOverdue,proto3" json:"accept_overdue,omitempty"`
+	AcceptDueTime      *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=accept_due_time,json=acceptDueTime,proto3" json:"accept_due_time,omitempty"`
+	CreateTime         *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *OverdueHandover) Reset() {
+	*x = OverdueHandover{}
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OverdueHandover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OverdueHandover) ProtoMessage() {}
+
+func (x *OverdueHandover) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OverdueHandover.ProtoReflect.Descriptor instead.
+func (*OverdueHandover) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *OverdueHandover) GetHandoverId() string {
+	if x != nil {
+		return x.HandoverId
+	}
+	return ""
+}
+
+func (x *OverdueHandover) GetCaseId() string {
+	if x != nil {
+		return x.CaseId
+	}
+	return ""
+}
+
+func (x *OverdueHandover) GetSender() string {
+	if x != nil {
+		return x.Sender
+	}
+	return ""
+}
+
+func (x *OverdueHandover) GetRecipient() string {
+	if x != nil {
+		return x.Recipient
+	}
+	return ""
+}
+
+func (x *OverdueHandover) GetPurpose() Purpose {
+	if x != nil {
+		return x.Purpose
+	}
+	return Purpose_PURPOSE_UNSPECIFIED
+}
+
+func (x *OverdueHandover) GetState() HandoverState {
+	if x != nil {
+		return x.State
+	}
+	return HandoverState_HANDOVER_STATE_UNSPECIFIED
+}
+
+func (x *OverdueHandover) GetDirection() Direction {
+	if x != nil {
+		return x.Direction
+	}
+	return Direction_DIRECTION_UNSPECIFIED
+}
+
+func (x *OverdueHandover) GetAcknowledgeOverdue() bool {
+	if x != nil {
+		return x.AcknowledgeOverdue
+	}
+	return false
+}
+
+func (x *OverdueHandover) GetAcknowledgeDueTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AcknowledgeDueTime
+	}
+	return nil
+}
+
+func (x *OverdueHandover) GetAcceptOverdue() bool {
+	if x != nil {
+		return x.AcceptOverdue
+	}
+	return false
+}
+
+func (x *OverdueHandover) GetAcceptDueTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AcceptDueTime
+	}
+	return nil
+}
+
+func (x *OverdueHandover) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
 var File_throughcare_v1_handover_service_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_handover_service_proto_rawDesc = "" +
@@ -1220,11 +1460,34 @@ const file_throughcare_v1_handover_service_proto_rawDesc = "" +
 	"\n" +
 	"deliveries\x18\x05 \x01(\x04B\x04\xd0\xf3\x18\x01R\n" +
 	"deliveries\x124\n" +
-	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\x04time*V\n" +
+	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\x04time\"w\n" +
+	"\x1bListOverdueHandoversRequest\x12+\n" +
+	"\tpage_size\x18\x01 \x01(\x05B\x0e\xbaH\a\x1a\x05\x18\xf4\x03(\x00\xd0\xf3\x18\x01R\bpageSize\x12+\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tB\f\xbaH\x05r\x03\x18\x80\x02\xd0\xf3\x18\x01R\tpageToken\"\x91\x01\n" +
+	"\x1cListOverdueHandoversResponse\x12C\n" +
+	"\thandovers\x18\x01 \x03(\v2\x1f.throughcare.v1.OverdueHandoverB\x04\xd0\xf3\x18\x01R\thandovers\x12,\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\rnextPageToken\"\x91\x05\n" +
+	"\x0fOverdueHandover\x12%\n" +
+	"\vhandover_id\x18\x01 \x01(\tB\x04\xd0\xf3\x18\x01R\n" +
+	"handoverId\x12\x1d\n" +
+	"\acase_id\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\x06caseId\x12\x1c\n" +
+	"\x06sender\x18\x03 \x01(\tB\x04\xd0\xf3\x18\x01R\x06sender\x12\"\n" +
+	"\trecipient\x18\x04 \x01(\tB\x04\xd0\xf3\x18\x01R\trecipient\x127\n" +
+	"\apurpose\x18\x05 \x01(\x0e2\x17.throughcare.v1.PurposeB\x04\xd0\xf3\x18\x01R\apurpose\x129\n" +
+	"\x05state\x18\x06 \x01(\x0e2\x1d.throughcare.v1.HandoverStateB\x04\xd0\xf3\x18\x01R\x05state\x12=\n" +
+	"\tdirection\x18\a \x01(\x0e2\x19.throughcare.v1.DirectionB\x04\xd0\xf3\x18\x01R\tdirection\x125\n" +
+	"\x13acknowledge_overdue\x18\b \x01(\bB\x04\xd0\xf3\x18\x01R\x12acknowledgeOverdue\x12R\n" +
+	"\x14acknowledge_due_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\x12acknowledgeDueTime\x12+\n" +
+	"\x0eaccept_overdue\x18\n" +
+	" \x01(\bB\x04\xd0\xf3\x18\x01R\racceptOverdue\x12H\n" +
+	"\x0faccept_due_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\racceptDueTime\x12A\n" +
+	"\vcreate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\n" +
+	"createTime*V\n" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12DIRECTION_INCOMING\x10\x01\x12\x16\n" +
-	"\x12DIRECTION_OUTGOING\x10\x022\x9d\a\n" +
+	"\x12DIRECTION_OUTGOING\x10\x022\x90\b\n" +
 	"\x0fHandoverService\x12\\\n" +
 	"\rListHandovers\x12$.throughcare.v1.ListHandoversRequest\x1a%.throughcare.v1.ListHandoversResponse\x12V\n" +
 	"\vGetHandover\x12\".throughcare.v1.GetHandoverRequest\x1a#.throughcare.v1.GetHandoverResponse\x12a\n" +
@@ -1234,7 +1497,8 @@ const file_throughcare_v1_handover_service_proto_rawDesc = "" +
 	"\x0fDeclineHandover\x12&.throughcare.v1.DeclineHandoverRequest\x1a'.throughcare.v1.DeclineHandoverResponse\x12k\n" +
 	"\x12RequestInformation\x12).throughcare.v1.RequestInformationRequest\x1a*.throughcare.v1.RequestInformationResponse\x12k\n" +
 	"\x12ProvideInformation\x12).throughcare.v1.ProvideInformationRequest\x1a*.throughcare.v1.ProvideInformationResponse\x12b\n" +
-	"\x0fListDeadLetters\x12&.throughcare.v1.ListDeadLettersRequest\x1a'.throughcare.v1.ListDeadLettersResponseBEZCgithub.com/throughcare/throughcare/gen/throughcare/v1;throughcarev1b\x06proto3"
+	"\x0fListDeadLetters\x12&.throughcare.v1.ListDeadLettersRequest\x1a'.throughcare.v1.ListDeadLettersResponse\x12q\n" +
+	"\x14ListOverdueHandovers\x12+.throughcare.v1.ListOverdueHandoversRequest\x1a,.throughcare.v1.ListOverdueHandoversResponseBEZCgithub.com/throughcare/throughcare/gen/throughcare/v1;throughcarev1b\x06proto3"
 
 var (
 	file_throughcare_v1_handover_service_proto_rawDescOnce sync.Once
@@ -1249,74 +1513,87 @@ func file_throughcare_v1_handover_service_proto_rawDescGZIP() []byte {
 }
 
 var file_throughcare_v1_handover_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_throughcare_v1_handover_service_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_throughcare_v1_handover_service_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_throughcare_v1_handover_service_proto_goTypes = []any{
-	(Direction)(0),                      // 0: throughcare.v1.Direction
-	(*ListHandoversRequest)(nil),        // 1: throughcare.v1.ListHandoversRequest
-	(*ListHandoversResponse)(nil),       // 2: throughcare.v1.ListHandoversResponse
-	(*GetHandoverRequest)(nil),          // 3: throughcare.v1.GetHandoverRequest
-	(*GetHandoverResponse)(nil),         // 4: throughcare.v1.GetHandoverResponse
-	(*WatchHandoversRequest)(nil),       // 5: throughcare.v1.WatchHandoversRequest
-	(*WatchHandoversResponse)(nil),      // 6: throughcare.v1.WatchHandoversResponse
-	(*AcknowledgeHandoverRequest)(nil),  // 7: throughcare.v1.AcknowledgeHandoverRequest
-	(*AcknowledgeHandoverResponse)(nil), // 8: throughcare.v1.AcknowledgeHandoverResponse
-	(*AcceptHandoverRequest)(nil),       // 9: throughcare.v1.AcceptHandoverRequest
-	(*AcceptHandoverResponse)(nil),      // 10: throughcare.v1.AcceptHandoverResponse
-	(*DeclineHandoverRequest)(nil),      // 11: throughcare.v1.DeclineHandoverRequest
-	(*DeclineHandoverResponse)(nil),     // 12: throughcare.v1.DeclineHandoverResponse
-	(*RequestInformationRequest)(nil),   // 13: throughcare.v1.RequestInformationRequest
-	(*RequestInformationResponse)(nil),  // 14: throughcare.v1.RequestInformationResponse
-	(*ProvideInformationRequest)(nil),   // 15: throughcare.v1.ProvideInformationRequest
-	(*ProvideInformationResponse)(nil),  // 16: throughcare.v1.ProvideInformationResponse
-	(*ListDeadLettersRequest)(nil),      // 17: throughcare.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),     // 18: throughcare.v1.ListDeadLettersResponse
-	(*DeadLetter)(nil),                  // 19: throughcare.v1.DeadLetter
-	(HandoverState)(0),                  // 20: throughcare.v1.HandoverState
-	(*timestamppb.Timestamp)(nil),       // 21: google.protobuf.Timestamp
-	(*Handover)(nil),                    // 22: throughcare.v1.Handover
-	(*ReleaseCase)(nil),                 // 23: throughcare.v1.ReleaseCase
-	(DeclineReason)(0),                  // 24: throughcare.v1.DeclineReason
+	(Direction)(0),                       // 0: throughcare.v1.Direction
+	(*ListHandoversRequest)(nil),         // 1: throughcare.v1.ListHandoversRequest
+	(*ListHandoversResponse)(nil),        // 2: throughcare.v1.ListHandoversResponse
+	(*GetHandoverRequest)(nil),           // 3: throughcare.v1.GetHandoverRequest
+	(*GetHandoverResponse)(nil),          // 4: throughcare.v1.GetHandoverResponse
+	(*WatchHandoversRequest)(nil),        // 5: throughcare.v1.WatchHandoversRequest
+	(*WatchHandoversResponse)(nil),       // 6: throughcare.v1.WatchHandoversResponse
+	(*AcknowledgeHandoverRequest)(nil),   // 7: throughcare.v1.AcknowledgeHandoverRequest
+	(*AcknowledgeHandoverResponse)(nil),  // 8: throughcare.v1.AcknowledgeHandoverResponse
+	(*AcceptHandoverRequest)(nil),        // 9: throughcare.v1.AcceptHandoverRequest
+	(*AcceptHandoverResponse)(nil),       // 10: throughcare.v1.AcceptHandoverResponse
+	(*DeclineHandoverRequest)(nil),       // 11: throughcare.v1.DeclineHandoverRequest
+	(*DeclineHandoverResponse)(nil),      // 12: throughcare.v1.DeclineHandoverResponse
+	(*RequestInformationRequest)(nil),    // 13: throughcare.v1.RequestInformationRequest
+	(*RequestInformationResponse)(nil),   // 14: throughcare.v1.RequestInformationResponse
+	(*ProvideInformationRequest)(nil),    // 15: throughcare.v1.ProvideInformationRequest
+	(*ProvideInformationResponse)(nil),   // 16: throughcare.v1.ProvideInformationResponse
+	(*ListDeadLettersRequest)(nil),       // 17: throughcare.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),      // 18: throughcare.v1.ListDeadLettersResponse
+	(*DeadLetter)(nil),                   // 19: throughcare.v1.DeadLetter
+	(*ListOverdueHandoversRequest)(nil),  // 20: throughcare.v1.ListOverdueHandoversRequest
+	(*ListOverdueHandoversResponse)(nil), // 21: throughcare.v1.ListOverdueHandoversResponse
+	(*OverdueHandover)(nil),              // 22: throughcare.v1.OverdueHandover
+	(HandoverState)(0),                   // 23: throughcare.v1.HandoverState
+	(*timestamppb.Timestamp)(nil),        // 24: google.protobuf.Timestamp
+	(*Handover)(nil),                     // 25: throughcare.v1.Handover
+	(*ReleaseCase)(nil),                  // 26: throughcare.v1.ReleaseCase
+	(DeclineReason)(0),                   // 27: throughcare.v1.DeclineReason
+	(Purpose)(0),                         // 28: throughcare.v1.Purpose
 }
 var file_throughcare_v1_handover_service_proto_depIdxs = []int32{
 	0,  // 0: throughcare.v1.ListHandoversRequest.direction:type_name -> throughcare.v1.Direction
-	20, // 1: throughcare.v1.ListHandoversRequest.states:type_name -> throughcare.v1.HandoverState
-	21, // 2: throughcare.v1.ListHandoversRequest.due_before:type_name -> google.protobuf.Timestamp
-	22, // 3: throughcare.v1.ListHandoversResponse.handovers:type_name -> throughcare.v1.Handover
-	22, // 4: throughcare.v1.GetHandoverResponse.handover:type_name -> throughcare.v1.Handover
-	23, // 5: throughcare.v1.GetHandoverResponse.release_case:type_name -> throughcare.v1.ReleaseCase
-	22, // 6: throughcare.v1.WatchHandoversResponse.handover:type_name -> throughcare.v1.Handover
+	23, // 1: throughcare.v1.ListHandoversRequest.states:type_name -> throughcare.v1.HandoverState
+	24, // 2: throughcare.v1.ListHandoversRequest.due_before:type_name -> google.protobuf.Timestamp
+	25, // 3: throughcare.v1.ListHandoversResponse.handovers:type_name -> throughcare.v1.Handover
+	25, // 4: throughcare.v1.GetHandoverResponse.handover:type_name -> throughcare.v1.Handover
+	26, // 5: throughcare.v1.GetHandoverResponse.release_case:type_name -> throughcare.v1.ReleaseCase
+	25, // 6: throughcare.v1.WatchHandoversResponse.handover:type_name -> throughcare.v1.Handover
 	0,  // 7: throughcare.v1.WatchHandoversResponse.direction:type_name -> throughcare.v1.Direction
-	22, // 8: throughcare.v1.AcknowledgeHandoverResponse.handover:type_name -> throughcare.v1.Handover
-	22, // 9: throughcare.v1.AcceptHandoverResponse.handover:type_name -> throughcare.v1.Handover
-	24, // 10: throughcare.v1.DeclineHandoverRequest.reason:type_name -> throughcare.v1.DeclineReason
-	22, // 11: throughcare.v1.DeclineHandoverResponse.handover:type_name -> throughcare.v1.Handover
-	22, // 12: throughcare.v1.RequestInformationResponse.handover:type_name -> throughcare.v1.Handover
-	22, // 13: throughcare.v1.ProvideInformationResponse.handover:type_name -> throughcare.v1.Handover
+	25, // 8: throughcare.v1.AcknowledgeHandoverResponse.handover:type_name -> throughcare.v1.Handover
+	25, // 9: throughcare.v1.AcceptHandoverResponse.handover:type_name -> throughcare.v1.Handover
+	27, // 10: throughcare.v1.DeclineHandoverRequest.reason:type_name -> throughcare.v1.DeclineReason
+	25, // 11: throughcare.v1.DeclineHandoverResponse.handover:type_name -> throughcare.v1.Handover
+	25, // 12: throughcare.v1.RequestInformationResponse.handover:type_name -> throughcare.v1.Handover
+	25, // 13: throughcare.v1.ProvideInformationResponse.handover:type_name -> throughcare.v1.Handover
 	19, // 14: throughcare.v1.ListDeadLettersResponse.dead_letters:type_name -> throughcare.v1.DeadLetter
-	21, // 15: throughcare.v1.DeadLetter.time:type_name -> google.protobuf.Timestamp
-	1,  // 16: throughcare.v1.HandoverService.ListHandovers:input_type -> throughcare.v1.ListHandoversRequest
-	3,  // 17: throughcare.v1.HandoverService.GetHandover:input_type -> throughcare.v1.GetHandoverRequest
-	5,  // 18: throughcare.v1.HandoverService.WatchHandovers:input_type -> throughcare.v1.WatchHandoversRequest
-	7,  // 19: throughcare.v1.HandoverService.AcknowledgeHandover:input_type -> throughcare.v1.AcknowledgeHandoverRequest
-	9,  // 20: throughcare.v1.HandoverService.AcceptHandover:input_type -> throughcare.v1.AcceptHandoverRequest
-	11, // 21: throughcare.v1.HandoverService.DeclineHandover:input_type -> throughcare.v1.DeclineHandoverRequest
-	13, // 22: throughcare.v1.HandoverService.RequestInformation:input_type -> throughcare.v1.RequestInformationRequest
-	15, // 23: throughcare.v1.HandoverService.ProvideInformation:input_type -> throughcare.v1.ProvideInformationRequest
-	17, // 24: throughcare.v1.HandoverService.ListDeadLetters:input_type -> throughcare.v1.ListDeadLettersRequest
-	2,  // 25: throughcare.v1.HandoverService.ListHandovers:output_type -> throughcare.v1.ListHandoversResponse
-	4,  // 26: throughcare.v1.HandoverService.GetHandover:output_type -> throughcare.v1.GetHandoverResponse
-	6,  // 27: throughcare.v1.HandoverService.WatchHandovers:output_type -> throughcare.v1.WatchHandoversResponse
-	8,  // 28: throughcare.v1.HandoverService.AcknowledgeHandover:output_type -> throughcare.v1.AcknowledgeHandoverResponse
-	10, // 29: throughcare.v1.HandoverService.AcceptHandover:output_type -> throughcare.v1.AcceptHandoverResponse
-	12, // 30: throughcare.v1.HandoverService.DeclineHandover:output_type -> throughcare.v1.DeclineHandoverResponse
-	14, // 31: throughcare.v1.HandoverService.RequestInformation:output_type -> throughcare.v1.RequestInformationResponse
-	16, // 32: throughcare.v1.HandoverService.ProvideInformation:output_type -> throughcare.v1.ProvideInformationResponse
-	18, // 33: throughcare.v1.HandoverService.ListDeadLetters:output_type -> throughcare.v1.ListDeadLettersResponse
-	25, // [25:34] is the sub-list for method output_type
-	16, // [16:25] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	24, // 15: throughcare.v1.DeadLetter.time:type_name -> google.protobuf.Timestamp
+	22, // 16: throughcare.v1.ListOverdueHandoversResponse.handovers:type_name -> throughcare.v1.OverdueHandover
+	28, // 17: throughcare.v1.OverdueHandover.purpose:type_name -> throughcare.v1.Purpose
+	23, // 18: throughcare.v1.OverdueHandover.state:type_name -> throughcare.v1.HandoverState
+	0,  // 19: throughcare.v1.OverdueHandover.direction:type_name -> throughcare.v1.Direction
+	24, // 20: throughcare.v1.OverdueHandover.acknowledge_due_time:type_name -> google.protobuf.Timestamp
+	24, // 21: throughcare.v1.OverdueHandover.accept_due_time:type_name -> google.protobuf.Timestamp
+	24, // 22: throughcare.v1.OverdueHandover.create_time:type_name -> google.protobuf.Timestamp
+	1,  // 23: throughcare.v1.HandoverService.ListHandovers:input_type -> throughcare.v1.ListHandoversRequest
+	3,  // 24: throughcare.v1.HandoverService.GetHandover:input_type -> throughcare.v1.GetHandoverRequest
+	5,  // 25: throughcare.v1.HandoverService.WatchHandovers:input_type -> throughcare.v1.WatchHandoversRequest
+	7,  // 26: throughcare.v1.HandoverService.AcknowledgeHandover:input_type -> throughcare.v1.AcknowledgeHandoverRequest
+	9,  // 27: throughcare.v1.HandoverService.AcceptHandover:input_type -> throughcare.v1.AcceptHandoverRequest
+	11, // 28: throughcare.v1.HandoverService.DeclineHandover:input_type -> throughcare.v1.DeclineHandoverRequest
+	13, // 29: throughcare.v1.HandoverService.RequestInformation:input_type -> throughcare.v1.RequestInformationRequest
+	15, // 30: throughcare.v1.HandoverService.ProvideInformation:input_type -> throughcare.v1.ProvideInformationRequest
+	17, // 31: throughcare.v1.HandoverService.ListDeadLetters:input_type -> throughcare.v1.ListDeadLettersRequest
+	20, // 32: throughcare.v1.HandoverService.ListOverdueHandovers:input_type -> throughcare.v1.ListOverdueHandoversRequest
+	2,  // 33: throughcare.v1.HandoverService.ListHandovers:output_type -> throughcare.v1.ListHandoversResponse
+	4,  // 34: throughcare.v1.HandoverService.GetHandover:output_type -> throughcare.v1.GetHandoverResponse
+	6,  // 35: throughcare.v1.HandoverService.WatchHandovers:output_type -> throughcare.v1.WatchHandoversResponse
+	8,  // 36: throughcare.v1.HandoverService.AcknowledgeHandover:output_type -> throughcare.v1.AcknowledgeHandoverResponse
+	10, // 37: throughcare.v1.HandoverService.AcceptHandover:output_type -> throughcare.v1.AcceptHandoverResponse
+	12, // 38: throughcare.v1.HandoverService.DeclineHandover:output_type -> throughcare.v1.DeclineHandoverResponse
+	14, // 39: throughcare.v1.HandoverService.RequestInformation:output_type -> throughcare.v1.RequestInformationResponse
+	16, // 40: throughcare.v1.HandoverService.ProvideInformation:output_type -> throughcare.v1.ProvideInformationResponse
+	18, // 41: throughcare.v1.HandoverService.ListDeadLetters:output_type -> throughcare.v1.ListDeadLettersResponse
+	21, // 42: throughcare.v1.HandoverService.ListOverdueHandovers:output_type -> throughcare.v1.ListOverdueHandoversResponse
+	33, // [33:43] is the sub-list for method output_type
+	23, // [23:33] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_handover_service_proto_init() }
@@ -1333,7 +1610,7 @@ func file_throughcare_v1_handover_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_throughcare_v1_handover_service_proto_rawDesc), len(file_throughcare_v1_handover_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

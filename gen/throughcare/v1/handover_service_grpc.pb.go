@@ -19,15 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	HandoverService_ListHandovers_FullMethodName       = "/throughcare.v1.HandoverService/ListHandovers"
-	HandoverService_GetHandover_FullMethodName         = "/throughcare.v1.HandoverService/GetHandover"
-	HandoverService_WatchHandovers_FullMethodName      = "/throughcare.v1.HandoverService/WatchHandovers"
-	HandoverService_AcknowledgeHandover_FullMethodName = "/throughcare.v1.HandoverService/AcknowledgeHandover"
-	HandoverService_AcceptHandover_FullMethodName      = "/throughcare.v1.HandoverService/AcceptHandover"
-	HandoverService_DeclineHandover_FullMethodName     = "/throughcare.v1.HandoverService/DeclineHandover"
-	HandoverService_RequestInformation_FullMethodName  = "/throughcare.v1.HandoverService/RequestInformation"
-	HandoverService_ProvideInformation_FullMethodName  = "/throughcare.v1.HandoverService/ProvideInformation"
-	HandoverService_ListDeadLetters_FullMethodName     = "/throughcare.v1.HandoverService/ListDeadLetters"
+	HandoverService_ListHandovers_FullMethodName        = "/throughcare.v1.HandoverService/ListHandovers"
+	HandoverService_GetHandover_FullMethodName          = "/throughcare.v1.HandoverService/GetHandover"
+	HandoverService_WatchHandovers_FullMethodName       = "/throughcare.v1.HandoverService/WatchHandovers"
+	HandoverService_AcknowledgeHandover_FullMethodName  = "/throughcare.v1.HandoverService/AcknowledgeHandover"
+	HandoverService_AcceptHandover_FullMethodName       = "/throughcare.v1.HandoverService/AcceptHandover"
+	HandoverService_DeclineHandover_FullMethodName      = "/throughcare.v1.HandoverService/DeclineHandover"
+	HandoverService_RequestInformation_FullMethodName   = "/throughcare.v1.HandoverService/RequestInformation"
+	HandoverService_ProvideInformation_FullMethodName   = "/throughcare.v1.HandoverService/ProvideInformation"
+	HandoverService_ListDeadLetters_FullMethodName      = "/throughcare.v1.HandoverService/ListDeadLetters"
+	HandoverService_ListOverdueHandovers_FullMethodName = "/throughcare.v1.HandoverService/ListOverdueHandovers"
 )
 
 // HandoverServiceClient is the client API for HandoverService service.
@@ -52,6 +53,9 @@ type HandoverServiceClient interface {
 	ProvideInformation(ctx context.Context, in *ProvideInformationRequest, opts ...grpc.CallOption) (*ProvideInformationResponse, error)
 	// Lists events this agency could never process, for operators: metadata only.
 	ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*ListDeadLettersResponse, error)
+	// Lists this agency's handovers, sent or received, with a deadline marked overdue, for
+	// operators: metadata only.
+	ListOverdueHandovers(ctx context.Context, in *ListOverdueHandoversRequest, opts ...grpc.CallOption) (*ListOverdueHandoversResponse, error)
 }
 
 type handoverServiceClient struct {
@@ -161,6 +165,16 @@ func (c *handoverServiceClient) ListDeadLetters(ctx context.Context, in *ListDea
 	return out, nil
 }
 
+func (c *handoverServiceClient) ListOverdueHandovers(ctx context.Context, in *ListOverdueHandoversRequest, opts ...grpc.CallOption) (*ListOverdueHandoversResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListOverdueHandoversResponse)
+	err := c.cc.Invoke(ctx, HandoverService_ListOverdueHandovers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HandoverServiceServer is the server API for HandoverService service.
 // All implementations must embed UnimplementedHandoverServiceServer
 // for forward compatibility.
@@ -183,6 +197,9 @@ type HandoverServiceServer interface {
 	ProvideInformation(context.Context, *ProvideInformationRequest) (*ProvideInformationResponse, error)
 	// Lists events this agency could never process, for operators: metadata only.
 	ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error)
+	// Lists this agency's handovers, sent or received, with a deadline marked overdue, for
+	// operators: metadata only.
+	ListOverdueHandovers(context.Context, *ListOverdueHandoversRequest) (*ListOverdueHandoversResponse, error)
 	mustEmbedUnimplementedHandoverServiceServer()
 }
 
@@ -219,6 +236,9 @@ func (UnimplementedHandoverServiceServer) ProvideInformation(context.Context, *P
 }
 func (UnimplementedHandoverServiceServer) ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDeadLetters not implemented")
+}
+func (UnimplementedHandoverServiceServer) ListOverdueHandovers(context.Context, *ListOverdueHandoversRequest) (*ListOverdueHandoversResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListOverdueHandovers not implemented")
 }
 func (UnimplementedHandoverServiceServer) mustEmbedUnimplementedHandoverServiceServer() {}
 func (UnimplementedHandoverServiceServer) testEmbeddedByValue()                         {}
@@ -396,6 +416,24 @@ func _HandoverService_ListDeadLetters_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _HandoverService_ListOverdueHandovers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListOverdueHandoversRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HandoverServiceServer).ListOverdueHandovers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HandoverService_ListOverdueHandovers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HandoverServiceServer).ListOverdueHandovers(ctx, req.(*ListOverdueHandoversRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // HandoverService_ServiceDesc is the grpc.ServiceDesc for HandoverService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -434,6 +472,10 @@ var HandoverService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListDeadLetters",
 			Handler:    _HandoverService_ListDeadLetters_Handler,
+		},
+		{
+			MethodName: "ListOverdueHandovers",
+			Handler:    _HandoverService_ListOverdueHandovers_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
