@@ -30,11 +30,14 @@ import (
 )
 
 // operatorMethods are what an operator's certificate may call on any agency's service:
-// read-only views for running the system, none of them personal data beyond metadata.
+// views for running the system, none of them personal data beyond metadata, and the
+// handling of dead letters.
 // Everything else, reflection included, is for the agency's own system only.
 var operatorMethods = []string{
 	throughcarev1.HandoverService_ListDeadLetters_FullMethodName,
 	throughcarev1.HandoverService_ListOverdueHandovers_FullMethodName,
+	throughcarev1.HandoverService_RetryDeadLetter_FullMethodName,
+	throughcarev1.HandoverService_DiscardDeadLetter_FullMethodName,
 	throughcarev1.AuditService_VerifyLedger_FullMethodName,
 	throughcarev1.AuditService_GetSharingProtocol_FullMethodName,
 }

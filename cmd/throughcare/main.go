@@ -34,6 +34,7 @@ commands:
   events  operators: tail the events between agencies, routing metadata only (events tail -h)
   streams operators: every account's streams, consumers, sources and lag; resends
   handovers overdue   operators: every agency's handovers with a deadline passed
+  deadletters         operators: list, show, retry or discard what an agency gave up on
 
 Run 'throughcare <command> -h' for the flags of a command. Every flag can also be set with
 an environment variable: --data-dir is THROUGHCARE_DATA_DIR.
@@ -83,6 +84,12 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 			return err
 		}
 		return runOverdue(ctx, cfg, stdout)
+	case "deadletters":
+		cfg, err := parseDeadLettersConfig(args[1:], getenv, stdout)
+		if err != nil {
+			return err
+		}
+		return runDeadLetters(ctx, cfg, stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/fault"
 	"github.com/throughcare/throughcare/pkg/records"
 )
 
@@ -119,8 +121,30 @@ func (d *DeadLetters) List(ctx context.Context, afterRevision uint64, limit int)
 	return page, resume, nil
 }
 
+// deadLetterKey is where the dead letter of a stream's message is kept.
+func deadLetterKey(stream string, seq uint64) string { return fmt.Sprintf("%s-%020d", stream, seq) }
+
+// Get returns the dead letter of a stream's message.
+func (d *DeadLetters) Get(ctx context.Context, stream string, seq uint64) (*throughcarev1.DeadLetter, uint64, error) {
+	dl, rev, err := d.store.Get(ctx, deadLetterKey(stream, seq))
+	if errors.Is(err, records.ErrNotFound) {
+		return nil, 0, fmt.Errorf("dead letter %s/%d: %w", stream, seq, fault.ErrNotFound)
+	}
+	return dl, rev, err
+}
+
+// Resolve records what an operator did with a dead letter read at rev; a dead letter
+// resolved meanwhile is a conflict.
+func (d *DeadLetters) Resolve(ctx context.Context, dl *throughcarev1.DeadLetter, rev uint64) error {
+	_, err := d.store.Update(ctx, deadLetterKey(dl.GetStream(), dl.GetSequence()), dl, rev)
+	if errors.Is(err, records.ErrRevisionMismatch) {
+		return fmt.Errorf("dead letter %s/%d changed meanwhile: %w", dl.GetStream(), dl.GetSequence(), fault.ErrConflict)
+	}
+	return err
+}
+
 func (d *DeadLetters) add(ctx context.Context, stream string, dl *throughcarev1.DeadLetter) error {
-	_, err := d.store.Create(ctx, fmt.Sprintf("%s-%020d", stream, dl.GetSequence()), dl)
+	_, err := d.store.Create(ctx, deadLetterKey(stream, dl.GetSequence()), dl)
 	if errors.Is(err, records.ErrExists) {
 		return nil // recorded by an earlier delivery that was not acknowledged
 	}
@@ -297,6 +321,10 @@ func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *Dea
 		Reason:     err.Error(),
 		Deliveries: meta.NumDelivered,
 		Time:       timestamppb.Now(),
+		Stream:     cfg.Stream,
+		Source:     strings.TrimPrefix(msg.Headers().Get(headerSource), "throughcare/"),
+		CaseId:     msg.Headers().Get(headerSubject),
+		HandoverId: msg.Headers().Get(headerHandover),
 	}
 	if err := dead.add(hctx, cfg.Stream, dl); err != nil {
 		log.Error("recording dead letter failed; retrying the message", zap.Uint64("sequence", meta.Sequence.Stream), zap.Error(err))

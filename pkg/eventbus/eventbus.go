@@ -188,7 +188,10 @@ const (
 	headerTime        = "ce-time"
 	headerSubject     = "ce-subject"
 	headerContentType = "content-type"
-	contentType       = "application/protobuf; messageType=throughcare.v1.Event"
+	// headerHandover names the handover an event travels along, so that a message that
+	// cannot even be decoded can still be traced to it (a dead letter's retry).
+	headerHandover = "throughcare-handover"
+	contentType    = "application/protobuf; messageType=throughcare.v1.Event"
 )
 
 // Encode turns ev into a NATS message for its subject.
@@ -211,6 +214,7 @@ func Encode(ev *throughcarev1.Event) (*nats.Msg, error) {
 	msg.Header.Set(headerTime, ev.GetOccurredAt().AsTime().UTC().Format(time.RFC3339Nano))
 	msg.Header.Set(headerSubject, ev.GetCaseId())
 	msg.Header.Set(headerContentType, contentType)
+	msg.Header.Set(headerHandover, ev.GetHandoverId())
 	return msg, nil
 }
 

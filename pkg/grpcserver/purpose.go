@@ -16,13 +16,17 @@ import (
 // throughcare.v1.Purpose name such as PURPOSE_SUPERVISION.
 const PurposeHeader = "x-throughcare-purpose"
 
-// IsWrite reports whether a method changes records: every method of the contract but the
-// reads (Get, List, Watch, Verify).
+// IsWrite reports whether a method changes records about people: every method of the
+// contract but the reads (Get, List, Watch, Verify) and the operators' handling of dead
+// letters, which is plumbing, has no case worker's purpose, and records itself.
 func IsWrite(fullMethod string) bool {
 	if !strings.HasPrefix(fullMethod, "/throughcare.") {
 		return false // health, reflection
 	}
 	name := fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]
+	if strings.HasSuffix(name, "DeadLetter") {
+		return false
+	}
 	for _, read := range []string{"Get", "List", "Watch", "Verify"} {
 		if strings.HasPrefix(name, read) {
 			return false

@@ -44,6 +44,8 @@ const (
 	// This agency's system first read a handover another agency sent it (the RETRIEVED
 	// receipt): the case, actor and purpose of the read.
 	DisclosureKind_DISCLOSURE_KIND_RETRIEVED DisclosureKind = 7
+	// An operator retried or discarded a dead letter: which, who and why in note.
+	DisclosureKind_DISCLOSURE_KIND_DEAD_LETTER_RESOLVED DisclosureKind = 8
 )
 
 // Enum value maps for DisclosureKind.
@@ -57,16 +59,18 @@ var (
 		5: "DISCLOSURE_KIND_WRITE",
 		6: "DISCLOSURE_KIND_RESENT",
 		7: "DISCLOSURE_KIND_RETRIEVED",
+		8: "DISCLOSURE_KIND_DEAD_LETTER_RESOLVED",
 	}
 	DisclosureKind_value = map[string]int32{
-		"DISCLOSURE_KIND_UNSPECIFIED": 0,
-		"DISCLOSURE_KIND_SHARED":      1,
-		"DISCLOSURE_KIND_PURGED":      2,
-		"DISCLOSURE_KIND_EXPIRED":     3,
-		"DISCLOSURE_KIND_REFUSED":     4,
-		"DISCLOSURE_KIND_WRITE":       5,
-		"DISCLOSURE_KIND_RESENT":      6,
-		"DISCLOSURE_KIND_RETRIEVED":   7,
+		"DISCLOSURE_KIND_UNSPECIFIED":          0,
+		"DISCLOSURE_KIND_SHARED":               1,
+		"DISCLOSURE_KIND_PURGED":               2,
+		"DISCLOSURE_KIND_EXPIRED":              3,
+		"DISCLOSURE_KIND_REFUSED":              4,
+		"DISCLOSURE_KIND_WRITE":                5,
+		"DISCLOSURE_KIND_RESENT":               6,
+		"DISCLOSURE_KIND_RETRIEVED":            7,
+		"DISCLOSURE_KIND_DEAD_LETTER_RESOLVED": 8,
 	}
 )
 
@@ -651,7 +655,7 @@ const file_throughcare_v1_audit_proto_rawDesc = "" +
 	"\aproblem\x18\x04 \x01(\tB\x04\xd0\xf3\x18\x01R\aproblem\"\x1b\n" +
 	"\x19GetSharingProtocolRequest\"_\n" +
 	"\x1aGetSharingProtocolResponse\x12A\n" +
-	"\bprotocol\x18\x01 \x01(\v2\x1f.throughcare.v1.SharingProtocolB\x04\xd0\xf3\x18\x01R\bprotocol*\xf9\x01\n" +
+	"\bprotocol\x18\x01 \x01(\v2\x1f.throughcare.v1.SharingProtocolB\x04\xd0\xf3\x18\x01R\bprotocol*\xa3\x02\n" +
 	"\x0eDisclosureKind\x12\x1f\n" +
 	"\x1bDISCLOSURE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DISCLOSURE_KIND_SHARED\x10\x01\x12\x1a\n" +
@@ -660,7 +664,8 @@ const file_throughcare_v1_audit_proto_rawDesc = "" +
 	"\x17DISCLOSURE_KIND_REFUSED\x10\x04\x12\x19\n" +
 	"\x15DISCLOSURE_KIND_WRITE\x10\x05\x12\x1a\n" +
 	"\x16DISCLOSURE_KIND_RESENT\x10\x06\x12\x1d\n" +
-	"\x19DISCLOSURE_KIND_RETRIEVED\x10\a2\xba\x02\n" +
+	"\x19DISCLOSURE_KIND_RETRIEVED\x10\a\x12(\n" +
+	"$DISCLOSURE_KIND_DEAD_LETTER_RESOLVED\x10\b2\xba\x02\n" +
 	"\fAuditService\x12b\n" +
 	"\x0fListDisclosures\x12&.throughcare.v1.ListDisclosuresRequest\x1a'.throughcare.v1.ListDisclosuresResponse\x12Y\n" +
 	"\fVerifyLedger\x12#.throughcare.v1.VerifyLedgerRequest\x1a$.throughcare.v1.VerifyLedgerResponse\x12k\n" +

@@ -73,6 +73,59 @@ func (Direction) EnumDescriptor() ([]byte, []int) {
 	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{0}
 }
 
+// DeadLetterStatus is what an operator did with a dead letter.
+type DeadLetterStatus int32
+
+const (
+	// Nothing yet.
+	DeadLetterStatus_DEAD_LETTER_STATUS_UNSPECIFIED DeadLetterStatus = 0
+	// A resend was asked of its sender.
+	DeadLetterStatus_DEAD_LETTER_STATUS_RETRIED DeadLetterStatus = 1
+	// Left as it is, on purpose.
+	DeadLetterStatus_DEAD_LETTER_STATUS_DISCARDED DeadLetterStatus = 2
+)
+
+// Enum value maps for DeadLetterStatus.
+var (
+	DeadLetterStatus_name = map[int32]string{
+		0: "DEAD_LETTER_STATUS_UNSPECIFIED",
+		1: "DEAD_LETTER_STATUS_RETRIED",
+		2: "DEAD_LETTER_STATUS_DISCARDED",
+	}
+	DeadLetterStatus_value = map[string]int32{
+		"DEAD_LETTER_STATUS_UNSPECIFIED": 0,
+		"DEAD_LETTER_STATUS_RETRIED":     1,
+		"DEAD_LETTER_STATUS_DISCARDED":   2,
+	}
+)
+
+func (x DeadLetterStatus) Enum() *DeadLetterStatus {
+	p := new(DeadLetterStatus)
+	*p = x
+	return p
+}
+
+func (x DeadLetterStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeadLetterStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_throughcare_v1_handover_service_proto_enumTypes[1].Descriptor()
+}
+
+func (DeadLetterStatus) Type() protoreflect.EnumType {
+	return &file_throughcare_v1_handover_service_proto_enumTypes[1]
+}
+
+func (x DeadLetterStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeadLetterStatus.Descriptor instead.
+func (DeadLetterStatus) EnumDescriptor() ([]byte, []int) {
+	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{1}
+}
+
 type ListHandoversRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Direction Direction              `protobuf:"varint,1,opt,name=direction,proto3,enum=throughcare.v1.Direction" json:"direction,omitempty"`
@@ -1057,10 +1110,21 @@ type DeadLetter struct {
 	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	Subject  string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
 	// The event id, when the envelope could be read that far.
-	EventId       string                 `protobuf:"bytes,3,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	Deliveries    uint64                 `protobuf:"varint,5,opt,name=deliveries,proto3" json:"deliveries,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=time,proto3" json:"time,omitempty"`
+	EventId    string                 `protobuf:"bytes,3,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	Reason     string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Deliveries uint64                 `protobuf:"varint,5,opt,name=deliveries,proto3" json:"deliveries,omitempty"`
+	Time       *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=time,proto3" json:"time,omitempty"`
+	// The stream the message failed in (an inbox, or a bucket's change stream).
+	Stream string `protobuf:"bytes,7,opt,name=stream,proto3" json:"stream,omitempty"`
+	// From the envelope's headers, when it had them: who sent it, about what.
+	Source     string           `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
+	CaseId     string           `protobuf:"bytes,9,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	HandoverId string           `protobuf:"bytes,10,opt,name=handover_id,json=handoverId,proto3" json:"handover_id,omitempty"`
+	Status     DeadLetterStatus `protobuf:"varint,11,opt,name=status,proto3,enum=throughcare.v1.DeadLetterStatus" json:"status,omitempty"`
+	// The operator who retried or discarded it, when, and why.
+	ResolvedBy    string                 `protobuf:"bytes,12,opt,name=resolved_by,json=resolvedBy,proto3" json:"resolved_by,omitempty"`
+	ResolveTime   *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=resolve_time,json=resolveTime,proto3" json:"resolve_time,omitempty"`
+	ResolveNote   string                 `protobuf:"bytes,14,opt,name=resolve_note,json=resolveNote,proto3" json:"resolve_note,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1137,6 +1201,272 @@ func (x *DeadLetter) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *DeadLetter) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetCaseId() string {
+	if x != nil {
+		return x.CaseId
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetHandoverId() string {
+	if x != nil {
+		return x.HandoverId
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetStatus() DeadLetterStatus {
+	if x != nil {
+		return x.Status
+	}
+	return DeadLetterStatus_DEAD_LETTER_STATUS_UNSPECIFIED
+}
+
+func (x *DeadLetter) GetResolvedBy() string {
+	if x != nil {
+		return x.ResolvedBy
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetResolveTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ResolveTime
+	}
+	return nil
+}
+
+func (x *DeadLetter) GetResolveNote() string {
+	if x != nil {
+		return x.ResolveNote
+	}
+	return ""
+}
+
+type RetryDeadLetterRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Stream   string                 `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
+	Sequence uint64                 `protobuf:"varint,2,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// Why, for the ledger. Names no person.
+	Note          string `protobuf:"bytes,3,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryDeadLetterRequest) Reset() {
+	*x = RetryDeadLetterRequest{}
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryDeadLetterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryDeadLetterRequest) ProtoMessage() {}
+
+func (x *RetryDeadLetterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryDeadLetterRequest.ProtoReflect.Descriptor instead.
+func (*RetryDeadLetterRequest) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RetryDeadLetterRequest) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *RetryDeadLetterRequest) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *RetryDeadLetterRequest) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+type RetryDeadLetterResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeadLetter    *DeadLetter            `protobuf:"bytes,1,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryDeadLetterResponse) Reset() {
+	*x = RetryDeadLetterResponse{}
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryDeadLetterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryDeadLetterResponse) ProtoMessage() {}
+
+func (x *RetryDeadLetterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryDeadLetterResponse.ProtoReflect.Descriptor instead.
+func (*RetryDeadLetterResponse) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RetryDeadLetterResponse) GetDeadLetter() *DeadLetter {
+	if x != nil {
+		return x.DeadLetter
+	}
+	return nil
+}
+
+type DiscardDeadLetterRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Stream   string                 `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
+	Sequence uint64                 `protobuf:"varint,2,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// Why, for the ledger: required. Names no person.
+	Note          string `protobuf:"bytes,3,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiscardDeadLetterRequest) Reset() {
+	*x = DiscardDeadLetterRequest{}
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiscardDeadLetterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiscardDeadLetterRequest) ProtoMessage() {}
+
+func (x *DiscardDeadLetterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiscardDeadLetterRequest.ProtoReflect.Descriptor instead.
+func (*DiscardDeadLetterRequest) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DiscardDeadLetterRequest) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *DiscardDeadLetterRequest) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *DiscardDeadLetterRequest) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+type DiscardDeadLetterResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeadLetter    *DeadLetter            `protobuf:"bytes,1,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiscardDeadLetterResponse) Reset() {
+	*x = DiscardDeadLetterResponse{}
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiscardDeadLetterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiscardDeadLetterResponse) ProtoMessage() {}
+
+func (x *DiscardDeadLetterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiscardDeadLetterResponse.ProtoReflect.Descriptor instead.
+func (*DiscardDeadLetterResponse) Descriptor() ([]byte, []int) {
+	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DiscardDeadLetterResponse) GetDeadLetter() *DeadLetter {
+	if x != nil {
+		return x.DeadLetter
+	}
+	return nil
+}
+
 type ListOverdueHandoversRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -1147,7 +1477,7 @@ type ListOverdueHandoversRequest struct {
 
 func (x *ListOverdueHandoversRequest) Reset() {
 	*x = ListOverdueHandoversRequest{}
-	mi := &file_throughcare_v1_handover_service_proto_msgTypes[19]
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1489,7 @@ func (x *ListOverdueHandoversRequest) String() string {
 func (*ListOverdueHandoversRequest) ProtoMessage() {}
 
 func (x *ListOverdueHandoversRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_handover_service_proto_msgTypes[19]
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1502,7 @@ func (x *ListOverdueHandoversRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOverdueHandoversRequest.ProtoReflect.Descriptor instead.
 func (*ListOverdueHandoversRequest) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{19}
+	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListOverdueHandoversRequest) GetPageSize() int32 {
@@ -1199,7 +1529,7 @@ type ListOverdueHandoversResponse struct {
 
 func (x *ListOverdueHandoversResponse) Reset() {
 	*x = ListOverdueHandoversResponse{}
-	mi := &file_throughcare_v1_handover_service_proto_msgTypes[20]
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1541,7 @@ func (x *ListOverdueHandoversResponse) String() string {
 func (*ListOverdueHandoversResponse) ProtoMessage() {}
 
 func (x *ListOverdueHandoversResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_handover_service_proto_msgTypes[20]
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1554,7 @@ func (x *ListOverdueHandoversResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOverdueHandoversResponse.ProtoReflect.Descriptor instead.
 func (*ListOverdueHandoversResponse) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{20}
+	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListOverdueHandoversResponse) GetHandovers() []*OverdueHandover {
@@ -1265,7 +1595,7 @@ type OverdueHandover struct {
 
 func (x *OverdueHandover) Reset() {
 	*x = OverdueHandover{}
-	mi := &file_throughcare_v1_handover_service_proto_msgTypes[21]
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1607,7 @@ func (x *OverdueHandover) String() string {
 func (*OverdueHandover) ProtoMessage() {}
 
 func (x *OverdueHandover) ProtoReflect() protoreflect.Message {
-	mi := &file_throughcare_v1_handover_service_proto_msgTypes[21]
+	mi := &file_throughcare_v1_handover_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +1620,7 @@ func (x *OverdueHandover) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OverdueHandover.ProtoReflect.Descriptor instead.
 func (*OverdueHandover) Descriptor() ([]byte, []int) {
-	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{21}
+	return file_throughcare_v1_handover_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *OverdueHandover) GetHandoverId() string {
@@ -1450,7 +1780,7 @@ const file_throughcare_v1_handover_service_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tB\f\xbaH\x05r\x03\x18\x80\x02\xd0\xf3\x18\x01R\tpageToken\"\x8c\x01\n" +
 	"\x17ListDeadLettersResponse\x12C\n" +
 	"\fdead_letters\x18\x01 \x03(\v2\x1a.throughcare.v1.DeadLetterB\x04\xd0\xf3\x18\x01R\vdeadLetters\x12,\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\rnextPageToken\"\xe9\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tB\x04\xd0\xf3\x18\x01R\rnextPageToken\"\xc0\x04\n" +
 	"\n" +
 	"DeadLetter\x12 \n" +
 	"\bsequence\x18\x01 \x01(\x04B\x04\xd0\xf3\x18\x01R\bsequence\x12\x1e\n" +
@@ -1460,7 +1790,32 @@ const file_throughcare_v1_handover_service_proto_rawDesc = "" +
 	"\n" +
 	"deliveries\x18\x05 \x01(\x04B\x04\xd0\xf3\x18\x01R\n" +
 	"deliveries\x124\n" +
-	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\x04time\"w\n" +
+	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\x04time\x12\x1c\n" +
+	"\x06stream\x18\a \x01(\tB\x04\xd0\xf3\x18\x01R\x06stream\x12\x1c\n" +
+	"\x06source\x18\b \x01(\tB\x04\xd0\xf3\x18\x01R\x06source\x12\x1d\n" +
+	"\acase_id\x18\t \x01(\tB\x04\xd0\xf3\x18\x01R\x06caseId\x12%\n" +
+	"\vhandover_id\x18\n" +
+	" \x01(\tB\x04\xd0\xf3\x18\x01R\n" +
+	"handoverId\x12>\n" +
+	"\x06status\x18\v \x01(\x0e2 .throughcare.v1.DeadLetterStatusB\x04\xd0\xf3\x18\x01R\x06status\x12%\n" +
+	"\vresolved_by\x18\f \x01(\tB\x04\xd0\xf3\x18\x01R\n" +
+	"resolvedBy\x12C\n" +
+	"\fresolve_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampB\x04\xd0\xf3\x18\x01R\vresolveTime\x12'\n" +
+	"\fresolve_note\x18\x0e \x01(\tB\x04\xd0\xf3\x18\x01R\vresolveNote\"\x9d\x01\n" +
+	"\x16RetryDeadLetterRequest\x128\n" +
+	"\x06stream\x18\x01 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06stream\x12'\n" +
+	"\bsequence\x18\x02 \x01(\x04B\v\xbaH\x042\x02 \x00\xd0\xf3\x18\x01R\bsequence\x12 \n" +
+	"\x04note\x18\x03 \x01(\tB\f\xbaH\x05r\x03\x18\xf4\x03\xd0\xf3\x18\x01R\x04note\"\\\n" +
+	"\x17RetryDeadLetterResponse\x12A\n" +
+	"\vdead_letter\x18\x01 \x01(\v2\x1a.throughcare.v1.DeadLetterB\x04\xd0\xf3\x18\x01R\n" +
+	"deadLetter\"\xa1\x01\n" +
+	"\x18DiscardDeadLetterRequest\x128\n" +
+	"\x06stream\x18\x01 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06stream\x12'\n" +
+	"\bsequence\x18\x02 \x01(\x04B\v\xbaH\x042\x02 \x00\xd0\xf3\x18\x01R\bsequence\x12\"\n" +
+	"\x04note\x18\x03 \x01(\tB\x0e\xbaH\ar\x05\x10\x01\x18\xf4\x03\xd0\xf3\x18\x01R\x04note\"^\n" +
+	"\x19DiscardDeadLetterResponse\x12A\n" +
+	"\vdead_letter\x18\x01 \x01(\v2\x1a.throughcare.v1.DeadLetterB\x04\xd0\xf3\x18\x01R\n" +
+	"deadLetter\"w\n" +
 	"\x1bListOverdueHandoversRequest\x12+\n" +
 	"\tpage_size\x18\x01 \x01(\x05B\x0e\xbaH\a\x1a\x05\x18\xf4\x03(\x00\xd0\xf3\x18\x01R\bpageSize\x12+\n" +
 	"\n" +
@@ -1487,7 +1842,11 @@ const file_throughcare_v1_handover_service_proto_rawDesc = "" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12DIRECTION_INCOMING\x10\x01\x12\x16\n" +
-	"\x12DIRECTION_OUTGOING\x10\x022\x90\b\n" +
+	"\x12DIRECTION_OUTGOING\x10\x02*x\n" +
+	"\x10DeadLetterStatus\x12\"\n" +
+	"\x1eDEAD_LETTER_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aDEAD_LETTER_STATUS_RETRIED\x10\x01\x12 \n" +
+	"\x1cDEAD_LETTER_STATUS_DISCARDED\x10\x022\xde\t\n" +
 	"\x0fHandoverService\x12\\\n" +
 	"\rListHandovers\x12$.throughcare.v1.ListHandoversRequest\x1a%.throughcare.v1.ListHandoversResponse\x12V\n" +
 	"\vGetHandover\x12\".throughcare.v1.GetHandoverRequest\x1a#.throughcare.v1.GetHandoverResponse\x12a\n" +
@@ -1498,7 +1857,9 @@ const file_throughcare_v1_handover_service_proto_rawDesc = "" +
 	"\x12RequestInformation\x12).throughcare.v1.RequestInformationRequest\x1a*.throughcare.v1.RequestInformationResponse\x12k\n" +
 	"\x12ProvideInformation\x12).throughcare.v1.ProvideInformationRequest\x1a*.throughcare.v1.ProvideInformationResponse\x12b\n" +
 	"\x0fListDeadLetters\x12&.throughcare.v1.ListDeadLettersRequest\x1a'.throughcare.v1.ListDeadLettersResponse\x12q\n" +
-	"\x14ListOverdueHandovers\x12+.throughcare.v1.ListOverdueHandoversRequest\x1a,.throughcare.v1.ListOverdueHandoversResponseBEZCgithub.com/throughcare/throughcare/gen/throughcare/v1;throughcarev1b\x06proto3"
+	"\x14ListOverdueHandovers\x12+.throughcare.v1.ListOverdueHandoversRequest\x1a,.throughcare.v1.ListOverdueHandoversResponse\x12b\n" +
+	"\x0fRetryDeadLetter\x12&.throughcare.v1.RetryDeadLetterRequest\x1a'.throughcare.v1.RetryDeadLetterResponse\x12h\n" +
+	"\x11DiscardDeadLetter\x12(.throughcare.v1.DiscardDeadLetterRequest\x1a).throughcare.v1.DiscardDeadLetterResponseBEZCgithub.com/throughcare/throughcare/gen/throughcare/v1;throughcarev1b\x06proto3"
 
 var (
 	file_throughcare_v1_handover_service_proto_rawDescOnce sync.Once
@@ -1512,88 +1873,101 @@ func file_throughcare_v1_handover_service_proto_rawDescGZIP() []byte {
 	return file_throughcare_v1_handover_service_proto_rawDescData
 }
 
-var file_throughcare_v1_handover_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_throughcare_v1_handover_service_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_throughcare_v1_handover_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_throughcare_v1_handover_service_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_throughcare_v1_handover_service_proto_goTypes = []any{
 	(Direction)(0),                       // 0: throughcare.v1.Direction
-	(*ListHandoversRequest)(nil),         // 1: throughcare.v1.ListHandoversRequest
-	(*ListHandoversResponse)(nil),        // 2: throughcare.v1.ListHandoversResponse
-	(*GetHandoverRequest)(nil),           // 3: throughcare.v1.GetHandoverRequest
-	(*GetHandoverResponse)(nil),          // 4: throughcare.v1.GetHandoverResponse
-	(*WatchHandoversRequest)(nil),        // 5: throughcare.v1.WatchHandoversRequest
-	(*WatchHandoversResponse)(nil),       // 6: throughcare.v1.WatchHandoversResponse
-	(*AcknowledgeHandoverRequest)(nil),   // 7: throughcare.v1.AcknowledgeHandoverRequest
-	(*AcknowledgeHandoverResponse)(nil),  // 8: throughcare.v1.AcknowledgeHandoverResponse
-	(*AcceptHandoverRequest)(nil),        // 9: throughcare.v1.AcceptHandoverRequest
-	(*AcceptHandoverResponse)(nil),       // 10: throughcare.v1.AcceptHandoverResponse
-	(*DeclineHandoverRequest)(nil),       // 11: throughcare.v1.DeclineHandoverRequest
-	(*DeclineHandoverResponse)(nil),      // 12: throughcare.v1.DeclineHandoverResponse
-	(*RequestInformationRequest)(nil),    // 13: throughcare.v1.RequestInformationRequest
-	(*RequestInformationResponse)(nil),   // 14: throughcare.v1.RequestInformationResponse
-	(*ProvideInformationRequest)(nil),    // 15: throughcare.v1.ProvideInformationRequest
-	(*ProvideInformationResponse)(nil),   // 16: throughcare.v1.ProvideInformationResponse
-	(*ListDeadLettersRequest)(nil),       // 17: throughcare.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),      // 18: throughcare.v1.ListDeadLettersResponse
-	(*DeadLetter)(nil),                   // 19: throughcare.v1.DeadLetter
-	(*ListOverdueHandoversRequest)(nil),  // 20: throughcare.v1.ListOverdueHandoversRequest
-	(*ListOverdueHandoversResponse)(nil), // 21: throughcare.v1.ListOverdueHandoversResponse
-	(*OverdueHandover)(nil),              // 22: throughcare.v1.OverdueHandover
-	(HandoverState)(0),                   // 23: throughcare.v1.HandoverState
-	(*timestamppb.Timestamp)(nil),        // 24: google.protobuf.Timestamp
-	(*Handover)(nil),                     // 25: throughcare.v1.Handover
-	(*ReleaseCase)(nil),                  // 26: throughcare.v1.ReleaseCase
-	(DeclineReason)(0),                   // 27: throughcare.v1.DeclineReason
-	(Purpose)(0),                         // 28: throughcare.v1.Purpose
+	(DeadLetterStatus)(0),                // 1: throughcare.v1.DeadLetterStatus
+	(*ListHandoversRequest)(nil),         // 2: throughcare.v1.ListHandoversRequest
+	(*ListHandoversResponse)(nil),        // 3: throughcare.v1.ListHandoversResponse
+	(*GetHandoverRequest)(nil),           // 4: throughcare.v1.GetHandoverRequest
+	(*GetHandoverResponse)(nil),          // 5: throughcare.v1.GetHandoverResponse
+	(*WatchHandoversRequest)(nil),        // 6: throughcare.v1.WatchHandoversRequest
+	(*WatchHandoversResponse)(nil),       // 7: throughcare.v1.WatchHandoversResponse
+	(*AcknowledgeHandoverRequest)(nil),   // 8: throughcare.v1.AcknowledgeHandoverRequest
+	(*AcknowledgeHandoverResponse)(nil),  // 9: throughcare.v1.AcknowledgeHandoverResponse
+	(*AcceptHandoverRequest)(nil),        // 10: throughcare.v1.AcceptHandoverRequest
+	(*AcceptHandoverResponse)(nil),       // 11: throughcare.v1.AcceptHandoverResponse
+	(*DeclineHandoverRequest)(nil),       // 12: throughcare.v1.DeclineHandoverRequest
+	(*DeclineHandoverResponse)(nil),      // 13: throughcare.v1.DeclineHandoverResponse
+	(*RequestInformationRequest)(nil),    // 14: throughcare.v1.RequestInformationRequest
+	(*RequestInformationResponse)(nil),   // 15: throughcare.v1.RequestInformationResponse
+	(*ProvideInformationRequest)(nil),    // 16: throughcare.v1.ProvideInformationRequest
+	(*ProvideInformationResponse)(nil),   // 17: throughcare.v1.ProvideInformationResponse
+	(*ListDeadLettersRequest)(nil),       // 18: throughcare.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),      // 19: throughcare.v1.ListDeadLettersResponse
+	(*DeadLetter)(nil),                   // 20: throughcare.v1.DeadLetter
+	(*RetryDeadLetterRequest)(nil),       // 21: throughcare.v1.RetryDeadLetterRequest
+	(*RetryDeadLetterResponse)(nil),      // 22: throughcare.v1.RetryDeadLetterResponse
+	(*DiscardDeadLetterRequest)(nil),     // 23: throughcare.v1.DiscardDeadLetterRequest
+	(*DiscardDeadLetterResponse)(nil),    // 24: throughcare.v1.DiscardDeadLetterResponse
+	(*ListOverdueHandoversRequest)(nil),  // 25: throughcare.v1.ListOverdueHandoversRequest
+	(*ListOverdueHandoversResponse)(nil), // 26: throughcare.v1.ListOverdueHandoversResponse
+	(*OverdueHandover)(nil),              // 27: throughcare.v1.OverdueHandover
+	(HandoverState)(0),                   // 28: throughcare.v1.HandoverState
+	(*timestamppb.Timestamp)(nil),        // 29: google.protobuf.Timestamp
+	(*Handover)(nil),                     // 30: throughcare.v1.Handover
+	(*ReleaseCase)(nil),                  // 31: throughcare.v1.ReleaseCase
+	(DeclineReason)(0),                   // 32: throughcare.v1.DeclineReason
+	(Purpose)(0),                         // 33: throughcare.v1.Purpose
 }
 var file_throughcare_v1_handover_service_proto_depIdxs = []int32{
 	0,  // 0: throughcare.v1.ListHandoversRequest.direction:type_name -> throughcare.v1.Direction
-	23, // 1: throughcare.v1.ListHandoversRequest.states:type_name -> throughcare.v1.HandoverState
-	24, // 2: throughcare.v1.ListHandoversRequest.due_before:type_name -> google.protobuf.Timestamp
-	25, // 3: throughcare.v1.ListHandoversResponse.handovers:type_name -> throughcare.v1.Handover
-	25, // 4: throughcare.v1.GetHandoverResponse.handover:type_name -> throughcare.v1.Handover
-	26, // 5: throughcare.v1.GetHandoverResponse.release_case:type_name -> throughcare.v1.ReleaseCase
-	25, // 6: throughcare.v1.WatchHandoversResponse.handover:type_name -> throughcare.v1.Handover
+	28, // 1: throughcare.v1.ListHandoversRequest.states:type_name -> throughcare.v1.HandoverState
+	29, // 2: throughcare.v1.ListHandoversRequest.due_before:type_name -> google.protobuf.Timestamp
+	30, // 3: throughcare.v1.ListHandoversResponse.handovers:type_name -> throughcare.v1.Handover
+	30, // 4: throughcare.v1.GetHandoverResponse.handover:type_name -> throughcare.v1.Handover
+	31, // 5: throughcare.v1.GetHandoverResponse.release_case:type_name -> throughcare.v1.ReleaseCase
+	30, // 6: throughcare.v1.WatchHandoversResponse.handover:type_name -> throughcare.v1.Handover
 	0,  // 7: throughcare.v1.WatchHandoversResponse.direction:type_name -> throughcare.v1.Direction
-	25, // 8: throughcare.v1.AcknowledgeHandoverResponse.handover:type_name -> throughcare.v1.Handover
-	25, // 9: throughcare.v1.AcceptHandoverResponse.handover:type_name -> throughcare.v1.Handover
-	27, // 10: throughcare.v1.DeclineHandoverRequest.reason:type_name -> throughcare.v1.DeclineReason
-	25, // 11: throughcare.v1.DeclineHandoverResponse.handover:type_name -> throughcare.v1.Handover
-	25, // 12: throughcare.v1.RequestInformationResponse.handover:type_name -> throughcare.v1.Handover
-	25, // 13: throughcare.v1.ProvideInformationResponse.handover:type_name -> throughcare.v1.Handover
-	19, // 14: throughcare.v1.ListDeadLettersResponse.dead_letters:type_name -> throughcare.v1.DeadLetter
-	24, // 15: throughcare.v1.DeadLetter.time:type_name -> google.protobuf.Timestamp
-	22, // 16: throughcare.v1.ListOverdueHandoversResponse.handovers:type_name -> throughcare.v1.OverdueHandover
-	28, // 17: throughcare.v1.OverdueHandover.purpose:type_name -> throughcare.v1.Purpose
-	23, // 18: throughcare.v1.OverdueHandover.state:type_name -> throughcare.v1.HandoverState
-	0,  // 19: throughcare.v1.OverdueHandover.direction:type_name -> throughcare.v1.Direction
-	24, // 20: throughcare.v1.OverdueHandover.acknowledge_due_time:type_name -> google.protobuf.Timestamp
-	24, // 21: throughcare.v1.OverdueHandover.accept_due_time:type_name -> google.protobuf.Timestamp
-	24, // 22: throughcare.v1.OverdueHandover.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 23: throughcare.v1.HandoverService.ListHandovers:input_type -> throughcare.v1.ListHandoversRequest
-	3,  // 24: throughcare.v1.HandoverService.GetHandover:input_type -> throughcare.v1.GetHandoverRequest
-	5,  // 25: throughcare.v1.HandoverService.WatchHandovers:input_type -> throughcare.v1.WatchHandoversRequest
-	7,  // 26: throughcare.v1.HandoverService.AcknowledgeHandover:input_type -> throughcare.v1.AcknowledgeHandoverRequest
-	9,  // 27: throughcare.v1.HandoverService.AcceptHandover:input_type -> throughcare.v1.AcceptHandoverRequest
-	11, // 28: throughcare.v1.HandoverService.DeclineHandover:input_type -> throughcare.v1.DeclineHandoverRequest
-	13, // 29: throughcare.v1.HandoverService.RequestInformation:input_type -> throughcare.v1.RequestInformationRequest
-	15, // 30: throughcare.v1.HandoverService.ProvideInformation:input_type -> throughcare.v1.ProvideInformationRequest
-	17, // 31: throughcare.v1.HandoverService.ListDeadLetters:input_type -> throughcare.v1.ListDeadLettersRequest
-	20, // 32: throughcare.v1.HandoverService.ListOverdueHandovers:input_type -> throughcare.v1.ListOverdueHandoversRequest
-	2,  // 33: throughcare.v1.HandoverService.ListHandovers:output_type -> throughcare.v1.ListHandoversResponse
-	4,  // 34: throughcare.v1.HandoverService.GetHandover:output_type -> throughcare.v1.GetHandoverResponse
-	6,  // 35: throughcare.v1.HandoverService.WatchHandovers:output_type -> throughcare.v1.WatchHandoversResponse
-	8,  // 36: throughcare.v1.HandoverService.AcknowledgeHandover:output_type -> throughcare.v1.AcknowledgeHandoverResponse
-	10, // 37: throughcare.v1.HandoverService.AcceptHandover:output_type -> throughcare.v1.AcceptHandoverResponse
-	12, // 38: throughcare.v1.HandoverService.DeclineHandover:output_type -> throughcare.v1.DeclineHandoverResponse
-	14, // 39: throughcare.v1.HandoverService.RequestInformation:output_type -> throughcare.v1.RequestInformationResponse
-	16, // 40: throughcare.v1.HandoverService.ProvideInformation:output_type -> throughcare.v1.ProvideInformationResponse
-	18, // 41: throughcare.v1.HandoverService.ListDeadLetters:output_type -> throughcare.v1.ListDeadLettersResponse
-	21, // 42: throughcare.v1.HandoverService.ListOverdueHandovers:output_type -> throughcare.v1.ListOverdueHandoversResponse
-	33, // [33:43] is the sub-list for method output_type
-	23, // [23:33] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	30, // 8: throughcare.v1.AcknowledgeHandoverResponse.handover:type_name -> throughcare.v1.Handover
+	30, // 9: throughcare.v1.AcceptHandoverResponse.handover:type_name -> throughcare.v1.Handover
+	32, // 10: throughcare.v1.DeclineHandoverRequest.reason:type_name -> throughcare.v1.DeclineReason
+	30, // 11: throughcare.v1.DeclineHandoverResponse.handover:type_name -> throughcare.v1.Handover
+	30, // 12: throughcare.v1.RequestInformationResponse.handover:type_name -> throughcare.v1.Handover
+	30, // 13: throughcare.v1.ProvideInformationResponse.handover:type_name -> throughcare.v1.Handover
+	20, // 14: throughcare.v1.ListDeadLettersResponse.dead_letters:type_name -> throughcare.v1.DeadLetter
+	29, // 15: throughcare.v1.DeadLetter.time:type_name -> google.protobuf.Timestamp
+	1,  // 16: throughcare.v1.DeadLetter.status:type_name -> throughcare.v1.DeadLetterStatus
+	29, // 17: throughcare.v1.DeadLetter.resolve_time:type_name -> google.protobuf.Timestamp
+	20, // 18: throughcare.v1.RetryDeadLetterResponse.dead_letter:type_name -> throughcare.v1.DeadLetter
+	20, // 19: throughcare.v1.DiscardDeadLetterResponse.dead_letter:type_name -> throughcare.v1.DeadLetter
+	27, // 20: throughcare.v1.ListOverdueHandoversResponse.handovers:type_name -> throughcare.v1.OverdueHandover
+	33, // 21: throughcare.v1.OverdueHandover.purpose:type_name -> throughcare.v1.Purpose
+	28, // 22: throughcare.v1.OverdueHandover.state:type_name -> throughcare.v1.HandoverState
+	0,  // 23: throughcare.v1.OverdueHandover.direction:type_name -> throughcare.v1.Direction
+	29, // 24: throughcare.v1.OverdueHandover.acknowledge_due_time:type_name -> google.protobuf.Timestamp
+	29, // 25: throughcare.v1.OverdueHandover.accept_due_time:type_name -> google.protobuf.Timestamp
+	29, // 26: throughcare.v1.OverdueHandover.create_time:type_name -> google.protobuf.Timestamp
+	2,  // 27: throughcare.v1.HandoverService.ListHandovers:input_type -> throughcare.v1.ListHandoversRequest
+	4,  // 28: throughcare.v1.HandoverService.GetHandover:input_type -> throughcare.v1.GetHandoverRequest
+	6,  // 29: throughcare.v1.HandoverService.WatchHandovers:input_type -> throughcare.v1.WatchHandoversRequest
+	8,  // 30: throughcare.v1.HandoverService.AcknowledgeHandover:input_type -> throughcare.v1.AcknowledgeHandoverRequest
+	10, // 31: throughcare.v1.HandoverService.AcceptHandover:input_type -> throughcare.v1.AcceptHandoverRequest
+	12, // 32: throughcare.v1.HandoverService.DeclineHandover:input_type -> throughcare.v1.DeclineHandoverRequest
+	14, // 33: throughcare.v1.HandoverService.RequestInformation:input_type -> throughcare.v1.RequestInformationRequest
+	16, // 34: throughcare.v1.HandoverService.ProvideInformation:input_type -> throughcare.v1.ProvideInformationRequest
+	18, // 35: throughcare.v1.HandoverService.ListDeadLetters:input_type -> throughcare.v1.ListDeadLettersRequest
+	25, // 36: throughcare.v1.HandoverService.ListOverdueHandovers:input_type -> throughcare.v1.ListOverdueHandoversRequest
+	21, // 37: throughcare.v1.HandoverService.RetryDeadLetter:input_type -> throughcare.v1.RetryDeadLetterRequest
+	23, // 38: throughcare.v1.HandoverService.DiscardDeadLetter:input_type -> throughcare.v1.DiscardDeadLetterRequest
+	3,  // 39: throughcare.v1.HandoverService.ListHandovers:output_type -> throughcare.v1.ListHandoversResponse
+	5,  // 40: throughcare.v1.HandoverService.GetHandover:output_type -> throughcare.v1.GetHandoverResponse
+	7,  // 41: throughcare.v1.HandoverService.WatchHandovers:output_type -> throughcare.v1.WatchHandoversResponse
+	9,  // 42: throughcare.v1.HandoverService.AcknowledgeHandover:output_type -> throughcare.v1.AcknowledgeHandoverResponse
+	11, // 43: throughcare.v1.HandoverService.AcceptHandover:output_type -> throughcare.v1.AcceptHandoverResponse
+	13, // 44: throughcare.v1.HandoverService.DeclineHandover:output_type -> throughcare.v1.DeclineHandoverResponse
+	15, // 45: throughcare.v1.HandoverService.RequestInformation:output_type -> throughcare.v1.RequestInformationResponse
+	17, // 46: throughcare.v1.HandoverService.ProvideInformation:output_type -> throughcare.v1.ProvideInformationResponse
+	19, // 47: throughcare.v1.HandoverService.ListDeadLetters:output_type -> throughcare.v1.ListDeadLettersResponse
+	26, // 48: throughcare.v1.HandoverService.ListOverdueHandovers:output_type -> throughcare.v1.ListOverdueHandoversResponse
+	22, // 49: throughcare.v1.HandoverService.RetryDeadLetter:output_type -> throughcare.v1.RetryDeadLetterResponse
+	24, // 50: throughcare.v1.HandoverService.DiscardDeadLetter:output_type -> throughcare.v1.DiscardDeadLetterResponse
+	39, // [39:51] is the sub-list for method output_type
+	27, // [27:39] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_throughcare_v1_handover_service_proto_init() }
@@ -1609,8 +1983,8 @@ func file_throughcare_v1_handover_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_throughcare_v1_handover_service_proto_rawDesc), len(file_throughcare_v1_handover_service_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   22,
+			NumEnums:      2,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

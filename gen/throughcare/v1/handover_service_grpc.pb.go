@@ -29,6 +29,8 @@ const (
 	HandoverService_ProvideInformation_FullMethodName   = "/throughcare.v1.HandoverService/ProvideInformation"
 	HandoverService_ListDeadLetters_FullMethodName      = "/throughcare.v1.HandoverService/ListDeadLetters"
 	HandoverService_ListOverdueHandovers_FullMethodName = "/throughcare.v1.HandoverService/ListOverdueHandovers"
+	HandoverService_RetryDeadLetter_FullMethodName      = "/throughcare.v1.HandoverService/RetryDeadLetter"
+	HandoverService_DiscardDeadLetter_FullMethodName    = "/throughcare.v1.HandoverService/DiscardDeadLetter"
 )
 
 // HandoverServiceClient is the client API for HandoverService service.
@@ -56,6 +58,13 @@ type HandoverServiceClient interface {
 	// Lists this agency's handovers, sent or received, with a deadline marked overdue, for
 	// operators: metadata only.
 	ListOverdueHandovers(ctx context.Context, in *ListOverdueHandoversRequest, opts ...grpc.CallOption) (*ListOverdueHandoversResponse, error)
+	// Retries a dead letter through the normal path, for operators: asks the agency that
+	// sent it to send again what this agency has not received along its handover. Recorded
+	// in the ledger.
+	RetryDeadLetter(ctx context.Context, in *RetryDeadLetterRequest, opts ...grpc.CallOption) (*RetryDeadLetterResponse, error)
+	// Discards a dead letter, for operators: it stays listed, marked discarded, and the
+	// ledger records who discarded it and why.
+	DiscardDeadLetter(ctx context.Context, in *DiscardDeadLetterRequest, opts ...grpc.CallOption) (*DiscardDeadLetterResponse, error)
 }
 
 type handoverServiceClient struct {
@@ -175,6 +184,26 @@ func (c *handoverServiceClient) ListOverdueHandovers(ctx context.Context, in *Li
 	return out, nil
 }
 
+func (c *handoverServiceClient) RetryDeadLetter(ctx context.Context, in *RetryDeadLetterRequest, opts ...grpc.CallOption) (*RetryDeadLetterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryDeadLetterResponse)
+	err := c.cc.Invoke(ctx, HandoverService_RetryDeadLetter_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *handoverServiceClient) DiscardDeadLetter(ctx context.Context, in *DiscardDeadLetterRequest, opts ...grpc.CallOption) (*DiscardDeadLetterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DiscardDeadLetterResponse)
+	err := c.cc.Invoke(ctx, HandoverService_DiscardDeadLetter_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HandoverServiceServer is the server API for HandoverService service.
 // All implementations must embed UnimplementedHandoverServiceServer
 // for forward compatibility.
@@ -200,6 +229,13 @@ type HandoverServiceServer interface {
 	// Lists this agency's handovers, sent or received, with a deadline marked overdue, for
 	// operators: metadata only.
 	ListOverdueHandovers(context.Context, *ListOverdueHandoversRequest) (*ListOverdueHandoversResponse, error)
+	// Retries a dead letter through the normal path, for operators: asks the agency that
+	// sent it to send again what this agency has not received along its handover. Recorded
+	// in the ledger.
+	RetryDeadLetter(context.Context, *RetryDeadLetterRequest) (*RetryDeadLetterResponse, error)
+	// Discards a dead letter, for operators: it stays listed, marked discarded, and the
+	// ledger records who discarded it and why.
+	DiscardDeadLetter(context.Context, *DiscardDeadLetterRequest) (*DiscardDeadLetterResponse, error)
 	mustEmbedUnimplementedHandoverServiceServer()
 }
 
@@ -239,6 +275,12 @@ func (UnimplementedHandoverServiceServer) ListDeadLetters(context.Context, *List
 }
 func (UnimplementedHandoverServiceServer) ListOverdueHandovers(context.Context, *ListOverdueHandoversRequest) (*ListOverdueHandoversResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListOverdueHandovers not implemented")
+}
+func (UnimplementedHandoverServiceServer) RetryDeadLetter(context.Context, *RetryDeadLetterRequest) (*RetryDeadLetterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryDeadLetter not implemented")
+}
+func (UnimplementedHandoverServiceServer) DiscardDeadLetter(context.Context, *DiscardDeadLetterRequest) (*DiscardDeadLetterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DiscardDeadLetter not implemented")
 }
 func (UnimplementedHandoverServiceServer) mustEmbedUnimplementedHandoverServiceServer() {}
 func (UnimplementedHandoverServiceServer) testEmbeddedByValue()                         {}
@@ -434,6 +476,42 @@ func _HandoverService_ListOverdueHandovers_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _HandoverService_RetryDeadLetter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryDeadLetterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HandoverServiceServer).RetryDeadLetter(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HandoverService_RetryDeadLetter_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HandoverServiceServer).RetryDeadLetter(ctx, req.(*RetryDeadLetterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _HandoverService_DiscardDeadLetter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DiscardDeadLetterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HandoverServiceServer).DiscardDeadLetter(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HandoverService_DiscardDeadLetter_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HandoverServiceServer).DiscardDeadLetter(ctx, req.(*DiscardDeadLetterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // HandoverService_ServiceDesc is the grpc.ServiceDesc for HandoverService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -476,6 +554,14 @@ var HandoverService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListOverdueHandovers",
 			Handler:    _HandoverService_ListOverdueHandovers_Handler,
+		},
+		{
+			MethodName: "RetryDeadLetter",
+			Handler:    _HandoverService_RetryDeadLetter_Handler,
+		},
+		{
+			MethodName: "DiscardDeadLetter",
+			Handler:    _HandoverService_DiscardDeadLetter_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
