@@ -226,7 +226,7 @@ func printDevBanner(w io.Writer, cfg devConfig, sys *devSystem) {
 		natsAccess = "an account per agency; nkey seeds in " + devCredentialsDir(cfg.DataDir)
 	}
 	fmt.Fprintf(w, "  %-12s %s (%s)\n", "nats", sys.nats.ClientURL(), natsAccess)
-	fmt.Fprintf(w, "  %-12s throughcare events tail --data-dir %s --nats-url %s\n", "operators", cfg.DataDir, sys.nats.ClientURL())
+	fmt.Fprintf(w, "  %-12s go run ./cmd/throughcare events tail --data-dir %s --nats-url %s (also: streams, handovers overdue, deadletters)\n", "operators", cfg.DataDir, sys.nats.ClientURL())
 	first := sys.agencies[0]
 	addr, who := first.Addr(), first.handovers.Agencies().Name(first.agency)
 	if sys.certs == nil {
