@@ -70,6 +70,12 @@ func CheckMarkers(files ...protoreflect.FileDescriptor) []string {
 				if fd.Message() != nil {
 					problems = append(problems, markedBelow(fd.Message(), fd.FullName(), map[protoreflect.FullName]bool{})...)
 				}
+			case m.Routing && fd.IsMap():
+				// A map's entries take its field's marker: only a message value has fields
+				// of its own to mark.
+				if v := fd.MapValue().Message(); v != nil {
+					walk(v)
+				}
 			case m.Routing:
 				if fd.Message() != nil {
 					walk(fd.Message())

@@ -66,7 +66,17 @@ func TestCheckMarkersCatchesUnmarkedField(t *testing.T) {
 					{Name: proto.String("ambiguous"), Number: proto.Int32(3), Type: str, Label: opt, Options: both},
 					{Name: proto.String("details"), Number: proto.Int32(4), Type: msg, Label: opt, TypeName: proto.String(".throughcare.v1test.Details"), Options: routing},
 					{Name: proto.String("clinic"), Number: proto.Int32(5), Type: msg, Label: opt, TypeName: proto.String(".throughcare.v1test.Clinic"), Options: health},
+					// A routing map of strings: its entries take its marker.
+					{Name: proto.String("labels"), Number: proto.Int32(6), Type: msg, Label: descriptorpb.FieldDescriptorProto_LABEL_REPEATED.Enum(), TypeName: proto.String(".throughcare.v1test.Record.LabelsEntry"), Options: routing},
 				},
+				NestedType: []*descriptorpb.DescriptorProto{{
+					Name:    proto.String("LabelsEntry"),
+					Options: &descriptorpb.MessageOptions{MapEntry: proto.Bool(true)},
+					Field: []*descriptorpb.FieldDescriptorProto{
+						{Name: proto.String("key"), Number: proto.Int32(1), Type: str, Label: opt},
+						{Name: proto.String("value"), Number: proto.Int32(2), Type: str, Label: opt},
+					},
+				}},
 			},
 			{
 				Name:  proto.String("Details"),
@@ -93,7 +103,7 @@ func TestCheckMarkersCatchesUnmarkedField(t *testing.T) {
 			t.Errorf("CheckMarkers missed %q; got:\n%s", want, got)
 		}
 	}
-	if strings.Contains(got, "Record.id") {
+	if strings.Contains(got, "Record.id") || strings.Contains(got, "LabelsEntry") {
 		t.Errorf("CheckMarkers flagged a marked routing field; got:\n%s", got)
 	}
 }
