@@ -1,0 +1,201 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
+	"github.com/throughcare/throughcare/pkg/eventbus"
+)
+
+// startLocalCluster builds this binary and the module's nats-server, and starts
+// `throughcare cluster`'s cluster on free ports in t.TempDir(); it stops with the test.
+func startLocalCluster(t *testing.T) *localCluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a 3-node NATS cluster and the services as processes")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin", "throughcare")
+	if out, err := exec.CommandContext(t.Context(), "go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build throughcare: %v\n%s", err, out)
+	}
+	natsBin, err := buildNATSServer(t.Context(), filepath.Join(dir, "bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := freeBasePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := startCluster(testCtx(t), clusterConfig{Dir: dir, NATSServer: natsBin, Throughcare: bin, BasePort: base})
+	if err != nil {
+		t.Fatalf("start the cluster: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Errorf("stop the cluster: %v", err)
+		}
+		if t.Failed() {
+			logs, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
+			for _, l := range logs {
+				if out, err := exec.Command("tail", "-n", "15", l).Output(); err == nil {
+					t.Logf("%s:\n%s", filepath.Base(l), out)
+				}
+			}
+		}
+	})
+	return c
+}
+
+// TestJourneyOnAThreeNodeClusterWithServiceProcesses runs a referral to acceptance on
+// three clustered nats-server processes, each agency's service a process of its own over
+// mutual TLS and its own NATS account, with every stream and bucket at R3.
+func TestJourneyOnAThreeNodeClusterWithServiceProcesses(t *testing.T) {
+	c := startLocalCluster(t)
+	ctx := testCtx(t)
+	conns := map[string]*clusterClients{}
+	for _, a := range c.Agencies {
+		conn := dialAgency(t, a.Addr, clientTLS(t, c.Certs, a.ID, a.ID))
+		conns[a.ID] = &clusterClients{
+			handovers: throughcarev1.NewHandoverServiceClient(conn),
+			cases:     throughcarev1.NewCaseServiceClient(conn),
+		}
+	}
+	prison := throughcarev1.NewPrisonServiceClient(dialAgency(t, c.Agencies[0].Addr, clientTLS(t, c.Certs, prisonAgency, prisonAgency)))
+	rc := openCase(t, prison)
+	resp, err := conns[prisonAgency].cases.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: rc.GetCaseId(), Recipient: probationAgency, Purpose: purposeSupervision})
+	if err != nil {
+		t.Fatalf("refer: %v", err)
+	}
+	id := resp.GetHandover().GetHandoverId()
+	waitState(t, conns[prisonAgency].handovers, id, stateDelivered)
+	if err := acknowledge(ctx, conns[probationAgency].handovers, id, "po-marko"); err != nil {
+		t.Fatal(err)
+	}
+	if err := accept(ctx, conns[probationAgency].handovers, id, "po-marko", "po-marko"); err != nil {
+		t.Fatal(err)
+	}
+	checkReceipts(t, "prison", waitState(t, conns[prisonAgency].handovers, id, stateAccepted), receiptDelivered, receiptAcknowledged, receiptAccepted)
+
+	auth, err := c.Creds.ConnectOptions(prisonAgency)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(c.NATSURLs(), auth...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{eventbus.OutboxStream(prisonAgency), eventbus.InboxStream(prisonAgency), "KV_prison_handovers", "KV_prison_cases", "LEDGER_PRISON"} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatalf("stream %s: %v", name, err)
+		}
+		info := s.CachedInfo()
+		if info.Config.Replicas != 3 || info.Cluster == nil || len(info.Cluster.Replicas) != 2 {
+			t.Errorf("stream %s: %d replicas (%+v), want 3", name, info.Config.Replicas, info.Cluster)
+		}
+	}
+}
+
+// clusterClients are one agency's clients on a local cluster.
+type clusterClients struct {
+	handovers throughcarev1.HandoverServiceClient
+	cases     throughcarev1.CaseServiceClient
+}
+
+// freeBasePort finds a base port whose whole span of 60 is free now, for tests.
+func freeBasePort() (int, error) {
+	for try := 0; try < 50; try++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		base := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		if base > 65535-60 || base < 1024 {
+			continue
+		}
+		ok := true
+		for off := 1; off <= 60 && ok; off++ {
+			probe, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off))
+			if err != nil {
+				ok = false
+				continue
+			}
+			_ = probe.Close()
+		}
+		if ok {
+			return base, nil
+		}
+	}
+	return 0, errors.New("no free span of 60 ports")
+}
+
+// TestKilledNATSNodeLosesNothing kills one NATS node with kill -9 while referrals are in
+// flight, and starts it again: every referral is accepted, every handover is delivered,
+// with one delivered receipt, and probation holds each once.
+//
+// It is the first of the fault suite, and not yet in the README's test command: in three
+// runs it failed twice, a ReferCase during the fault answering Internal once and
+// DeadlineExceeded once (the write waits on a stream whose leader was on the dead node),
+// and recovery took 30 to 45 s. THROUGHCARE_FAULTS=1 runs it.
+func TestKilledNATSNodeLosesNothing(t *testing.T) {
+	if os.Getenv("THROUGHCARE_FAULTS") == "" {
+		t.Skip("the fault suite: THROUGHCARE_FAULTS=1 runs it")
+	}
+	c := startLocalCluster(t)
+	ctx := testCtx(t)
+	prisonConn := dialAgency(t, c.Agencies[0].Addr, clientTLS(t, c.Certs, prisonAgency, prisonAgency))
+	prison, prisonCases := throughcarev1.NewPrisonServiceClient(prisonConn), throughcarev1.NewCaseServiceClient(prisonConn)
+	prisonH := throughcarev1.NewHandoverServiceClient(prisonConn)
+	probationH := throughcarev1.NewHandoverServiceClient(dialAgency(t, c.Agencies[1].Addr, clientTLS(t, c.Certs, probationAgency, probationAgency)))
+	const n = 20
+	var ids []string
+	for i := range n {
+		rc := openCaseN(t, prison, i+1)
+		if i == n/2 {
+			if err := c.KillNATS(1); err != nil {
+				t.Fatalf("kill nats-2: %v", err)
+			}
+		}
+		resp, err := prisonCases.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: rc.GetCaseId(), Recipient: probationAgency, Purpose: purposeSupervision})
+		if err != nil {
+			t.Fatalf("refer %d with a node down: %v", i, err)
+		}
+		ids = append(ids, resp.GetHandover().GetHandoverId())
+	}
+	killed := time.Now()
+	if err := c.RestartNATS(1); err != nil {
+		t.Fatal(err)
+	}
+	delivered := waitAllState(t, prisonH, outgoing, ids, stateDelivered, 60*time.Second)
+	t.Logf("all %d delivered %s after the node was killed", n, time.Since(killed).Round(time.Millisecond))
+	for _, id := range ids {
+		checkReceipts(t, "prison", delivered[id], receiptDelivered)
+	}
+	held := listAll(t, probationH, &throughcarev1.ListHandoversRequest{Direction: incoming})
+	seen := map[string]int{}
+	for _, h := range held {
+		seen[h.GetHandoverId()]++
+	}
+	for _, id := range ids {
+		if seen[id] != 1 {
+			t.Errorf("probation lists handover %s %d times, want once", id, seen[id])
+		}
+	}
+}
