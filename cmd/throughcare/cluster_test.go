@@ -150,8 +150,8 @@ func freeBasePort() (int, error) {
 // flight, and starts it again: every referral is accepted, every handover is delivered,
 // with one delivered receipt, and probation holds each once.
 //
-// It is the first of the fault suite, and not yet in the README's test command: in three
-// runs it failed twice, a ReferCase during the fault answering Internal once and
+// It is the first of the fault suite, and not yet in the README's test command: in four
+// runs a ReferCase during the fault failed twice, answering Internal once and
 // DeadlineExceeded once (the write waits on a stream whose leader was on the dead node),
 // and recovery took 30 to 45 s. THROUGHCARE_FAULTS=1 runs it.
 func TestKilledNATSNodeLosesNothing(t *testing.T) {
