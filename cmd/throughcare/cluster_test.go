@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -150,10 +151,10 @@ func freeBasePort() (int, error) {
 // flight, and starts it again: every referral is accepted, every handover is delivered,
 // with one delivered receipt, and probation holds each once.
 //
-// It is the first of the fault suite, and not yet in the README's test command: in four
-// runs a ReferCase during the fault failed twice, answering Internal once and
-// DeadlineExceeded once (the write waits on a stream whose leader was on the dead node),
-// and recovery took 30 to 45 s. THROUGHCARE_FAULTS=1 runs it.
+// A ReferCase during the fault may fail (the write waits on a stream whose leader was on
+// the dead node): it is retried with its request id, which makes no second handover. It
+// is the first of the fault suite and not yet in the README's test command, as its
+// recovery time under -race and CI load is not known: THROUGHCARE_FAULTS=1 runs it.
 func TestKilledNATSNodeLosesNothing(t *testing.T) {
 	if os.Getenv("THROUGHCARE_FAULTS") == "" {
 		t.Skip("the fault suite: THROUGHCARE_FAULTS=1 runs it")
@@ -166,6 +167,7 @@ func TestKilledNATSNodeLosesNothing(t *testing.T) {
 	probationH := throughcarev1.NewHandoverServiceClient(dialAgency(t, c.Agencies[1].Addr, clientTLS(t, c.Certs, probationAgency, probationAgency)))
 	const n = 20
 	var ids []string
+	retried := 0
 	for i := range n {
 		rc := openCaseN(t, prison, i+1)
 		if i == n/2 {
@@ -173,9 +175,23 @@ func TestKilledNATSNodeLosesNothing(t *testing.T) {
 				t.Fatalf("kill nats-2: %v", err)
 			}
 		}
-		resp, err := prisonCases.ReferCase(ctx, &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: rc.GetCaseId(), Recipient: probationAgency, Purpose: purposeSupervision})
-		if err != nil {
-			t.Fatalf("refer %d with a node down: %v", i, err)
+		// A call that fails during the fault is retried with its request id, as a
+		// case-management system would: safe, it makes no second handover.
+		req := &throughcarev1.ReferCaseRequest{Actor: "prison-worker-1", CaseId: rc.GetCaseId(), Recipient: probationAgency, Purpose: purposeSupervision, RequestId: fmt.Sprintf("fault-%d", i)}
+		var resp *throughcarev1.ReferCaseResponse
+		for start := time.Now(); ; {
+			callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			var err error
+			resp, err = prisonCases.ReferCase(callCtx, req)
+			cancel()
+			if err == nil {
+				break
+			}
+			if time.Since(start) > 2*time.Minute {
+				t.Fatalf("refer %d with a node down: still failing after 2m: %v", i, err)
+			}
+			retried++
+			t.Logf("refer %d: %v; retrying", i, err)
 		}
 		ids = append(ids, resp.GetHandover().GetHandoverId())
 	}
@@ -184,7 +200,7 @@ func TestKilledNATSNodeLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	delivered := waitAllState(t, prisonH, outgoing, ids, stateDelivered, 60*time.Second)
-	t.Logf("all %d delivered %s after the node was killed", n, time.Since(killed).Round(time.Millisecond))
+	t.Logf("all %d delivered %s after the node was killed; %d ReferCase calls retried", n, time.Since(killed).Round(time.Millisecond), retried)
 	for _, id := range ids {
 		checkReceipts(t, "prison", delivered[id], receiptDelivered)
 	}

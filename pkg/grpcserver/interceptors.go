@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/throughcare/throughcare/pkg/fault"
 )
 
@@ -125,6 +127,9 @@ func toStatus(log *zap.Logger, method string, err error) error {
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, fault.ErrUnavailable):
 		return status.Error(codes.Unavailable, err.Error())
+	case storeUnreachable(err):
+		log.Warn("store unreachable", zap.String("method", method), zap.Error(err))
+		return status.Error(codes.Unavailable, "the store is unreachable for now (a NATS node is failing over): try again")
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "canceled")
 	case errors.Is(err, context.DeadlineExceeded):
@@ -200,4 +205,16 @@ func badRequest(msg string, violations []*errdetails.BadRequest_FieldViolation) 
 		return status.Error(codes.InvalidArgument, "invalid request: "+msg)
 	}
 	return st.Err()
+}
+
+// storeUnreachable reports whether err is NATS being out of reach for a moment: a node
+// failing over, a connection being re-established. The call may be retried.
+func storeUnreachable(err error) bool {
+	for _, transient := range []error{nats.ErrTimeout, nats.ErrNoResponders, nats.ErrConnectionClosed, nats.ErrDisconnected,
+		nats.ErrConnectionReconnecting, jetstream.ErrNoStreamResponse, jetstream.ErrNoHeartbeat} {
+		if errors.Is(err, transient) {
+			return true
+		}
+	}
+	return false
 }

@@ -2,9 +2,11 @@ package handover
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
@@ -14,12 +16,17 @@ import (
 	"github.com/throughcare/throughcare/pkg/fault"
 	"github.com/throughcare/throughcare/pkg/handover/lifecycle"
 	"github.com/throughcare/throughcare/pkg/ids"
+	"github.com/throughcare/throughcare/pkg/records"
 )
 
 // Refer creates a handover of a case this agency holds (its own, or its copy of one referred
 // to it) to recipient for purpose, and sends the case with it, cut down to what the protocol allows. It returns the handover and what
 // was held back, and why. With no rule for the flow it refuses, naming the missing rule.
-func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient string, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []*throughcarev1.Withholding, error) {
+//
+// A requestID, when given, makes the call safe to retry: the first call claims it for the
+// handover it makes, and a later call with it returns that handover (if it asks for the
+// same referral) instead of making another.
+func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient string, purpose throughcarev1.Purpose, requestID string) (*throughcarev1.Handover, []*throughcarev1.Withholding, error) {
 	if recipient == s.cfg.Agency {
 		return nil, nil, fault.InvalidField("recipient", "must be another agency")
 	}
@@ -37,9 +44,20 @@ func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient str
 	if rc.GetState() != throughcarev1.CaseState_CASE_STATE_OPEN {
 		return nil, nil, fmt.Errorf("release case %s is %s; only an open case can be referred: %w", caseID, rc.GetState(), fault.ErrFailedPrecondition)
 	}
+	// The copy the recipient gets: its revision is ours, not theirs.
+	shared := proto.CloneOf(rc)
+	shared.Revision = 0
+	report, err := s.cfg.Protocol.Enforce(shared, s.cfg.Agency, recipient, purpose, rc.GetConsents())
+	if err != nil {
+		return nil, nil, err
+	}
+	id, done, err := s.claimRequest(ctx, requestID, caseID, recipient, purpose)
+	if err != nil || done != nil {
+		return done, report.Withheld, err
+	}
 	now := timestampNow(s.now)
 	h := &throughcarev1.Handover{
-		HandoverId:    ids.New(ids.Handover),
+		HandoverId:    id,
 		CaseId:        caseID,
 		Sender:        s.cfg.Agency,
 		Recipient:     recipient,
@@ -50,25 +68,59 @@ func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient str
 		AcceptDueTime: s.party.AcceptDue(rc),
 		Revision:      1,
 	}
-	// The copy the recipient gets: its revision is ours, not theirs.
-	shared := proto.CloneOf(rc)
-	shared.Revision = 0
-	report, err := s.cfg.Protocol.Enforce(shared, s.cfg.Agency, recipient, purpose, rc.GetConsents())
-	if err != nil {
-		return nil, nil, err
-	}
 	h.WithheldCategories = report.WithheldCategories()
 	ev := s.party.NewEvent(h, recipient, actor, throughcarev1.EventType_EVENT_TYPE_HANDOVER_REFERRED)
 	ev.Withholdings = report.Withheld
 	ev.Payload = &throughcarev1.Event_HandoverReferred{HandoverReferred: &throughcarev1.HandoverReferred{Handover: proto.CloneOf(h), ReleaseCase: shared}}
 	rec := &storev1.HandoverRecord{Handover: h, Outbox: []*throughcarev1.Event{ev}}
-	if _, err := s.write(ctx, rec, 0); err != nil {
+	if _, err := s.write(ctx, rec, 0); errors.Is(err, records.ErrExists) && requestID != "" {
+		// A retry of the same request, in flight at the same time, stored it first.
+		stored, err := s.get(ctx, id)
+		return stored.GetHandover(), report.Withheld, err
+	} else if err != nil {
 		return nil, nil, handoverError(h.GetHandoverId(), err)
 	}
 	s.log.Info("handover referred", zap.String("handover_id", h.GetHandoverId()), zap.String("case_id", caseID),
 		zap.String("recipient", recipient), zap.String("purpose", purpose.String()), zap.String("actor", actor),
 		zap.Any("withheld", h.GetWithheldCategories()))
 	return h, report.Withheld, nil
+}
+
+// requestTTL is how long a referral's request id is remembered: a retry comes within it.
+const requestTTL = 24 * time.Hour
+
+// claimRequest is the id of the handover a referral makes. With a request id, the first
+// call claims the id for a new handover; a retry finds the handover it made and returns it
+// (done), or, if that call stopped before storing it, the id to store it under.
+func (s *Service) claimRequest(ctx context.Context, requestID, caseID, recipient string, purpose throughcarev1.Purpose) (string, *throughcarev1.Handover, error) {
+	id := ids.New(ids.Handover)
+	if requestID == "" {
+		return id, nil, nil
+	}
+	key := "req." + requestID
+	err := s.handovers.CreateRaw(ctx, key, []byte(id), requestTTL)
+	if err == nil {
+		return id, nil, nil
+	}
+	if !errors.Is(err, records.ErrExists) {
+		return "", nil, err
+	}
+	raw, _, err := s.handovers.GetRaw(ctx, key)
+	if err != nil {
+		return "", nil, fmt.Errorf("request %s: %w", requestID, err)
+	}
+	id = string(raw)
+	rec, err := s.get(ctx, id)
+	if errors.Is(err, fault.ErrNotFound) {
+		return id, nil, nil // the first call stopped before storing it
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	if h := rec.GetHandover(); h.GetCaseId() != caseID || h.GetRecipient() != recipient || h.GetPurpose() != purpose {
+		return "", nil, fault.InvalidField("request_id", "was used for another referral (handover %s)", id)
+	}
+	return id, rec.GetHandover(), nil
 }
 
 // NotifyRelease tells every agency that accepted a handover of the case that the person

@@ -245,6 +245,8 @@ type op struct {
 	remove bool
 	// expect is the revision the key must be at (0: must not exist); nil checks nothing.
 	expect *uint64
+	// ttl, when set, is how long the write lives.
+	ttl time.Duration
 }
 
 // apply publishes ops without waiting between them, then waits for every acknowledgement.
@@ -274,6 +276,8 @@ func (b *bucket) applyRevs(ctx context.Context, ops []op) ([]uint64, error) {
 		if o.remove {
 			msg.Header.Set("KV-Operation", "PURGE")
 			msg.Header.Set("Nats-TTL", tombstoneTTL.String())
+		} else if o.ttl > 0 {
+			msg.Header.Set("Nats-TTL", o.ttl.String())
 		}
 		f, err := b.js.PublishMsgAsync(msg)
 		if err != nil {
@@ -320,6 +324,17 @@ func validateIndexKey(key string) error {
 // SetRaw writes bytes under a key that holds no record (a checkpoint, say).
 func (b *bucket) SetRaw(ctx context.Context, key string, data []byte) error {
 	return b.apply(ctx, []op{{key: key, data: data}})
+}
+
+// CreateRaw writes bytes under a key that holds no record, unless the key is there
+// (ErrExists); the write lives for ttl.
+func (b *bucket) CreateRaw(ctx context.Context, key string, data []byte, ttl time.Duration) error {
+	var absent uint64
+	err := b.apply(ctx, []op{{key: key, data: data, expect: &absent, ttl: ttl}})
+	if errors.Is(err, ErrRevisionMismatch) {
+		return fmt.Errorf("%s: %w", key, ErrExists)
+	}
+	return err
 }
 
 // RemoveRaw removes a key that holds no record, and its history.

@@ -18,7 +18,7 @@ import (
 // Handovers is the part of the handover protocol this service calls.
 type Handovers interface {
 	cases.Sharing
-	Refer(ctx context.Context, actor, caseID, recipient string, purpose throughcarev1.Purpose) (*throughcarev1.Handover, []*throughcarev1.Withholding, error)
+	Refer(ctx context.Context, actor, caseID, recipient string, purpose throughcarev1.Purpose, requestID string) (*throughcarev1.Handover, []*throughcarev1.Withholding, error)
 }
 
 // Server implements throughcare.v1.CaseService for one agency.
@@ -40,7 +40,7 @@ func New(log *zap.Logger, agency string, store *cases.Store, handovers Handovers
 // ReferCase refers a case this agency holds, sharing what the protocol allows for the
 // purpose; the response says what was held back and why.
 func (s *Server) ReferCase(ctx context.Context, req *throughcarev1.ReferCaseRequest) (*throughcarev1.ReferCaseResponse, error) {
-	h, withheld, err := s.handovers.Refer(ctx, req.GetActor(), req.GetCaseId(), req.GetRecipient(), req.GetPurpose())
+	h, withheld, err := s.handovers.Refer(ctx, req.GetActor(), req.GetCaseId(), req.GetRecipient(), req.GetPurpose(), req.GetRequestId())
 	if err != nil {
 		return nil, err
 	}

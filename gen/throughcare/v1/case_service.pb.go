@@ -23,11 +23,16 @@ const (
 )
 
 type ReferCaseRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Actor         string                 `protobuf:"bytes,1,opt,name=actor,proto3" json:"actor,omitempty"`
-	CaseId        string                 `protobuf:"bytes,2,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
-	Recipient     string                 `protobuf:"bytes,3,opt,name=recipient,proto3" json:"recipient,omitempty"`
-	Purpose       Purpose                `protobuf:"varint,4,opt,name=purpose,proto3,enum=throughcare.v1.Purpose" json:"purpose,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Actor     string                 `protobuf:"bytes,1,opt,name=actor,proto3" json:"actor,omitempty"`
+	CaseId    string                 `protobuf:"bytes,2,opt,name=case_id,json=caseId,proto3" json:"case_id,omitempty"`
+	Recipient string                 `protobuf:"bytes,3,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	Purpose   Purpose                `protobuf:"varint,4,opt,name=purpose,proto3,enum=throughcare.v1.Purpose" json:"purpose,omitempty"`
+	// The caller's id for this referral, so it may retry a call whose answer it did not get
+	// (a timeout, a lost connection): a retry within a day with the same id returns the
+	// handover the first call made instead of making a second. Empty makes a new handover
+	// every time.
+	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -88,6 +93,13 @@ func (x *ReferCaseRequest) GetPurpose() Purpose {
 		return x.Purpose
 	}
 	return Purpose_PURPOSE_UNSPECIFIED
+}
+
+func (x *ReferCaseRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type ReferCaseResponse struct {
@@ -356,12 +368,14 @@ var File_throughcare_v1_case_service_proto protoreflect.FileDescriptor
 
 const file_throughcare_v1_case_service_proto_rawDesc = "" +
 	"\n" +
-	"!throughcare/v1/case_service.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\x8b\x02\n" +
+	"!throughcare/v1/case_service.proto\x12\x0ethroughcare.v1\x1a\x1bbuf/validate/validate.proto\x1a\x19throughcare/v1/case.proto\x1a\x19throughcare/v1/data.proto\x1a\x1dthroughcare/v1/handover.proto\x1a\x1dthroughcare/v1/protocol.proto\"\xcf\x02\n" +
 	"\x10ReferCaseRequest\x129\n" +
 	"\x05actor\x18\x01 \x01(\tB#\xbaH\x1cr\x1a2\x18^[A-Za-z0-9_@.-]{1,128}$\xd0\xf3\x18\x01R\x05actor\x129\n" +
 	"\acase_id\x18\x02 \x01(\tB \xbaH\x19r\x172\x15^[A-Za-z0-9_-]{1,64}$\xd0\xf3\x18\x01R\x06caseId\x12>\n" +
 	"\trecipient\x18\x03 \x01(\tB \xbaH\x19r\x172\x15^[a-z][a-z0-9]{0,30}$\xd0\xf3\x18\x01R\trecipient\x12A\n" +
-	"\apurpose\x18\x04 \x01(\x0e2\x17.throughcare.v1.PurposeB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\apurpose\"\xeb\x01\n" +
+	"\apurpose\x18\x04 \x01(\x0e2\x17.throughcare.v1.PurposeB\x0e\xbaH\a\x82\x01\x04\x10\x01 \x00\xd0\xf3\x18\x01R\apurpose\x12B\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tB#\xbaH\x1cr\x1a2\x18^([A-Za-z0-9_-]{1,64})?$\xd0\xf3\x18\x01R\trequestId\"\xeb\x01\n" +
 	"\x11ReferCaseResponse\x12:\n" +
 	"\bhandover\x18\x01 \x01(\v2\x18.throughcare.v1.HandoverB\x04\xd0\xf3\x18\x01R\bhandover\x12S\n" +
 	"\x13withheld_categories\x18\x02 \x03(\x0e2\x1c.throughcare.v1.DataCategoryB\x04\xd0\xf3\x18\x01R\x12withheldCategories\x12E\n" +
