@@ -23,13 +23,7 @@ func deadLetters(t *testing.T, sys *system, args ...string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var addrs []string
-	for _, a := range sys.Agencies.IDs() {
-		addrs = append(addrs, a+"="+sys.nodes[a][0].addr)
-	}
-	cfg.Addrs = strings.Join(addrs, ",")
-	cfg.TLSCA = sys.Certs.CAFile()
-	cfg.TLSCert, cfg.TLSKey = sys.Certs.ClientFiles(certs.Operator)
+	reachAsOperator(sys, &cfg.operatorConfig)
 	var out bytes.Buffer
 	err = runDeadLetters(testCtx(t), cfg, &out)
 	return out.String(), err

@@ -113,12 +113,7 @@ func (c eventsConfig) startTime(now time.Time) (time.Time, error) {
 
 // connect reaches the FLOW stream's account with the operators' credentials.
 func (c eventsConfig) connect() (*nats.Conn, jetstream.JetStream, error) {
-	seed := c.NATSSeed
-	if seed == "" {
-		if dev := filepath.Join(devCredentialsDir(c.DataDir), strings.ToLower(natsserver.OperatorAccount)+".nk"); fileExists(dev) {
-			seed = dev
-		}
-	}
+	seed := seedOr(c.NATSSeed, c.DataDir, natsserver.OperatorAccount)
 	opts := []nats.Option{nats.Name("throughcare-events"), nats.MaxReconnects(-1)}
 	if seed != "" {
 		auth, err := natsserver.OperatorConnectOptions(seed)
@@ -137,6 +132,17 @@ func (c eventsConfig) connect() (*nats.Conn, jetstream.JetStream, error) {
 		return nil, nil, err
 	}
 	return nc, js, nil
+}
+
+// seedOr is seed, or dev's seed file of account when seed is empty and the file exists.
+func seedOr(seed, dataDir, account string) string {
+	if seed != "" {
+		return seed
+	}
+	if dev := filepath.Join(devCredentialsDir(dataDir), strings.ToLower(account)+".nk"); fileExists(dev) {
+		return dev
+	}
+	return ""
 }
 
 func fileExists(path string) bool { _, err := os.Stat(path); return err == nil }

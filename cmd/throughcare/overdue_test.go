@@ -11,6 +11,18 @@ import (
 	"github.com/throughcare/throughcare/pkg/handover"
 )
 
+// reachAsOperator points an operator command at the test system's agencies, with the
+// operator certificate.
+func reachAsOperator(sys *system, cfg *operatorConfig) {
+	var addrs []string
+	for _, a := range sys.Agencies.IDs() {
+		addrs = append(addrs, a+"="+sys.nodes[a][0].addr)
+	}
+	cfg.Addrs = strings.Join(addrs, ",")
+	cfg.TLSCA = sys.Certs.CAFile()
+	cfg.TLSCert, cfg.TLSKey = sys.Certs.ClientFiles(certs.Operator)
+}
+
 // overdueReport is `throughcare handovers overdue` against the test system, with the
 // operator certificate.
 func overdueReport(t *testing.T, sys *system, args ...string) string {
@@ -19,13 +31,7 @@ func overdueReport(t *testing.T, sys *system, args ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var addrs []string
-	for _, a := range sys.Agencies.IDs() {
-		addrs = append(addrs, a+"="+sys.nodes[a][0].addr)
-	}
-	cfg.Addrs = strings.Join(addrs, ",")
-	cfg.TLSCA = sys.Certs.CAFile()
-	cfg.TLSCert, cfg.TLSKey = sys.Certs.ClientFiles(certs.Operator)
+	reachAsOperator(sys, &cfg.operatorConfig)
 	var out bytes.Buffer
 	if err := runOverdue(testCtx(t), cfg, &out); err != nil {
 		t.Fatalf("handovers overdue: %v", err)

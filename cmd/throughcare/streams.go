@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -43,17 +42,6 @@ func parseStreamsConfig(args []string, getenv func(string) string, out io.Writer
 		return c, err
 	}
 	return c, nil
-}
-
-// seedOr is seed, or dev's seed file of account when seed is empty and the file exists.
-func seedOr(seed, dataDir, account string) string {
-	if seed != "" {
-		return seed
-	}
-	if dev := filepath.Join(devCredentialsDir(dataDir), strings.ToLower(account)+".nk"); fileExists(dev) {
-		return dev
-	}
-	return ""
 }
 
 // jszResponse is one server's answer to $SYS.REQ.SERVER.PING.JSZ.
