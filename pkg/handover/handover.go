@@ -384,18 +384,17 @@ func timestampNow(now func() time.Time) *timestamppb.Timestamp { return timestam
 func (s *Service) MetricsState(ctx context.Context) (metrics.State, error) {
 	relayStream, _ := s.handovers.ChangeStream()
 	st := metrics.State{SourceLag: map[string]uint64{}}
-	for _, c := range []struct{ stream, name string }{{s.cfg.Inbox.Stream, "inbox"}, {relayStream, "outbox_relay"}} {
-		durable := s.cfg.Inbox.Durable
-		if c.name == "outbox_relay" {
-			durable = relayDurable(s.cfg.Agency)
-		}
-		cons, err := s.js.Consumer(ctx, c.stream, durable)
+	for _, c := range []struct{ name, stream, durable string }{
+		{"inbox", s.cfg.Inbox.Stream, s.cfg.Inbox.Durable},
+		{"outbox_relay", relayStream, relayDurable(s.cfg.Agency)},
+	} {
+		cons, err := s.js.Consumer(ctx, c.stream, c.durable)
 		if err != nil {
-			return st, fmt.Errorf("consumer %s: %w", durable, err)
+			return st, fmt.Errorf("consumer %s: %w", c.durable, err)
 		}
 		info, err := cons.Info(ctx)
 		if err != nil {
-			return st, fmt.Errorf("consumer %s: %w", durable, err)
+			return st, fmt.Errorf("consumer %s: %w", c.durable, err)
 		}
 		st.Consumers = append(st.Consumers, metrics.Consumer{Name: c.name, Pending: info.NumPending, AckPending: uint64(info.NumAckPending), Redelivered: uint64(info.NumRedelivered)})
 	}
