@@ -322,7 +322,7 @@ func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *Dea
 		Deliveries: meta.NumDelivered,
 		Time:       timestamppb.Now(),
 		Stream:     cfg.Stream,
-		Source:     strings.TrimPrefix(msg.Headers().Get(headerSource), "throughcare/"),
+		Source:     strings.TrimPrefix(msg.Headers().Get(headerSource), sourcePrefix),
 		CaseId:     msg.Headers().Get(headerSubject),
 		HandoverId: msg.Headers().Get(headerHandover),
 	}

@@ -188,6 +188,8 @@ const (
 	headerTime        = "ce-time"
 	headerSubject     = "ce-subject"
 	headerContentType = "content-type"
+	// sourcePrefix starts the CloudEvents source of an agency's events.
+	sourcePrefix = "throughcare/"
 	// headerHandover names the handover an event travels along, so that a message that
 	// cannot even be decoded can still be traced to it (a dead letter's retry).
 	headerHandover = "throughcare-handover"
@@ -209,7 +211,7 @@ func Encode(ev *throughcarev1.Event) (*nats.Msg, error) {
 	msg.Header.Set(jetstream.MsgIDHeader, ev.GetEventId())
 	msg.Header.Set(headerSpecVersion, "1.0")
 	msg.Header.Set(headerID, ev.GetEventId())
-	msg.Header.Set(headerSource, "throughcare/"+ev.GetSource())
+	msg.Header.Set(headerSource, sourcePrefix+ev.GetSource())
 	msg.Header.Set(headerType, "throughcare.v1."+typeToken(ev.GetType()))
 	msg.Header.Set(headerTime, ev.GetOccurredAt().AsTime().UTC().Format(time.RFC3339Nano))
 	msg.Header.Set(headerSubject, ev.GetCaseId())
