@@ -339,8 +339,9 @@ func (s *Store[T]) ChangeStream() (stream, keyPrefix string) {
 	return "KV_" + bucket, "$KV." + bucket + "."
 }
 
-// Len is how many messages the bucket's stream holds, from its state: for a bucket whose
-// records are only ever created (dead letters), how many records there are.
+// Len is how many messages the bucket's stream holds, from its state: for a bucket that
+// keeps one revision a key and never removes one (dead letters), how many records there
+// are.
 func (s *Store[T]) Len(ctx context.Context) (uint64, error) {
 	st, err := s.kv.Status(ctx)
 	if err != nil {
