@@ -2,6 +2,7 @@ package handover
 
 import (
 	"context"
+	"errors"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -69,8 +70,11 @@ func eventAttributes(ev *throughcarev1.Event) []attribute.KeyValue {
 // endSpan ends span, marking it failed with err's kind, never its text (which may name
 // ids a trace backend has no need of).
 func endSpan(span trace.Span, err error) {
-	if err != nil {
+	switch {
+	case errors.Is(err, eventbus.ErrPermanent):
 		span.SetStatus(codes.Error, gate.RefusalReason(err))
+	case err != nil:
+		span.SetStatus(codes.Error, "failed; will be retried")
 	}
 	span.End()
 }
