@@ -56,6 +56,9 @@ type listen struct {
 	MaxInFlightPerCaller int
 	// innermost run after authorization, next to the handlers: tests hold calls there.
 	innermost []grpc.UnaryServerInterceptor
+	// withoutTelemetry counts no metrics and makes no spans: the baseline that benchmarks
+	// measure telemetry's cost against.
+	withoutTelemetry bool
 }
 
 // agencyServer is one agency's service: its stores in JetStream and its gRPC server.
@@ -91,15 +94,19 @@ func startAgency(ctx context.Context, log *zap.Logger, js jetstream.JetStream, h
 	}
 	var handovers *handover.Service
 	m := metrics.New(agency, func(ctx context.Context) (metrics.State, error) { return handovers.MetricsState(ctx) }, log)
-	hcfg.Metrics = m
+	if !l.withoutTelemetry {
+		hcfg.Metrics = m
+	}
 	handovers, err = handover.Open(ctx, log, js, store, hcfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	scfg := serverConfig(agency, l, recordWrite(agency, handovers.Ledger()))
-	scfg.OuterUnary = []grpc.UnaryServerInterceptor{m.GRPC().UnaryServerInterceptor()}
-	scfg.OuterStream = []grpc.StreamServerInterceptor{m.GRPC().StreamServerInterceptor()}
-	scfg.StatsHandlers = []stats.Handler{otelgrpc.NewServerHandler()}
+	if !l.withoutTelemetry {
+		scfg.OuterUnary = []grpc.UnaryServerInterceptor{m.GRPC().UnaryServerInterceptor()}
+		scfg.OuterStream = []grpc.StreamServerInterceptor{m.GRPC().StreamServerInterceptor()}
+		scfg.StatsHandlers = []stats.Handler{otelgrpc.NewServerHandler()}
+	}
 	srv, err := grpcserver.New(log, scfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)

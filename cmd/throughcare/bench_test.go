@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.uber.org/zap/zapcore"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
@@ -29,14 +31,7 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkReferToDelivered -benchtime 300x ./cmd/throughcare/
 func BenchmarkReferToDelivered(b *testing.B) {
-	// Deadlines are not what is measured: scan at the shipped interval, since a scan reads
-	// the whole bucket and the bucket grows with every iteration.
-	var opts []systemOption
-	opts = append(opts, withLogLevel(zapcore.ErrorLevel))
-	for _, a := range allAgencies {
-		opts = append(opts, withConfig(a, func(c *handover.Config) { c.DeadlineScanInterval = handover.DefaultConfig(a).DeadlineScanInterval }))
-	}
-	sys := newSystem(b, opts...)
+	sys := newBenchSystem(b)
 	tr := startTracking(b, sys)
 	raw := newRawPublisher(b, sys)
 	for _, inFlight := range []int{1, 64} {
@@ -56,6 +51,74 @@ func BenchmarkReferToDelivered(b *testing.B) {
 		})
 	}
 }
+
+// newBenchSystem is the system the referral benchmarks run: errors logged only, and
+// deadlines scanned at the shipped interval, since they are not what is measured.
+func newBenchSystem(b *testing.B, opts ...systemOption) *system {
+	opts = append(opts, withLogLevel(zapcore.ErrorLevel))
+	for _, a := range allAgencies {
+		opts = append(opts, withConfig(a, func(c *handover.Config) { c.DeadlineScanInterval = handover.DefaultConfig(a).DeadlineScanInterval }))
+	}
+	return newSystem(b, opts...)
+}
+
+// BenchmarkReferToDeliveredTelemetry is BenchmarkReferToDelivered with metrics and
+// tracing on (every span recorded and handed to an exporter) against a system with
+// neither, in the same run; the ratio is on's throughput over off's.
+//
+//	go test -run '^$' -bench BenchmarkReferToDeliveredTelemetry -benchtime 300x ./cmd/throughcare/
+func BenchmarkReferToDeliveredTelemetry(b *testing.B) {
+	// One provider for the whole run: the on system's gRPC handler keeps the provider it
+	// started with. Off runs with the global no-op one.
+	spans := &spanCounter{}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithBatcher(spans))
+	noSpans := otel.GetTracerProvider()
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	type running struct {
+		sys *system
+		tr  *tracker
+	}
+	quiet := newBenchSystem(b, withoutTelemetry())
+	otel.SetTracerProvider(tp)
+	traced := newBenchSystem(b)
+	otel.SetTracerProvider(noSpans)
+	systems := map[bool]running{false: {quiet, startTracking(b, quiet)}, true: {traced, startTracking(b, traced)}}
+	off := map[int]float64{}
+	for _, inFlight := range []int{1, 64} {
+		for _, on := range []bool{false, true} {
+			b.Run(fmt.Sprintf("inflight=%d/telemetry=%v", inFlight, on), func(b *testing.B) {
+				if on {
+					otel.SetTracerProvider(tp)
+					defer otel.SetTracerProvider(noSpans)
+				}
+				r := systems[on]
+				s := benchRefer(b, r.sys, r.tr, inFlight)
+				b.ReportMetric(s.opsPerSec, "refer/s")
+				b.ReportMetric(s.p50, "p50-µs")
+				b.ReportMetric(s.p99, "p99-µs")
+				if on {
+					_ = tp.ForceFlush(context.Background())
+					b.ReportMetric(float64(spans.n.Swap(0))/float64(b.N), "spans/refer")
+				}
+				if !on {
+					off[inFlight] = s.opsPerSec
+				} else if off[inFlight] > 0 {
+					b.ReportMetric(s.opsPerSec/off[inFlight], "ratio")
+				}
+			})
+		}
+	}
+}
+
+// spanCounter is an exporter that only counts what it is given.
+type spanCounter struct{ n atomic.Int64 }
+
+func (c *spanCounter) ExportSpans(_ context.Context, spans []sdktrace.ReadOnlySpan) error {
+	c.n.Add(int64(len(spans)))
+	return nil
+}
+
+func (c *spanCounter) Shutdown(context.Context) error { return nil }
 
 type benchStats struct {
 	opsPerSec, p50, p99  float64

@@ -127,6 +127,8 @@ type systemOptions struct {
 	level     zapcore.Level
 	grpc      grpcFlags
 	innermost []grpc.UnaryServerInterceptor
+	// withoutTelemetry: see listen.withoutTelemetry.
+	withoutTelemetry bool
 }
 
 // withConfig changes one agency's handover configuration.
@@ -149,6 +151,11 @@ func withGRPC(flags grpcFlags) systemOption {
 // the handlers: a test holds calls there.
 func withInnermost(interceptors ...grpc.UnaryServerInterceptor) systemOption {
 	return func(o *systemOptions) { o.innermost = append(o.innermost, interceptors...) }
+}
+
+// withoutTelemetry runs every agency with no metrics and no spans.
+func withoutTelemetry() systemOption {
+	return func(o *systemOptions) { o.withoutTelemetry = true }
 }
 
 // withLogLevel sets the level of the test log, e.g. warn for the load tests, whose info
@@ -360,6 +367,7 @@ func (s *system) tryStartNode(agency string, name, addr string) (*node, error) {
 	}))
 	l := s.opts.grpc.listen(addr, "", "127.0.0.1:0", serverTLS(s.t, s.Certs, agency))
 	l.innermost = s.opts.innermost
+	l.withoutTelemetry = s.opts.withoutTelemetry
 	srv, err := startAgency(s.t.Context(), log, js, s.cfg[agency], l)
 	if err != nil {
 		js.Conn().Close()
