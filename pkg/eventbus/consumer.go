@@ -48,8 +48,12 @@ type ConsumerConfig struct {
 	// BackOff is the wait before each retry; the last entry repeats.
 	BackOff []time.Duration
 	// AckWait is how long a delivered message may stay unacknowledged before the server
-	// delivers it again, e.g. after a crash.
+	// delivers it again, e.g. after a crash: how long a message held by a dead process,
+	// or acknowledged to a NATS node that died, waits. A worker still handling a message
+	// says so every AckWait/3 (InProgress), so a short AckWait redelivers nothing alive.
 	AckWait time.Duration
+	// HandleTimeout bounds one handling of a message; 0 is 30 s.
+	HandleTimeout time.Duration
 	// CheckInterval is how often the consumer's existence is checked, so a deleted one
 	// is recreated.
 	CheckInterval time.Duration
@@ -74,7 +78,7 @@ func DefaultConsumerConfig(stream, durable string) ConsumerConfig {
 		Durable:       durable,
 		MaxDeliver:    6,
 		BackOff:       []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second},
-		AckWait:       30 * time.Second,
+		AckWait:       5 * time.Second,
 		CheckInterval: 5 * time.Second,
 		Workers:       8,
 	}
@@ -278,8 +282,13 @@ func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *Dea
 		return
 	}
 	// A message in hand is finished even when shutdown has begun.
-	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.AckWait)
+	timeout := cfg.HandleTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
+	defer keepInProgress(msg, cfg.AckWait)()
 	// erased erases a handled message first; one it fails to erase is not acknowledged,
 	// so it comes again (every handler is idempotent) and is erased then.
 	erased := func() bool {
@@ -336,6 +345,29 @@ func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *Dea
 	}
 	log.Error("message dead-lettered", zap.Uint64("sequence", meta.Sequence.Stream), zap.String("subject", msg.Subject()), zap.String("event_id", dl.GetEventId()), zap.String("reason", dl.GetReason()))
 	_ = msg.TermWithReason("dead-lettered")
+}
+
+// keepInProgress tells the server, every ackWait/3 until the returned stop is called,
+// that msg is still being handled, so that it is not delivered again meanwhile.
+func keepInProgress(msg jetstream.Msg, ackWait time.Duration) (stop func()) {
+	if ackWait <= 0 {
+		return func() {}
+	}
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(ackWait / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
 
 // errCodeSequenceNotFound is the server's answer to deleting a sequence a stream no longer

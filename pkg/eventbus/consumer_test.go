@@ -333,3 +333,30 @@ func TestConsumeFinishesTheMessageInHandOnShutdown(t *testing.T) {
 	}
 	b.waitIdle(t)
 }
+
+// A handler that takes longer than AckWait is not given the message a second time while
+// it works: the consumer tells the server it is in progress. Without that, a short
+// AckWait (which is what makes a crashed process's messages come back soon) would hand a
+// slow message to a second worker.
+func TestConsumeKeepsASlowMessageInProgress(t *testing.T) {
+	b := newBus(t)
+	b.cfg.AckWait = time.Second
+	b.cfg.Workers = 4
+	var calls atomic.Int32
+	done := make(chan struct{})
+	b.consume(t, func(ctx context.Context, msg jetstream.Msg) error {
+		if calls.Add(1) == 1 {
+			// Slower than AckWait twice over. Time is the scenario here, not a wait for
+			// something to happen.
+			time.Sleep(2500 * time.Millisecond)
+			close(done)
+		}
+		return nil
+	})
+	b.publish(t, "slow")
+	<-done
+	b.waitIdle(t)
+	if n := calls.Load(); n != 1 {
+		t.Errorf("the slow message was handled %d times, want once", n)
+	}
+}
