@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/throughcare/throughcare/pkg/certs"
 	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/grpcserver"
 	"github.com/throughcare/throughcare/pkg/ledger"
 	"github.com/throughcare/throughcare/pkg/natsserver"
 	"github.com/throughcare/throughcare/pkg/tracing"
@@ -84,13 +87,44 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	srv, err := startAgency(ctx, log, js, hc, cfg.GRPC.listen(cfg.Addr, cfg.HealthAddr, cfg.MetricsAddr, serverTLS))
+	srv, err := startWhenJetStreamIsReady(ctx, log, func() (*agencyServer, error) {
+		return startAgency(ctx, log, js, hc, cfg.GRPC.listen(cfg.Addr, cfg.HealthAddr, cfg.MetricsAddr, serverTLS))
+	})
 	if err != nil {
 		return err
 	}
 	<-ctx.Done()
 	log.Info("shutting down")
 	return srv.Stop()
+}
+
+// startWhenJetStreamIsReady starts the agency, and tries again while JetStream is not
+// ready yet: after a whole cluster restarts, its streams elect leaders only some seconds
+// after the servers answer, and a service that gave up then would only be restarted to
+// try again. Any other error ends it at once.
+func startWhenJetStreamIsReady(ctx context.Context, log *zap.Logger, start func() (*agencyServer, error)) (*agencyServer, error) {
+	wait := time.Second
+	for {
+		srv, err := start()
+		if err == nil || !jetStreamNotReady(err) || ctx.Err() != nil {
+			return srv, err
+		}
+		log.Warn("JetStream is not ready yet; trying again", zap.Duration("in", wait), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 10*time.Second)
+	}
+}
+
+// jetStreamNotReady reports whether err is JetStream not answering yet, or answering that
+// it is not available for now (no stream leader yet: 503).
+func jetStreamNotReady(err error) bool {
+	var api *jetstream.APIError
+	return grpcserver.StoreUnreachable(err) || errors.Is(err, context.DeadlineExceeded) ||
+		(errors.As(err, &api) && api.Code == 503)
 }
 
 // drain lets pending messages finish, then closes the connection.

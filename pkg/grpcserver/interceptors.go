@@ -127,7 +127,7 @@ func toStatus(log *zap.Logger, method string, err error) error {
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, fault.ErrUnavailable):
 		return status.Error(codes.Unavailable, err.Error())
-	case storeUnreachable(err):
+	case StoreUnreachable(err):
 		log.Warn("store unreachable", zap.String("method", method), zap.Error(err))
 		return status.Error(codes.Unavailable, "the store is unreachable for now (a NATS node is failing over): try again")
 	case errors.Is(err, context.Canceled):
@@ -207,9 +207,9 @@ func badRequest(msg string, violations []*errdetails.BadRequest_FieldViolation) 
 	return st.Err()
 }
 
-// storeUnreachable reports whether err is NATS being out of reach for a moment: a node
+// StoreUnreachable reports whether err is NATS being out of reach for a moment: a node
 // failing over, a connection being re-established. The call may be retried.
-func storeUnreachable(err error) bool {
+func StoreUnreachable(err error) bool {
 	for _, transient := range []error{nats.ErrTimeout, nats.ErrNoResponders, nats.ErrConnectionClosed, nats.ErrDisconnected,
 		nats.ErrConnectionReconnecting, jetstream.ErrNoStreamResponse, jetstream.ErrNoHeartbeat} {
 		if errors.Is(err, transient) {
