@@ -6,6 +6,7 @@ generate:
 	$(BUF) format -w
 	rm -rf gen
 	$(BUF) generate
+	go run ./tools/asyncapi
 
 lint:
 	$(BUF) lint
