@@ -42,6 +42,13 @@ type clusterConfig struct {
 	BasePort int
 	Protocol handoverFlags
 	Log      io.Writer
+	// routeTo, when set, is the address node from dials for its route to node to: a
+	// test puts a proxy there to cut the routes of one node (a partition). Nodes then
+	// advertise no route address of their own, so none is reached around the proxy.
+	routeTo func(from, to int) string
+	// maxFileStore, when set, is each node's JetStream file storage limit in place of
+	// the default share of its disk: a test sets one above what a small disk holds.
+	maxFileStore int64
 }
 
 func parseClusterConfig(args []string, getenv func(string) string, out io.Writer) (clusterConfig, error) {
@@ -66,8 +73,11 @@ const natsNodes = 3
 
 // localCluster is a running local cluster.
 type localCluster struct {
-	cfg      clusterConfig
-	nats     []*process
+	cfg       clusterConfig
+	nats      []*process
+	personKey string
+	// services are the service processes by name: the agency's id, or <id>-<n> for the
+	// n-th replica of it.
 	services map[string]*process
 	// Agencies are the agencies in the protocol's order, with where each serves.
 	Agencies []clusterAgency
@@ -75,7 +85,19 @@ type localCluster struct {
 	Creds    natsserver.Credentials
 }
 
-type clusterAgency struct{ ID, Addr, HealthAddr, MetricsAddr string }
+type clusterAgency struct {
+	ID, Addr, HealthAddr, MetricsAddr string
+	// Replica counts from 0, the first process of the agency.
+	Replica int
+}
+
+// Name is the agency's process name.
+func (a clusterAgency) Name() string {
+	if a.Replica == 0 {
+		return a.ID
+	}
+	return fmt.Sprintf("%s-%d", a.ID, a.Replica+1)
+}
 
 // process is one child process and where its output goes.
 type process struct {
@@ -107,7 +129,7 @@ func runCluster(ctx context.Context, cfg clusterConfig, stdout io.Writer) error 
 		fmt.Fprintf(stdout, "  %-12s %s (routes %s, monitoring http://%s)\n", fmt.Sprintf("nats-%d", i+1), "nats://"+cfg.port(1+i), cfg.port(11+i), cfg.port(21+i))
 	}
 	for _, a := range c.Agencies {
-		fmt.Fprintf(stdout, "  %-12s %s  health %s, metrics http://%s/metrics (log %s)\n", a.ID, a.Addr, a.HealthAddr, a.MetricsAddr, c.services[a.ID].log.Name())
+		fmt.Fprintf(stdout, "  %-12s %s  health %s, metrics http://%s/metrics (log %s)\n", a.ID, a.Addr, a.HealthAddr, a.MetricsAddr, c.services[a.Name()].log.Name())
 	}
 	fmt.Fprintf(stdout, "\nOperators: go run ./cmd/throughcare streams --data-dir %s --nats-url %s\nCtrl-C stops every process.\n", cfg.Dir, c.NATSURLs())
 	<-ctx.Done()
@@ -154,7 +176,7 @@ func startCluster(ctx context.Context, cfg clusterConfig) (*localCluster, error)
 			return nil, err
 		}
 	}
-	c := &localCluster{cfg: cfg, services: map[string]*process{}, Certs: bundle, Creds: creds}
+	c := &localCluster{cfg: cfg, personKey: personKey, services: map[string]*process{}, Certs: bundle, Creds: creds}
 	for i := range natsNodes {
 		conf := filepath.Join(cfg.Dir, fmt.Sprintf("nats-%d.conf", i+1))
 		if err := os.WriteFile(conf, []byte(cfg.natsConf(i, accounts)), 0o600); err != nil {
@@ -175,16 +197,24 @@ func startCluster(ctx context.Context, cfg clusterConfig) (*localCluster, error)
 	for i, id := range ids {
 		a := clusterAgency{ID: id, Addr: cfg.port(31 + i), HealthAddr: cfg.port(41 + i), MetricsAddr: cfg.port(51 + i)}
 		c.Agencies = append(c.Agencies, a)
-		if err := c.StartService(a, personKey); err != nil {
+		if err := c.StartService(a); err != nil {
 			return nil, errors.Join(err, c.Stop())
 		}
 	}
-	for _, a := range c.Agencies {
-		if err := waitServing(ctx, a.HealthAddr, c.services[a.ID]); err != nil {
-			return nil, errors.Join(fmt.Errorf("%s: %w", a.ID, err), c.Stop())
-		}
+	if err := c.WaitServing(ctx, c.Agencies...); err != nil {
+		return nil, errors.Join(err, c.Stop())
 	}
 	return c, nil
+}
+
+// WaitServing waits until each of the agencies' processes serves.
+func (c *localCluster) WaitServing(ctx context.Context, agencies ...clusterAgency) error {
+	for _, a := range agencies {
+		if err := waitServing(ctx, a.HealthAddr, c.services[a.Name()]); err != nil {
+			return fmt.Errorf("%s: %w", a.Name(), err)
+		}
+	}
+	return nil
 }
 
 // natsConf is node i's configuration: a cluster of natsNodes on loopback, JetStream that
@@ -192,10 +222,21 @@ func startCluster(ctx context.Context, cfg clusterConfig) (*localCluster, error)
 // accounts.
 func (c clusterConfig) natsConf(i int, accounts string) string {
 	var routes []string
+	advertise := ""
 	for j := range natsNodes {
-		if j != i {
-			routes = append(routes, fmt.Sprintf("%q", "nats-route://"+c.port(11+j)))
+		if j == i {
+			continue
 		}
+		to := c.port(11 + j)
+		if c.routeTo != nil {
+			to = c.routeTo(i, j)
+			advertise = "\n  no_advertise: true"
+		}
+		routes = append(routes, fmt.Sprintf("%q", "nats-route://"+to))
+	}
+	limit := ""
+	if c.maxFileStore > 0 {
+		limit = fmt.Sprintf("\n  max_file_store: %d", c.maxFileStore)
 	}
 	return fmt.Sprintf(`# Written by throughcare cluster.
 server_name: nats-%d
@@ -203,33 +244,38 @@ listen: %s
 http: %s
 jetstream {
   store_dir: %q
-  sync_interval: always
+  sync_interval: always%s
 }
 cluster {
   name: throughcare
   listen: %s
-  routes: [%s]
+  routes: [%s]%s
 }
-%s`, i+1, c.port(1+i), c.port(21+i), filepath.Join(c.Dir, fmt.Sprintf("nats-%d", i+1)), c.port(11+i), strings.Join(routes, ", "), accounts)
+%s`, i+1, c.port(1+i), c.port(21+i), c.storeDir(i), limit, c.port(11+i), strings.Join(routes, ", "), advertise, accounts)
+}
+
+// storeDir is where node i keeps its JetStream data.
+func (c clusterConfig) storeDir(i int) string {
+	return filepath.Join(c.Dir, fmt.Sprintf("nats-%d", i+1))
 }
 
 // StartService starts agency a's `throughcare serve` against every NATS node, R3.
-func (c *localCluster) StartService(a clusterAgency, personKey string) error {
+func (c *localCluster) StartService(a clusterAgency) error {
 	cert, key := c.Certs.ServerFiles(a.ID)
 	args := []string{"serve", "--service", a.ID, "--nats-url", c.NATSURLs(),
 		"--nats-nkey-seed", c.Creds.AgencySeedFile(a.ID), "--replicas", "3",
 		"--addr", a.Addr, "--health-addr", a.HealthAddr, "--metrics-addr", a.MetricsAddr,
 		"--tls-ca", c.Certs.CAFile(), "--tls-cert", cert, "--tls-key", key,
 		"--signing-key", filepath.Join(c.cfg.Dir, "keys", a.ID+".key"), "--keyring", filepath.Join(c.cfg.Dir, "keys", "keyring.json"),
-		"--person-hash-key", personKey}
+		"--person-hash-key", c.personKey}
 	if c.cfg.Protocol.ProtocolFile != "" {
 		args = append(args, "--protocol", c.cfg.Protocol.ProtocolFile)
 	}
-	p, err := c.start(a.ID, c.cfg.Throughcare, args...)
+	p, err := c.start(a.Name(), c.cfg.Throughcare, args...)
 	if err != nil {
 		return err
 	}
-	c.services[a.ID] = p
+	c.services[a.Name()] = p
 	return nil
 }
 
@@ -252,25 +298,41 @@ func (c *localCluster) start(name, bin string, args ...string) (*process, error)
 }
 
 // KillNATS kills NATS node i (from 0) at once, as a crash would (kill -9).
-func (c *localCluster) KillNATS(i int) error {
-	p := c.nats[i]
-	if err := p.cmd.Process.Kill(); err != nil {
-		return err
-	}
-	err := <-p.done
-	p.done <- err
-	return nil
-}
+func (c *localCluster) KillNATS(i int) error { return c.nats[i].kill() }
 
 // RestartNATS starts NATS node i again on its own configuration and data.
 func (c *localCluster) RestartNATS(i int) error {
-	old := c.nats[i]
-	_ = old.log.Close()
-	p, err := c.start(old.name, old.cmd.Path, old.cmd.Args[1:]...)
-	if err != nil {
-		return err
+	p, err := c.restart(c.nats[i])
+	if err == nil {
+		c.nats[i] = p
 	}
-	c.nats[i] = p
+	return err
+}
+
+// KillService kills the service process named name (clusterAgency.Name) with kill -9.
+func (c *localCluster) KillService(name string) error { return c.services[name].kill() }
+
+// RestartService starts the service process named name again, as it ran.
+func (c *localCluster) RestartService(name string) error {
+	p, err := c.restart(c.services[name])
+	if err == nil {
+		c.services[name] = p
+	}
+	return err
+}
+
+func (c *localCluster) restart(old *process) (*process, error) {
+	_ = old.log.Close()
+	return c.start(old.name, old.cmd.Path, old.cmd.Args[1:]...)
+}
+
+// kill ends the process at once (SIGKILL) and waits for it.
+func (p *process) kill() error {
+	if err := p.cmd.Process.Kill(); err != nil {
+		return fmt.Errorf("kill %s: %w", p.name, err)
+	}
+	err := <-p.done
+	p.done <- err
 	return nil
 }
 
@@ -358,7 +420,13 @@ func (c *localCluster) setupFlow(ctx context.Context) error {
 	}
 	limits := flow.DefaultLimits
 	limits.Replicas = natsNodes
-	return flow.Setup(ctx, js, limits)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		err := flow.Setup(ctx, js, limits)
+		if err == nil || !jetStreamNotReady(err) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 // waitServing waits until the service's plaintext health says SERVING, or its process ends.

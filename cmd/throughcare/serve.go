@@ -29,7 +29,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	defer func() { _ = log.Sync() }()
 	log.Info("starting throughcare serve", zap.String("service", cfg.Service), zap.String("nats_url", redactURLs(cfg.NATSURL)),
 		zap.String("addr", cfg.Addr), zap.String("health_addr", cfg.HealthAddr), zap.String("metrics_addr", cfg.MetricsAddr), zap.Int("replicas", cfg.Replicas),
-		zap.String("tls_ca", cfg.TLSCA), zap.String("tls_cert", cfg.TLSCert), zap.String("tls_key", cfg.TLSKey), zap.String("person_hash_key", cfg.PersonHashKey), zap.Bool("insecure", cfg.GRPC.Insecure),
+		zap.String("nats_tls_ca", cfg.NATSTLSCA), zap.String("tls_ca", cfg.TLSCA), zap.String("tls_cert", cfg.TLSCert), zap.String("tls_key", cfg.TLSKey), zap.String("person_hash_key", cfg.PersonHashKey), zap.Bool("insecure", cfg.GRPC.Insecure),
 		zap.Duration("call_timeout", cfg.GRPC.CallTimeout), zap.Int("max_inflight_per_caller", cfg.GRPC.MaxInFlightPerCaller))
 	stopTracing, err := tracing.Setup(ctx, "throughcare-"+cfg.Service)
 	if err != nil {
@@ -70,6 +70,10 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	hc := cfg.Handover.handoverConfig(cfg.Service, sharing, cfg.Replicas)
 	hc.SigningKey, hc.Keyring = key, keyring
 	hc.PersonKey = personKey
+	if cfg.NATSTLSCA != "" {
+		// It also requires TLS, whatever the URL scheme: a server offering none is refused.
+		opts = append(opts, nats.RootCAs(cfg.NATSTLSCA))
+	}
 	if cfg.NATSSeed != "" {
 		auth, err := natsserver.AgencyConnectOptions(cfg.Service, cfg.NATSSeed)
 		if err != nil {
@@ -119,13 +123,19 @@ func startWhenJetStreamIsReady(ctx context.Context, log *zap.Logger, start func(
 	}
 }
 
-// jetStreamNotReady reports whether err is JetStream not answering yet, or answering that
-// it is not available for now (no stream leader yet: 503).
+// jetStreamNotReady reports whether err is JetStream not answering yet, answering that it
+// is not available for now (no stream leader yet: 503), or finding no peers to place a
+// stream on, which is what a cluster answers before its leader has heard every node's
+// storage; a real shortage of storage is logged at each try.
 func jetStreamNotReady(err error) bool {
 	var api *jetstream.APIError
 	return grpcserver.StoreUnreachable(err) || errors.Is(err, context.DeadlineExceeded) ||
-		(errors.As(err, &api) && api.Code == 503)
+		(errors.As(err, &api) && (api.Code == 503 || api.ErrorCode == errCodeNoSuitablePeers))
 }
+
+// errCodeNoSuitablePeers is the server's JSClusterNoPeersErr, which the client has no
+// constant for.
+const errCodeNoSuitablePeers jetstream.ErrorCode = 10005
 
 // drain lets pending messages finish, then closes the connection.
 func drain(nc *nats.Conn) {
