@@ -44,7 +44,8 @@ type clusterConfig struct {
 	Log      io.Writer
 	// routeTo, when set, is the address node from dials for its route to node to: a
 	// test puts a proxy there to cut the routes of one node (a partition). Nodes then
-	// advertise no route address of their own, so none is reached around the proxy.
+	// advertise an address where nothing listens: what they gossip to each other is their
+	// real route address otherwise, and a node told it would dial around the proxy.
 	routeTo func(from, to int) string
 	// maxFileStore, when set, is each node's JetStream file storage limit in place of
 	// the default share of its disk: a test sets one above what a small disk holds.
@@ -230,7 +231,7 @@ func (c clusterConfig) natsConf(i int, accounts string) string {
 		to := c.port(11 + j)
 		if c.routeTo != nil {
 			to = c.routeTo(i, j)
-			advertise = "\n  no_advertise: true"
+			advertise = "\n  advertise: \"127.0.0.1:1\""
 		}
 		routes = append(routes, fmt.Sprintf("%q", "nats-route://"+to))
 	}

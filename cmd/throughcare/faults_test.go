@@ -185,6 +185,16 @@ func runClusterFault(t *testing.T, f clusterFault, n int) {
 	if f.heal != nil {
 		f.heal(t, c, rig)
 	}
+	// Every referral answered is stored: read each by id, which needs no index, before
+	// the list below, which does; a failure then says which of the two lost it.
+	for _, id := range ids {
+		eventually(t, time.Minute, func() (bool, string) {
+			callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			_, err := prisonH.GetHandover(callCtx, &throughcarev1.GetHandoverRequest{HandoverId: id})
+			return err == nil, fmt.Sprintf("handover %s, referred and answered, not readable at the prison: %v", id, err)
+		})
+	}
 	delivered := waitAllState(t, prisonH, outgoing, ids, stateDelivered, 3*time.Minute) // a bound against a hang
 	recovered := time.Since(injected)
 	for _, id := range ids {

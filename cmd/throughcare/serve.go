@@ -97,6 +97,7 @@ func runServe(ctx context.Context, cfg serveConfig) error {
 	if err != nil {
 		return err
 	}
+	go leaveIsolatedServer(ctx, log, nc, js)
 	<-ctx.Done()
 	log.Info("shutting down")
 	return srv.Stop()
@@ -136,6 +137,43 @@ func jetStreamNotReady(err error) bool {
 // errCodeNoSuitablePeers is the server's JSClusterNoPeersErr, which the client has no
 // constant for.
 const errCodeNoSuitablePeers jetstream.ErrorCode = 10005
+
+// leaveIsolatedServer moves the connection to another NATS server when JetStream stops
+// answering through the one it is on while the connection itself stays up: a node cut off
+// from the rest of its cluster by a partition keeps its clients, and every write through
+// it fails for as long as the partition lasts. It asks every 5 s, and moves after two
+// failures in a row.
+func leaveIsolatedServer(ctx context.Context, log *zap.Logger, nc *nats.Conn, js jetstream.JetStream) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if !nc.IsConnected() || len(nc.Servers()) < 2 {
+			failures = 0
+			continue
+		}
+		callCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err := js.AccountInfo(callCtx)
+		cancel()
+		if err == nil || !jetStreamNotReady(err) || ctx.Err() != nil {
+			failures = 0
+			continue
+		}
+		if failures++; failures < 2 {
+			continue
+		}
+		log.Warn("JetStream does not answer through this NATS server; moving to another", zap.String("server", nc.ConnectedServerName()), zap.Error(err))
+		failures = 0
+		if err := nc.ForceReconnect(); err != nil {
+			log.Warn("reconnect", zap.Error(err))
+		}
+	}
+}
 
 // drain lets pending messages finish, then closes the connection.
 func drain(nc *nats.Conn) {
