@@ -251,7 +251,10 @@ type serveConfig struct {
 	NATSURL string
 	// NATSSeed is the agency user's nkey seed file; set, the service runs in its own
 	// NATS account (deploy/nats) and its inbox sources through imports.
-	NATSSeed   string
+	NATSSeed string
+	// NATSTLSCA is the PEM file of the CA that NATS's server certificate is checked
+	// against; empty checks it against the system's roots.
+	NATSTLSCA  string
 	Addr       string
 	HealthAddr string
 	// MetricsAddr serves Prometheus metrics in plaintext HTTP; empty serves none.
@@ -274,6 +277,7 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	fs.StringVar(&c.Service, "service", "", "which agency's service: the id of one of the protocol's agencies (prison, probation or socialwork in the default protocol)")
 	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
 	fs.StringVar(&c.NATSSeed, "nats-nkey-seed", "", "file holding the service's NATS user nkey seed (mode 0600); set when NATS runs an account per agency (deploy/nats)")
+	fs.StringVar(&c.NATSTLSCA, "nats-tls-ca", "", "PEM file of the CA that NATS's server certificate is checked against (a private CA, such as cert-manager's); empty uses the system's roots")
 	fs.StringVar(&c.Addr, "addr", ":7100", "gRPC listen address (mutual TLS)")
 	fs.StringVar(&c.HealthAddr, "health-addr", ":7110", "plaintext gRPC health address for probes, serving nothing else; empty for none")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", ":7120", "plaintext HTTP address serving Prometheus metrics at /metrics; empty for none")
