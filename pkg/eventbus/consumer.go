@@ -207,7 +207,9 @@ func consumeOnce(ctx context.Context, log *zap.Logger, js jetstream.JetStream, c
 		}
 	}
 	lost := make(chan error, 1)
-	dispatch, stopWorkers := startWorkers(cfg, func(msg jetstream.Msg) { process(ctx, log, cfg, dead, handle, erase, msg) })
+	conn, stopWatch := watchConnection(js.Conn())
+	defer stopWatch()
+	dispatch, stopWorkers := startWorkers(cfg, func(msg jetstream.Msg) { process(ctx, conn.untilDrop(), log, cfg, dead, handle, erase, msg) })
 	defer stopWorkers()
 	cc, err := cons.Consume(dispatch,
 		jetstream.PullMaxMessages(64),
@@ -274,7 +276,7 @@ func startWorkers(cfg ConsumerConfig, work func(jetstream.Msg)) (dispatch func(j
 	return dispatch, stop
 }
 
-func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *DeadLetters, handle Handler, erase func(context.Context, uint64) error, msg jetstream.Msg) {
+func process(ctx, untilDrop context.Context, log *zap.Logger, cfg ConsumerConfig, dead *DeadLetters, handle Handler, erase func(context.Context, uint64) error, msg jetstream.Msg) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		log.Error("message without metadata", zap.Error(err))
@@ -288,6 +290,7 @@ func process(ctx context.Context, log *zap.Logger, cfg ConsumerConfig, dead *Dea
 	}
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
+	defer context.AfterFunc(untilDrop, cancel)()
 	defer keepInProgress(msg, cfg.AckWait)()
 	// erased erases a handled message first; one it fails to erase is not acknowledged,
 	// so it comes again (every handler is idempotent) and is erased then.

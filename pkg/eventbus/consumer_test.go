@@ -360,3 +360,32 @@ func TestConsumeKeepsASlowMessageInProgress(t *testing.T) {
 		t.Errorf("the slow message was handled %d times, want once", n)
 	}
 }
+
+// A request in flight when the connection drops never gets its reply: the handling that
+// holds it is given up at the drop and the message retried, not held for HandleTimeout.
+func TestConsumeGivesUpAHandlingWhoseConnectionDropped(t *testing.T) {
+	b := newBus(t)
+	b.cfg.HandleTimeout = time.Hour
+	var calls atomic.Int32
+	holding := make(chan struct{})
+	b.consume(t, func(ctx context.Context, msg jetstream.Msg) error {
+		if calls.Add(1) == 1 {
+			close(holding)
+			<-ctx.Done() // as a request whose reply was lost with the connection
+			return ctx.Err()
+		}
+		return nil
+	})
+	b.publish(t, "held")
+	<-holding
+	if err := b.js.Conn().ForceReconnect(); err != nil {
+		t.Fatalf("reconnect: %v", err)
+	}
+	b.waitIdle(t)
+	if n := calls.Load(); n != 2 {
+		t.Errorf("the message was handled %d times, want twice (given up at the drop, then done)", n)
+	}
+	if dl := b.deadLetters(t); len(dl) != 0 {
+		t.Errorf("dead letters: %v, want none", dl)
+	}
+}
