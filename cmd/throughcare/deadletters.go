@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -77,14 +78,18 @@ func parseDeadLettersConfig(args []string, getenv func(string) string, out io.Wr
 	return c, nil
 }
 
-func runDeadLetters(ctx context.Context, c deadLettersConfig, stdout io.Writer) error {
+// agencyDL is one dead letter, and the agency that holds it.
+type agencyDL struct {
+	agency string
+	dl     *throughcarev1.DeadLetter
+}
+
+// deadLetters gathers every dead letter of the agencies c selects, resolved ones too:
+// `deadletters list` and `show` print them, the console shows them.
+func (c deadLettersConfig) deadLetters(ctx context.Context) ([]agencyDL, error) {
 	addrs, err := c.agencyAddrs()
 	if err != nil {
-		return err
-	}
-	type agencyDL struct {
-		agency string
-		dl     *throughcarev1.DeadLetter
+		return nil, err
 	}
 	var rows []agencyDL
 	found := false
@@ -95,33 +100,15 @@ func runDeadLetters(ctx context.Context, c deadLettersConfig, stdout io.Writer) 
 		found = true
 		conn, err := c.dial(a[1])
 		if err != nil {
-			return err
+			return nil, err
 		}
 		client := throughcarev1.NewHandoverServiceClient(conn)
-		switch c.Action {
-		case "retry":
-			resp, err := client.RetryDeadLetter(ctx, &throughcarev1.RetryDeadLetterRequest{Stream: c.Stream, Sequence: c.Sequence, Note: c.Note})
-			conn.Close()
-			if err != nil {
-				return fmt.Errorf("%s: %w", a[0], err)
-			}
-			fmt.Fprintf(stdout, "retried %s/%d at %s: %s asked to send it again\n", c.Stream, c.Sequence, a[0], resp.GetDeadLetter().GetSource())
-			return nil
-		case "discard":
-			_, err := client.DiscardDeadLetter(ctx, &throughcarev1.DiscardDeadLetterRequest{Stream: c.Stream, Sequence: c.Sequence, Note: c.Note})
-			conn.Close()
-			if err != nil {
-				return fmt.Errorf("%s: %w", a[0], err)
-			}
-			fmt.Fprintf(stdout, "discarded %s/%d at %s\n", c.Stream, c.Sequence, a[0])
-			return nil
-		}
 		req := &throughcarev1.ListDeadLettersRequest{PageSize: 500}
 		for {
 			resp, err := client.ListDeadLetters(ctx, req)
 			if err != nil {
 				conn.Close()
-				return fmt.Errorf("%s at %s: %w", a[0], a[1], err)
+				return nil, fmt.Errorf("%s at %s: %w", a[0], a[1], err)
 			}
 			for _, dl := range resp.GetDeadLetters() {
 				rows = append(rows, agencyDL{a[0], dl})
@@ -134,7 +121,49 @@ func runDeadLetters(ctx context.Context, c deadLettersConfig, stdout io.Writer) 
 		conn.Close()
 	}
 	if !found {
+		return nil, fmt.Errorf("--agency %q: not among the agencies", c.Agency)
+	}
+	return rows, nil
+}
+
+// resolveDeadLetter retries or discards one dead letter at c.Agency.
+func resolveDeadLetter(ctx context.Context, c deadLettersConfig, stdout io.Writer) error {
+	addrs, err := c.agencyAddrs()
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(addrs, func(a [2]string) bool { return a[0] == c.Agency })
+	if i < 0 {
 		return fmt.Errorf("--agency %q: not among the agencies", c.Agency)
+	}
+	conn, err := c.dial(addrs[i][1])
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := throughcarev1.NewHandoverServiceClient(conn)
+	if c.Action == "retry" {
+		resp, err := client.RetryDeadLetter(ctx, &throughcarev1.RetryDeadLetterRequest{Stream: c.Stream, Sequence: c.Sequence, Note: c.Note})
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.Agency, err)
+		}
+		fmt.Fprintf(stdout, "retried %s/%d at %s: %s asked to send it again\n", c.Stream, c.Sequence, c.Agency, resp.GetDeadLetter().GetSource())
+		return nil
+	}
+	if _, err := client.DiscardDeadLetter(ctx, &throughcarev1.DiscardDeadLetterRequest{Stream: c.Stream, Sequence: c.Sequence, Note: c.Note}); err != nil {
+		return fmt.Errorf("%s: %w", c.Agency, err)
+	}
+	fmt.Fprintf(stdout, "discarded %s/%d at %s\n", c.Stream, c.Sequence, c.Agency)
+	return nil
+}
+
+func runDeadLetters(ctx context.Context, c deadLettersConfig, stdout io.Writer) error {
+	if c.Action == "retry" || c.Action == "discard" {
+		return resolveDeadLetter(ctx, c, stdout)
+	}
+	rows, err := c.deadLetters(ctx)
+	if err != nil {
+		return err
 	}
 	if c.Action == "show" {
 		for _, r := range rows {

@@ -163,9 +163,38 @@ func runEvents(ctx context.Context, c eventsConfig, stdout, stderr io.Writer) er
 	return tail(ctx, c, js, stdout, stderr)
 }
 
-// tail prints flow records until ctx ends. An ordered consumer resumes after the last
-// record it delivered across reconnects and server restarts: no gap, no record twice.
+// tail prints flow records until ctx ends.
 func tail(ctx context.Context, c eventsConfig, js jetstream.JetStream, stdout, stderr io.Writer) error {
+	// Buffered, and flushed whenever the replay has caught up: a long replay is not a
+	// write call a record, and following live shows each record at once.
+	buf := bufio.NewWriterSize(stdout, 64<<10)
+	defer buf.Flush()
+	out := newFlowPrinter(c, buf, stdout)
+	var replayed int
+	return follow(ctx, c, js, stderr, func(seq, pending uint64, r *throughcarev1.FlowRecord) error {
+		if c.Filter.Matches(r) {
+			if err := out.print(seq, r); err != nil {
+				return err
+			}
+		}
+		if pending == 0 {
+			if err := buf.Flush(); err != nil {
+				return err
+			}
+		}
+		// Long replays say how far they have come; following live says nothing.
+		if replayed++; pending > 0 && replayed%1000 == 0 {
+			fmt.Fprintf(stderr, "replayed %d, %d to go\n", replayed, pending)
+		}
+		return nil
+	})
+}
+
+// follow hands handle each flow record of the subjects c selects, with its stream
+// sequence and how many records are left to replay, until ctx ends or handle fails. An
+// ordered consumer resumes after the last record it delivered across reconnects and server
+// restarts: no gap, no record twice. `events tail` and the console both read the flow so.
+func follow(ctx context.Context, c eventsConfig, js jetstream.JetStream, stderr io.Writer, handle func(seq, pending uint64, r *throughcarev1.FlowRecord) error) error {
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{c.Filter.Subject()}, DeliverPolicy: jetstream.DeliverNewPolicy}
 	switch {
 	case c.FromSeq != 0:
@@ -197,12 +226,6 @@ func tail(ctx context.Context, c eventsConfig, js jetstream.JetStream, stdout, s
 		}
 	}()
 	defer close(stopped)
-	// Buffered, and flushed whenever the replay has caught up: a long replay is not a
-	// write call a record, and following live shows each record at once.
-	buf := bufio.NewWriterSize(stdout, 64<<10)
-	defer buf.Flush()
-	out := newFlowPrinter(c, buf, stdout)
-	var replayed int
 	for {
 		msg, err := msgs.Next()
 		if err != nil {
@@ -220,19 +243,8 @@ func tail(ctx context.Context, c eventsConfig, js jetstream.JetStream, stdout, s
 			fmt.Fprintf(stderr, "record %d: not a flow record: %v\n", meta.Sequence.Stream, err)
 			continue
 		}
-		if c.Filter.Matches(r) {
-			if err := out.print(meta.Sequence.Stream, r); err != nil {
-				return err
-			}
-		}
-		if meta.NumPending == 0 {
-			if err := buf.Flush(); err != nil {
-				return err
-			}
-		}
-		// Long replays say how far they have come; following live says nothing.
-		if replayed++; meta.NumPending > 0 && replayed%1000 == 0 {
-			fmt.Fprintf(stderr, "replayed %d, %d to go\n", replayed, meta.NumPending)
+		if err := handle(meta.Sequence.Stream, meta.NumPending, r); err != nil {
+			return err
 		}
 	}
 }

@@ -35,6 +35,7 @@ commands:
   streams operators: every account's streams, consumers, sources and lag; resends
   handovers overdue   operators: every agency's handovers with a deadline passed
   deadletters         operators: list, show, retry or discard what an agency gave up on
+  console             operators: a read-only web page on 127.0.0.1 only: the flow, overdue, dead letters, streams
   cluster             a real cluster here: 3 clustered nats-server processes, each agency's serve its own process
 
 Run 'throughcare <command> -h' for the flags of a command. Every flag can also be set with
@@ -91,6 +92,12 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 			return err
 		}
 		return runDeadLetters(ctx, cfg, stdout)
+	case "console":
+		cfg, err := parseConsoleConfig(args[1:], getenv, stdout)
+		if err != nil {
+			return err
+		}
+		return runConsole(ctx, cfg, stdout)
 	case "cluster":
 		cfg, err := parseClusterConfig(args[1:], getenv, stdout)
 		if err != nil {

@@ -119,12 +119,13 @@ type overdueRow struct {
 	due    time.Time
 }
 
-func runOverdue(ctx context.Context, c overdueConfig, stdout io.Writer) error {
+// overdue gathers the deadlines passed at the agencies c selects, as of now, oldest first:
+// `handovers overdue` prints them, the console shows them.
+func (c overdueConfig) overdue(ctx context.Context, now time.Time) ([]overdueRow, error) {
 	addrs, err := c.agencyAddrs()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	now := time.Now()
 	var rows []overdueRow
 	for _, a := range addrs {
 		if c.Agency != "" && a[0] != c.Agency {
@@ -132,7 +133,7 @@ func runOverdue(ctx context.Context, c overdueConfig, stdout io.Writer) error {
 		}
 		found, err := c.overdueAt(ctx, a[0], a[1])
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, h := range found {
 			for _, d := range []overdueRow{
@@ -148,6 +149,15 @@ func runOverdue(ctx context.Context, c overdueConfig, stdout io.Writer) error {
 		}
 	}
 	slices.SortFunc(rows, func(a, b overdueRow) int { return a.due.Compare(b.due) })
+	return rows, nil
+}
+
+func runOverdue(ctx context.Context, c overdueConfig, stdout io.Writer) error {
+	now := time.Now()
+	rows, err := c.overdue(ctx, now)
+	if err != nil {
+		return err
+	}
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "AGENCY\tDIRECTION\tHANDOVER\tCASE\tFROM → TO\tSTATE\tDEADLINE\tDUE\tOVERDUE FOR\t")
 	for _, r := range rows {

@@ -52,17 +52,9 @@ type jszResponse struct {
 }
 
 func runStreams(ctx context.Context, c streamsConfig, stdout io.Writer) error {
-	seed := seedOr(c.SystemSeed, c.DataDir, natsserver.SystemAccount)
-	if seed == "" {
-		return errors.New("--sys-nkey-seed: the system account's seed is needed to see every account's streams")
-	}
-	auth, err := nats.NkeyOptionFromSeed(seed)
+	nc, err := c.connectSystem(nats.Name("throughcare-streams"))
 	if err != nil {
-		return fmt.Errorf("--sys-nkey-seed: %w", err)
-	}
-	nc, err := nats.Connect(c.NATSURL, auth, nats.Name("throughcare-streams"))
-	if err != nil {
-		return fmt.Errorf("connect to %s: %w", redactURLs(c.NATSURL), err)
+		return err
 	}
 	defer nc.Close()
 	servers, err := jsz(ctx, nc)
@@ -75,6 +67,24 @@ func runStreams(ctx context.Context, c streamsConfig, stdout io.Writer) error {
 	}
 	printStreams(stdout, servers, resends, time.Now())
 	return nil
+}
+
+// connectSystem reaches NATS as the system account: the one that sees every account's
+// streams and consumers.
+func (c streamsConfig) connectSystem(opts ...nats.Option) (*nats.Conn, error) {
+	seed := seedOr(c.SystemSeed, c.DataDir, natsserver.SystemAccount)
+	if seed == "" {
+		return nil, errors.New("--sys-nkey-seed: the system account's seed is needed to see every account's streams")
+	}
+	auth, err := nats.NkeyOptionFromSeed(seed)
+	if err != nil {
+		return nil, fmt.Errorf("--sys-nkey-seed: %w", err)
+	}
+	nc, err := nats.Connect(c.NATSURL, append([]nats.Option{auth}, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", redactURLs(c.NATSURL), err)
+	}
+	return nc, nil
 }
 
 // jsz asks every server for its accounts' streams and consumers and gathers the answers
