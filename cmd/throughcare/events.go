@@ -16,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/term"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
@@ -255,6 +254,7 @@ type flowPrinter struct {
 	w     io.Writer
 	width int
 	head  bool
+	buf   []byte // one JSON line, reused
 }
 
 // newFlowPrinter writes to w; the table fits terminal, when that is one.
@@ -273,13 +273,13 @@ func newFlowPrinter(c eventsConfig, w, terminal io.Writer) *flowPrinter {
 
 func (p *flowPrinter) print(seq uint64, r *throughcarev1.FlowRecord) error {
 	if p.json {
-		body, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(r)
+		line := strconv.AppendUint(append(p.buf[:0], `{"stream_sequence":`...), seq, 10)
+		line, err := flow.AppendJSON(append(line, `,"record":`...), r)
 		if err != nil {
 			return err
 		}
-		// protojson writes valid JSON already: wrapping it by hand spares json.Marshal's
-		// second pass over it, which cost as much as the record's own encoding.
-		_, err = fmt.Fprintf(p.w, `{"stream_sequence":%d,"record":%s}`+"\n", seq, body)
+		p.buf = append(line, '}', '\n')
+		_, err = p.w.Write(p.buf)
 		return err
 	}
 	if !p.head {
