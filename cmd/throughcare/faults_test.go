@@ -5,13 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +18,7 @@ import (
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/natstest"
 )
 
 // A clusterFault is one fault of the suite: inject breaks the cluster while referrals go
@@ -291,96 +289,35 @@ func waitRoutes(t *testing.T, c *localCluster, i, want int) {
 // routeProxies stand on every route between two nodes, one a direction, so that a test
 // can cut one node off from the others (a partition) with its clients still connected.
 type routeProxies struct {
-	mu      sync.Mutex
-	proxies map[[2]int]*proxy
+	proxies map[[2]int]*natstest.Proxy
 }
 
 func startRouteProxies(t *testing.T, cfg clusterConfig) *routeProxies {
 	t.Helper()
-	r := &routeProxies{proxies: map[[2]int]*proxy{}}
+	r := &routeProxies{proxies: map[[2]int]*natstest.Proxy{}}
 	for from := range natsNodes {
 		for to := range natsNodes {
 			if from == to {
 				continue
 			}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			must(t, err)
-			p := &proxy{ln: ln, target: cfg.port(11 + to)}
-			go p.serve()
-			t.Cleanup(p.close)
-			r.proxies[[2]int{from, to}] = p
+			r.proxies[[2]int{from, to}] = natstest.StartProxy(t, cfg.port(11+to))
 		}
 	}
 	return r
 }
 
 func (r *routeProxies) addr(from, to int) string {
-	return r.proxies[[2]int{from, to}].ln.Addr().String()
+	return r.proxies[[2]int{from, to}].Addr()
 }
 
 // isolate cuts (or mends) every route to and from node i.
 func (r *routeProxies) isolate(i int, cut bool) {
 	for pair, p := range r.proxies {
 		if pair[0] == i || pair[1] == i {
-			p.setCut(cut)
+			p.SetCut(cut)
 		}
 	}
 }
-
-// proxy forwards TCP connections to target until it is cut; cut, it drops them all and
-// closes new ones at once.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	cut    bool
-	conns  []net.Conn
-}
-
-func (p *proxy) serve() {
-	for {
-		down, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			_ = down.Close()
-			continue
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			p.mu.Unlock()
-			_ = down.Close()
-			continue
-		}
-		p.conns = append(p.conns, down, up)
-		p.mu.Unlock()
-		go pipe(up, down)
-		go pipe(down, up)
-	}
-}
-
-func pipe(dst, src net.Conn) {
-	_, _ = io.Copy(dst, src)
-	_ = dst.Close()
-	_ = src.Close()
-}
-
-func (p *proxy) setCut(cut bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = cut
-	if cut {
-		for _, c := range p.conns {
-			_ = c.Close()
-		}
-		p.conns = nil
-	}
-}
-
-func (p *proxy) close() { _ = p.ln.Close(); p.setCut(true) }
 
 // smallDisk mounts a tmpfs of size bytes at dir for the test (root only).
 func smallDisk(t *testing.T, dir string, size int) string {

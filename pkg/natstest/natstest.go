@@ -3,8 +3,10 @@ package natstest
 
 import (
 	"bytes"
+	"fmt"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -195,4 +197,135 @@ func FilesHolding(t testing.TB, dir, marker string) []string {
 		t.Fatalf("search %s: %v", dir, err)
 	}
 	return found
+}
+
+// Cluster is n embedded servers clustered on loopback, JetStream on each, that live as
+// long as the test: for what only a replicated stream shows, such as a follower behind
+// its leader.
+type Cluster struct {
+	Servers []*server.Server
+	// routes[[2]int{from, to}] stands on the route from server from to server to.
+	routes map[[2]int]*Proxy
+}
+
+// StartCluster starts n clustered servers, every route through a proxy (see Isolate),
+// and waits until JetStream has a meta leader.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	// Clustered JetStream will not start without routes, so the route ports are chosen
+	// before any server starts.
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("choose a route port: %v", err)
+		}
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
+	c := &Cluster{routes: map[[2]int]*Proxy{}}
+	for i := range n {
+		var routes []*url.URL
+		for j := range n {
+			if j != i {
+				p := StartProxy(t, fmt.Sprintf("127.0.0.1:%d", ports[j]))
+				c.routes[[2]int{i, j}] = p
+				routes = append(routes, &url.URL{Scheme: "nats", Host: p.Addr()})
+			}
+		}
+		srv, err := server.NewServer(&server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1),
+			Host:       "127.0.0.1",
+			Port:       -1,
+			JetStream:  true,
+			StoreDir:   t.TempDir(),
+			NoSigs:     true,
+			// Not advertised: told the real route addresses, servers would dial around
+			// the proxies.
+			Cluster: server.ClusterOpts{Name: "test", Host: "127.0.0.1", Port: ports[i], NoAdvertise: true},
+			Routes:  routes,
+		})
+		if err != nil {
+			t.Fatalf("create server %d: %v", i+1, err)
+		}
+		srv.Start()
+		t.Cleanup(func() {
+			srv.Shutdown()
+			srv.WaitForShutdown()
+		})
+		c.Servers = append(c.Servers, srv)
+	}
+	for i, srv := range c.Servers {
+		if !srv.ReadyForConnections(10 * time.Second) {
+			t.Fatalf("server %d not ready", i+1)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !c.hasMetaLeader() {
+		if time.Now().After(deadline) {
+			t.Fatal("no JetStream meta leader after 20s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return c
+}
+
+// Isolate cuts (or mends) every route to and from server i; its clients stay connected.
+func (c *Cluster) Isolate(i int, cut bool) {
+	for pair, p := range c.routes {
+		if pair[0] == i || pair[1] == i {
+			p.SetCut(cut)
+		}
+	}
+}
+
+func (c *Cluster) hasMetaLeader() bool {
+	for _, s := range c.Servers {
+		if s.JetStreamIsLeader() {
+			return true
+		}
+	}
+	return false
+}
+
+// JetStream returns a JetStream context on a connection to server i only, closed when the
+// test ends.
+func (c *Cluster) JetStream(t testing.TB, i int) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(c.Servers[i].ClientURL(), nats.NoReconnect())
+	if err != nil {
+		t.Fatalf("connect to server %d: %v", i+1, err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return js
+}
+
+// AnswersDirectGets reports whether server i itself answers direct gets of stream: a
+// follower joins the queue of answerers only once it is (nearly) caught up, and a test
+// of stale reads must wait for that.
+func (c *Cluster) AnswersDirectGets(t testing.TB, i int, stream string) bool {
+	t.Helper()
+	srv := c.Servers[i]
+	routez, err := srv.Routez(nil)
+	if err != nil {
+		t.Fatalf("routez of server %d: %v", i+1, err)
+	}
+	routes := map[uint64]bool{}
+	for _, r := range routez.Routes {
+		routes[r.Rid] = true
+	}
+	subsz, err := srv.Subsz(&server.SubszOptions{Subscriptions: true, Limit: 1 << 16, Test: "$JS.API.DIRECT.GET." + stream})
+	if err != nil {
+		t.Fatalf("subsz of server %d: %v", i+1, err)
+	}
+	for _, sub := range subsz.Subs {
+		if sub.Queue != "" && !routes[sub.Cid] {
+			return true
+		}
+	}
+	return false
 }

@@ -24,7 +24,14 @@ func (s *bucket) Revisions(ctx context.Context, key string) ([]Entry, error) {
 	var out []Entry
 	after := uint64(0)
 	for {
-		raw, pending, err := s.directGetRaw(ctx, map[string]any{"seq": after + 1, "next_by_subj": s.subject(key), "batch": 64})
+		req := map[string]any{"seq": after + 1, "next_by_subj": s.subject(key)}
+		if !s.replicated {
+			// A batch is a direct get, which a replica behind its leader may answer; an
+			// erasure must reach every revision, so a replicated bucket asks its leader,
+			// one revision at a time.
+			req["batch"] = 64
+		}
+		raw, pending, err := s.directGetRaw(ctx, req)
 		if err != nil {
 			return nil, fmt.Errorf("revisions of %s: %w", key, err)
 		}
@@ -32,7 +39,7 @@ func (s *bucket) Revisions(ctx context.Context, key string) ([]Entry, error) {
 			out = append(out, m.Entry)
 			after = m.Revision
 		}
-		if pending == 0 || len(raw) == 0 {
+		if len(raw) == 0 || !s.replicated && pending == 0 {
 			return out, nil
 		}
 	}

@@ -158,6 +158,9 @@ func (s *bucket) directGetRaw(ctx context.Context, req map[string]any) (entries 
 	if err != nil {
 		return nil, 0, err
 	}
+	if s.replicated && req["batch"] == nil && req["multi_last"] == nil {
+		return s.leaderGet(ctx, body)
+	}
 	replies, done, err := s.replies.open(s.js.Conn())
 	if err != nil {
 		return nil, 0, err
@@ -208,6 +211,68 @@ func (s *bucket) directGetRaw(ctx context.Context, req map[string]any) (entries 
 	}
 }
 
+// leaderGet asks the stream leader for the one message req names. In a replicated bucket
+// a direct get may be answered by a follower that has not yet applied an acknowledged write
+// (a node back from a partition answers from where it stopped), and what follows a single
+// read (an update's expected revision, the revisions an erasure must reach, the next
+// entry of a page) must see every acknowledged write. Only batched reads (listings) go
+// to any replica.
+func (s *bucket) leaderGet(ctx context.Context, body []byte) ([]rawEntry, uint64, error) {
+	msg, err := s.js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.stream, body)
+	if err != nil {
+		return nil, 0, err
+	}
+	var resp struct {
+		Message *struct {
+			Subject  string `json:"subject"`
+			Sequence uint64 `json:"seq"`
+			Header   []byte `json:"hdrs"`
+			Data     []byte `json:"data"`
+		} `json:"message"`
+		Error *struct {
+			Code        int    `json:"code"`
+			ErrCode     int    `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return nil, 0, fmt.Errorf("leader's answer: %w", err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.Code == 404:
+		return nil, 0, nil // nothing matches
+	case resp.Error != nil:
+		return nil, 0, fmt.Errorf("server answered %d %s (%d)", resp.Error.Code, resp.Error.Description, resp.Error.ErrCode)
+	case resp.Message == nil:
+		return nil, 0, errors.New("leader's answer holds no message")
+	}
+	m := resp.Message
+	var op string
+	if len(m.Header) > 0 {
+		h, err := nats.DecodeHeadersMsg(m.Header)
+		if err != nil {
+			return nil, 0, fmt.Errorf("leader's answer: %w", err)
+		}
+		op = h.Get("KV-Operation")
+	}
+	return []rawEntry{{
+		Entry:   Entry{Key: strings.TrimPrefix(m.Subject, s.subject("")), Data: m.Data, Revision: m.Sequence},
+		removed: op == "DEL" || op == "PURGE",
+	}}, 0, nil
+}
+
+// last returns the latest revision of key, or ErrNotFound when it has none or was removed.
+func (s *bucket) last(ctx context.Context, key string) (Entry, error) {
+	raw, _, err := s.directGetRaw(ctx, map[string]any{"last_by_subj": s.subject(key)})
+	if err != nil {
+		return Entry{}, fmt.Errorf("get %s: %w", key, err)
+	}
+	if len(raw) == 0 || raw[0].removed {
+		return Entry{}, fmt.Errorf("get %s: %w", key, ErrNotFound)
+	}
+	return raw[0].Entry, nil
+}
+
 // PageAny is Page (PageSparse when sparse) over several patterns at once: the entries
 // matching any of them, in revision order, and the revision to resume after (0 at the end).
 func (s *bucket) PageAny(ctx context.Context, patterns []string, sparse bool, afterRevision uint64, limit int) ([]Entry, uint64, error) {
@@ -252,7 +317,7 @@ func (s *bucket) PageAny(ctx context.Context, patterns []string, sparse bool, af
 // RemovedAt reports whether key was removed and its marker is still there, and the marker's
 // revision: a new record under the key must expect that revision, not 0.
 func (s *bucket) RemovedAt(ctx context.Context, key string) (uint64, bool, error) {
-	raw, _, err := s.directGetRaw(ctx, map[string]any{"multi_last": []string{s.subject(key)}})
+	raw, _, err := s.directGetRaw(ctx, map[string]any{"last_by_subj": s.subject(key)})
 	if err != nil || len(raw) == 0 || !raw[0].removed {
 		return 0, false, err
 	}

@@ -47,6 +47,8 @@ type bucket struct {
 	// erasing is set for a bucket opened WithErasure: the handle its erasures go through.
 	erasing jetstream.Stream
 	history int64
+	// replicated: single reads go to the stream leader (see leaderGet).
+	replicated bool
 }
 
 func (b *bucket) subject(key string) string { return "$KV." + b.name + "." + key }
@@ -159,7 +161,7 @@ func Open[T proto.Message](ctx context.Context, js jetstream.JetStream, name str
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", name, err)
 	}
-	b := &bucket{js: js, kv: kv, name: name, stream: stream, history: o.history}
+	b := &bucket{js: js, kv: kv, name: name, stream: stream, history: o.history, replicated: o.replicas > 1}
 	if o.erasure {
 		b.erasing = str
 	}
@@ -191,18 +193,15 @@ func (s *Store[T]) Get(ctx context.Context, key string) (T, uint64, error) {
 	if err := validateKey(key); err != nil {
 		return zero, 0, err
 	}
-	entry, err := s.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return zero, 0, fmt.Errorf("get %s: %w", key, ErrNotFound)
+	entry, err := s.last(ctx, key)
+	if err != nil {
+		return zero, 0, err
 	}
+	msg, err := s.unmarshal(entry.Data)
 	if err != nil {
 		return zero, 0, fmt.Errorf("get %s: %w", key, err)
 	}
-	msg, err := s.unmarshal(entry.Value())
-	if err != nil {
-		return zero, 0, fmt.Errorf("get %s: %w", key, err)
-	}
-	return msg, entry.Revision(), nil
+	return msg, entry.Revision, nil
 }
 
 // Update replaces the record only if its stored revision is still
@@ -243,9 +242,9 @@ func (s *Store[T]) Update(ctx context.Context, key string, msg T, expectedRevisi
 // conflict explains a rejected update: the key is missing or has moved on.
 // The read only picks the error; the write was already refused atomically.
 func (s *Store[T]) conflict(ctx context.Context, key string) error {
-	_, err := s.kv.Get(ctx, key)
+	_, err := s.last(ctx, key)
 	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case errors.Is(err, ErrNotFound):
 		return fmt.Errorf("update %s: %w", key, ErrNotFound)
 	case err != nil:
 		return fmt.Errorf("update %s: %w; read back: %w", key, ErrRevisionMismatch, err)
@@ -455,14 +454,11 @@ func (s *bucket) GetRaw(ctx context.Context, key string) ([]byte, uint64, error)
 	if err := validateIndexKey(key); err != nil {
 		return nil, 0, err
 	}
-	entry, err := s.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, fmt.Errorf("get %s: %w", key, ErrNotFound)
-	}
+	entry, err := s.last(ctx, key)
 	if err != nil {
-		return nil, 0, fmt.Errorf("get %s: %w", key, err)
+		return nil, 0, err
 	}
-	return entry.Value(), entry.Revision(), nil
+	return entry.Data, entry.Revision, nil
 }
 
 // Name is the bucket's name.
