@@ -216,5 +216,7 @@ func StoreUnreachable(err error) bool {
 			return true
 		}
 	}
-	return false
+	// JetStream answers 503 while a stream has no leader or its node is cut off.
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code == 503
 }

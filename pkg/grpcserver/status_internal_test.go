@@ -22,6 +22,8 @@ func TestStoreOutOfReachIsUnavailable(t *testing.T) {
 		{fmt.Errorf("write ho_1: %w", nats.ErrTimeout), codes.Unavailable},
 		{fmt.Errorf("publish: %w", jetstream.ErrNoStreamResponse), codes.Unavailable},
 		{fmt.Errorf("get: %w", nats.ErrNoResponders), codes.Unavailable},
+		{fmt.Errorf("get: %w", &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}), codes.Unavailable},
+		{fmt.Errorf("get: %w", &jetstream.APIError{Code: 500, ErrorCode: 10049, Description: "something broke"}), codes.Internal},
 		{errors.New("something else"), codes.Internal},
 	} {
 		if got := status.Code(toStatus(zap.NewNop(), "/m", tc.err)); got != tc.want {

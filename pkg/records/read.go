@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Entry is one key as a read found it. A removed key is not returned.
@@ -192,6 +193,8 @@ func (s *bucket) directGetRaw(ctx context.Context, req map[string]any) (entries 
 			return nil, 0, errors.New("request timed out on the server")
 		case "413":
 			return nil, 0, errTooMany
+		case "503": // no replica answers direct gets (yet)
+			return nil, 0, nats.ErrNoResponders
 		default:
 			return nil, 0, fmt.Errorf("server answered %s %s", status, msg.Header.Get("Description"))
 		}
@@ -229,11 +232,7 @@ func (s *bucket) leaderGet(ctx context.Context, body []byte) ([]rawEntry, uint64
 			Header   []byte `json:"hdrs"`
 			Data     []byte `json:"data"`
 		} `json:"message"`
-		Error *struct {
-			Code        int    `json:"code"`
-			ErrCode     int    `json:"err_code"`
-			Description string `json:"description"`
-		} `json:"error"`
+		Error *jetstream.APIError `json:"error"`
 	}
 	if err := json.Unmarshal(msg.Data, &resp); err != nil {
 		return nil, 0, fmt.Errorf("leader's answer: %w", err)
@@ -242,7 +241,7 @@ func (s *bucket) leaderGet(ctx context.Context, body []byte) ([]rawEntry, uint64
 	case resp.Error != nil && resp.Error.Code == 404:
 		return nil, 0, nil // nothing matches
 	case resp.Error != nil:
-		return nil, 0, fmt.Errorf("server answered %d %s (%d)", resp.Error.Code, resp.Error.Description, resp.Error.ErrCode)
+		return nil, 0, resp.Error
 	case resp.Message == nil:
 		return nil, 0, errors.New("leader's answer holds no message")
 	}

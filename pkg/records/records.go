@@ -397,10 +397,13 @@ func validName(name string) bool {
 }
 
 // isWrongLastSequence reports the server refusing a write whose expected revision is stale.
+// A replicated stream answers with the second code while another write of the key is still
+// being proposed: the expected revision is about to be stale, and the caller re-reads.
 func isWrongLastSequence(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
-		errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+		errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // Record is a decoded record with its key and revision.

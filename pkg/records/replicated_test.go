@@ -90,3 +90,42 @@ func TestReplicatedReadsNeverMissAnAcknowledgedWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestReplicatedCreatesRaceToOneWinner races two writers, on different servers, to create
+// the same keys: exactly one wins each, and the other is told the key exists. A replicated
+// stream refuses a write whose key another write is still being proposed for with a code
+// of its own, which is a lost race like any other.
+func TestReplicatedCreatesRaceToOneWinner(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 3-node cluster")
+	}
+	ctx := testContext(t)
+	cluster := natstest.StartCluster(t, 3)
+	var stores [2]*records.Store[*wrapperspb.StringValue]
+	for i := range stores {
+		s, err := records.Open(ctx, cluster.JetStream(t, i), "strings", newString, records.WithReplicas(3))
+		if err != nil {
+			t.Fatalf("open on server %d: %v", i+1, err)
+		}
+		stores[i] = s
+	}
+	for round := range 200 {
+		key := fmt.Sprintf("k%d", round)
+		errs := make(chan error, len(stores))
+		for _, s := range stores {
+			go func() { errs <- s.CreateRaw(ctx, key, []byte("v"), 0) }()
+		}
+		won := 0
+		for range stores {
+			switch err := <-errs; {
+			case err == nil:
+				won++
+			case !errors.Is(err, records.ErrExists):
+				t.Fatalf("round %d: the losing create failed with %v, want ErrExists", round, err)
+			}
+		}
+		if won != 1 {
+			t.Fatalf("round %d: %d creates won, want 1", round, won)
+		}
+	}
+}
