@@ -33,6 +33,12 @@ const (
 	// got in first. Each lost race means another entry was stored, so this is only reached
 	// under sustained contention from other replicas.
 	maxAppendAttempts = 100
+	// inProcessWait is how long an append waits for an earlier one of the same disclosure
+	// still being proposed (see isMsgIDInProcess).
+	inProcessWait = 50 * time.Millisecond
+	// jsErrCodeDuplicateMessageIDInProcess is nats-server's JSStreamDuplicateMessageConflict,
+	// which nats.go does not name.
+	jsErrCodeDuplicateMessageIDInProcess jetstream.ErrorCode = 10158
 	// readBatch is how many entries a scan asks the server for at a time.
 	readBatch = 256
 	// scanConsumerIdle lets the server drop a scan's consumer if the client vanished
@@ -158,6 +164,17 @@ func (l *Ledger) Append(ctx context.Context, d *throughcarev1.Disclosure, dedupe
 			l.tailKnown = false
 			continue
 		}
+		if isMsgIDInProcess(err) {
+			// An earlier append of this disclosure (one that timed out, say) is still being
+			// proposed; once it settles, this one is either its duplicate or stored anew.
+			l.tailKnown = false
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("append to %s: %w", l.name, err)
+			case <-time.After(inProcessWait):
+			}
+			continue
+		}
 		if err != nil {
 			// The entry may have been stored anyway; the next append must re-read.
 			l.tailKnown = false
@@ -231,6 +248,13 @@ func isWrongLastSequence(err error) bool {
 	// R1 streams answer with the first code, replicated ones with the second.
 	return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}
+
+// isMsgIDInProcess reports a replicated stream refusing a message whose id another message,
+// not yet stored, carries.
+func isMsgIDInProcess(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrCodeDuplicateMessageIDInProcess
 }
 
 // entrySubject is where an entry is stored: under its case and person, "_" for none, so
