@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -283,7 +285,9 @@ func (p *flowPrinter) print(seq uint64, r *throughcarev1.FlowRecord) error {
 		return err
 	}
 	if !p.head {
-		p.line("SEQ", "TIME", "STAGE", "TYPE", "FROM → TO", "HANDOVER", "#", "RECEIPT → STATE", "SHARED / WITHHELD / REASON")
+		if err := p.line("SEQ", "TIME", "STAGE", "TYPE", "FROM → TO", "HANDOVER", "#", "RECEIPT → STATE", "SHARED / WITHHELD / REASON"); err != nil {
+			return err
+		}
 		p.head = true
 	}
 	receipt := ""
@@ -297,24 +301,34 @@ func (p *flowPrinter) print(seq uint64, r *throughcarev1.FlowRecord) error {
 	if r.GetReason() != "" {
 		detail += " / " + r.GetReason()
 	}
-	p.line(strconv.FormatUint(seq, 10), r.GetTime().AsTime().Local().Format("15:04:05.000"), short(r.GetStage().String(), "FLOW_STAGE_"),
+	return p.line(strconv.FormatUint(seq, 10), r.GetTime().AsTime().Local().Format("15:04:05.000"), short(r.GetStage().String(), "FLOW_STAGE_"),
 		short(r.GetType().String(), "EVENT_TYPE_"), r.GetSource()+" → "+r.GetRecipient(), r.GetHandoverId(),
 		strconv.FormatUint(r.GetSequence(), 10), receipt, detail)
-	return nil
 }
 
-// line writes one row; the last column takes what the terminal has left.
-func (p *flowPrinter) line(cols ...string) {
-	widths := []int{7, 12, 9, 20, 24, 30, 3, 26}
-	var b strings.Builder
+// columnWidths are the table's, but for the last column, which takes what the terminal has left.
+var columnWidths = [...]int{7, 12, 9, 20, 24, 30, 3, 26}
+
+// line writes one row into the reused buffer: a replay prints a million of them.
+func (p *flowPrinter) line(cols ...string) error {
+	b, used := p.buf[:0], 0
 	for i, c := range cols[:len(cols)-1] {
-		fmt.Fprintf(&b, "%-*s ", widths[i], c)
+		b = append(b, c...)
+		w := utf8.RuneCountInString(c)
+		for ; w < columnWidths[i]; w++ {
+			b = append(b, ' ')
+		}
+		b = append(b, ' ')
+		used += w + 1
 	}
 	last := cols[len(cols)-1]
-	if room := p.width - len([]rune(b.String())); room < len([]rune(last)) {
+	if room := p.width - used; utf8.RuneCountInString(last) > room {
 		last = string([]rune(last)[:max(room-1, 0)]) + "…"
 	}
-	fmt.Fprintln(p.w, strings.TrimRight(b.String()+last, " "))
+	b = bytes.TrimRight(append(b, last...), " ")
+	p.buf = append(b, '\n')
+	_, err := p.w.Write(p.buf)
+	return err
 }
 
 func short(name, prefix string) string { return strings.ToLower(strings.TrimPrefix(name, prefix)) }

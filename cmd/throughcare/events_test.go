@@ -12,10 +12,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
@@ -287,5 +289,33 @@ func TestEventsTailFlagsNameWhatIsWrong(t *testing.T) {
 	now := time.Now()
 	if start, err := c.startTime(now); err != nil || !start.Equal(now.Add(-90*time.Minute)) {
 		t.Errorf("--since 90m: %v, %v", start, err)
+	}
+}
+
+// The table's rows fit the width they are given: the columns keep their places and the
+// last one is cut short with an ellipsis, never wrapped.
+func TestTailTableFitsItsWidth(t *testing.T) {
+	var out bytes.Buffer
+	p := newFlowPrinter(eventsConfig{Output: "table", Width: 170}, &out, nil)
+	r := &throughcarev1.FlowRecord{
+		Type: throughcarev1.EventType_EVENT_TYPE_HANDOVER_REFERRED, Stage: throughcarev1.FlowStage_FLOW_STAGE_SENT,
+		Source: "prison", Recipient: "probation", HandoverId: "ho_1", Sequence: 1, Time: timestamppb.Now(),
+		SharedCategories:   []throughcarev1.DataCategory{throughcarev1.DataCategory_DATA_CATEGORY_IDENTITY, throughcarev1.DataCategory_DATA_CATEGORY_RISK},
+		WithheldCategories: []throughcarev1.DataCategory{throughcarev1.DataCategory_DATA_CATEGORY_HEALTH, throughcarev1.DataCategory_DATA_CATEGORY_SUBSTANCE_USE},
+	}
+	if err := p.print(42, r); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "SEQ     TIME") {
+		t.Fatalf("want a header and one row, got:\n%s", out.String())
+	}
+	row := lines[1]
+	if n := utf8.RuneCountInString(row); n != 170 || !strings.HasSuffix(row, "…") {
+		t.Errorf("row is %d runes, want 170 ending in an ellipsis:\n%s", n, row)
+	}
+	if !strings.HasPrefix(row, "42      ") || !strings.Contains(row, " prison → probation       ho_1 ") ||
+		!strings.Contains(row, "identity,risk / held back: hea") {
+		t.Errorf("columns out of place:\n%s", row)
 	}
 }
