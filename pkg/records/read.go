@@ -159,7 +159,8 @@ func (s *bucket) directGetRaw(ctx context.Context, req map[string]any) (entries 
 	if err != nil {
 		return nil, 0, err
 	}
-	if s.replicated && req["batch"] == nil && req["multi_last"] == nil {
+	single := req["batch"] == nil && req["multi_last"] == nil
+	if single && s.replicated {
 		return s.leaderGet(ctx, body)
 	}
 	replies, done, err := s.replies.open(s.js.Conn())
@@ -202,11 +203,9 @@ func (s *bucket) directGetRaw(ctx context.Context, req map[string]any) (entries 
 		if err != nil {
 			return nil, 0, fmt.Errorf("answer without a sequence: %w", err)
 		}
-		single := req["batch"] == nil && req["multi_last"] == nil
-		op := msg.Header.Get("KV-Operation")
 		out = append(out, rawEntry{
 			Entry:   Entry{Key: strings.TrimPrefix(msg.Header.Get(nats.JSSubject), prefix), Data: msg.Data, Revision: seq},
-			removed: op == "DEL" || op == "PURGE",
+			removed: isRemoval(msg.Header),
 		})
 		if single {
 			return out, 0, nil // one answer, no end-of-batch marker
@@ -246,18 +245,22 @@ func (s *bucket) leaderGet(ctx context.Context, body []byte) ([]rawEntry, uint64
 		return nil, 0, errors.New("leader's answer holds no message")
 	}
 	m := resp.Message
-	var op string
+	h := nats.Header{}
 	if len(m.Header) > 0 {
-		h, err := nats.DecodeHeadersMsg(m.Header)
-		if err != nil {
+		if h, err = nats.DecodeHeadersMsg(m.Header); err != nil {
 			return nil, 0, fmt.Errorf("leader's answer: %w", err)
 		}
-		op = h.Get("KV-Operation")
 	}
 	return []rawEntry{{
 		Entry:   Entry{Key: strings.TrimPrefix(m.Subject, s.subject("")), Data: m.Data, Revision: m.Sequence},
-		removed: op == "DEL" || op == "PURGE",
+		removed: isRemoval(h),
 	}}, 0, nil
+}
+
+// isRemoval reports a KV delete or purge marker.
+func isRemoval(h nats.Header) bool {
+	op := h.Get("KV-Operation")
+	return op == "DEL" || op == "PURGE"
 }
 
 // last returns the latest revision of key, or ErrNotFound when it has none or was removed.
