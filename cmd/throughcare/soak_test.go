@@ -19,10 +19,10 @@ import (
 
 // TestSoakWithFaultsOnASchedule refers THROUGHCARE_SOAK handovers (at least 20,000 for
 // the documented soak) on a 3-node cluster with the services as processes, 32 in flight,
-// while a NATS node is killed with kill -9 every minute and started again 10 s later, in
-// turn. Every handover must end DELIVERED with one delivered receipt; each service's
-// heap in use and goroutines, scraped from its /metrics, must end no more than half as
-// high again as they stood a quarter of the way in.
+// while a NATS node is killed with kill -9 and started again 10 s later, in turn, a
+// minute after the last one came back. Every handover must end DELIVERED with one
+// delivered receipt; each service's heap in use and goroutines, scraped from its
+// /metrics, must end no more than half as high again as they stood a quarter of the way in.
 //
 //	THROUGHCARE_SOAK=20000 go test -run TestSoakWithFaultsOnASchedule -timeout 60m -v ./cmd/throughcare
 func TestSoakWithFaultsOnASchedule(t *testing.T) {
@@ -151,8 +151,8 @@ func retryCall[T any](ctx context.Context, f func(context.Context) (T, error), r
 	}
 }
 
-// killNodesOnASchedule kills one NATS node every minute, in turn, and starts it again
-// 10 s later, until stop; it returns how many it killed.
+// killNodesOnASchedule kills one NATS node a minute after the last came back, in turn,
+// and starts it again 10 s later, until stop; it returns how many it killed.
 func killNodesOnASchedule(t *testing.T, c *localCluster, stop <-chan struct{}) int {
 	kills := 0
 	for {
