@@ -16,9 +16,6 @@ import (
 // a replicated stream refuses the second while the first is still being proposed, and the
 // second must then wait for the first and return it, not fail.
 func TestReplicatedSameDisclosureFromTwoReplicasIsStoredOnce(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a 3-node cluster")
-	}
 	ctx := testContext(t)
 	cluster := natstest.StartCluster(t, 3)
 	var replicas [2]*ledger.Ledger

@@ -209,9 +209,13 @@ type Cluster struct {
 }
 
 // StartCluster starts n clustered servers, every route through a proxy (see Isolate),
-// and waits until JetStream has a meta leader.
+// and waits until JetStream has a meta leader. It skips the test in -short: a cluster
+// takes seconds to elect.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	if testing.Short() {
+		t.Skipf("starts a %d-node cluster", n)
+	}
 	// Clustered JetStream will not start without routes, so the route ports are chosen
 	// before any server starts.
 	ports := make([]int, n)

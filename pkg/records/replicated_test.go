@@ -19,9 +19,6 @@ import (
 // update or erasure built on such a read would act on a stale revision. A read may fail
 // while the follower cannot reach the leader, but never answer wrong; mended, it answers.
 func TestReplicatedReadsNeverMissAnAcknowledgedWrite(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a 3-node cluster")
-	}
 	ctx := testContext(t)
 	cluster := natstest.StartCluster(t, 3)
 	open := func(i int) *records.Store[*wrapperspb.StringValue] {
@@ -96,9 +93,6 @@ func TestReplicatedReadsNeverMissAnAcknowledgedWrite(t *testing.T) {
 // stream refuses a write whose key another write is still being proposed for with a code
 // of its own, which is a lost race like any other.
 func TestReplicatedCreatesRaceToOneWinner(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a 3-node cluster")
-	}
 	ctx := testContext(t)
 	cluster := natstest.StartCluster(t, 3)
 	var stores [2]*records.Store[*wrapperspb.StringValue]
