@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -37,6 +40,10 @@ import (
 //	GetHandover/sender         the prison's view of a random stored handover
 //	GetHandover/recipient      probation's view of a random one it has already read
 //	                           (a first read would also write RETRIEVED)
+//	raw-Get/sender             the baseline: the KV Gets of the records GetHandover returns,
+//	raw-Get/recipient          straight from JetStream (the prison: the handover; probation:
+//	                           the handover and its case copy); GetHandover reports its cost
+//	                           over this, same size, as over-raw-ratio
 //	ListHandovers/first-page   the prison's outgoing handovers, first page of 50
 //	ListHandovers/middle-page  the same from a page token near the middle (see middleToken)
 //	ListSupervisionCases       probation's case list, first page of 50
@@ -56,6 +63,8 @@ import (
 //
 // THROUGHCARE_SCALE_MAX (default 100000) caps the largest size; -short caps it at 1000.
 // A cap below 1000 runs that one size. Prefilling 100k takes long: give -timeout.
+// THROUGHCARE_SCALE_PROFILE=DIR writes a CPU profile of each operation at each size
+// (DIR/cpu-<op>-<size>.out, '/' in the name as '_'); -cpuprofile would mostly show the prefill.
 //
 //	THROUGHCARE_SCALE_MAX=10000 go test -run '^$' -bench BenchmarkAtScale -benchtime 3x -timeout 3h ./cmd/throughcare/
 //	go test -short -run '^$' -bench BenchmarkAtScale -benchtime 1x ./cmd/throughcare/
@@ -79,6 +88,7 @@ func BenchmarkAtScale(b *testing.B) {
 		sys:      sys,
 		sizes:    sizes,
 		ns:       map[string]map[int]float64{},
+		caseOf:   map[string]string{},
 		rng:      rand.New(rand.NewPCG(1, 2)),
 		atPrison: followStates(b, sys.Handovers[prisonAgency]),
 	}
@@ -162,6 +172,8 @@ type scaleBench struct {
 	rng *rand.Rand
 	// all are the prefilled handovers; read those probation has read already.
 	all, read []string
+	// caseOf is each prefilled handover's case.
+	caseOf map[string]string
 	// releasable are cases whose handover probation accepted and that are not released yet.
 	releasable []string
 	// next numbers the next case opened.
@@ -237,6 +249,7 @@ func (s *scaleBench) prefill(b *testing.B, n int, kind func(num int) prefillKind
 	for _, p := range got {
 		want[p.id] = p.kind.state()
 		s.all = append(s.all, p.id)
+		s.caseOf[p.id] = p.caseID
 		if p.kind != leaveDelivered {
 			s.read = append(s.read, p.id)
 		}
@@ -454,8 +467,37 @@ func (s *scaleBench) measure(b *testing.B, size int, prefill time.Duration) {
 			}
 		}
 	}
+	rawGet := func(agency string, from []string, withCase bool) func(b *testing.B) {
+		return func(b *testing.B) {
+			handovers, err := s.sys.JS[agency].KeyValue(b.Context(), agency+"_handovers")
+			if err != nil {
+				b.Fatal(err)
+			}
+			cases, err := s.sys.JS[agency].KeyValue(b.Context(), agency+"_cases")
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids := s.pick(b.N, from)
+			b.ResetTimer()
+			for i := range b.N {
+				ctx, cancel := callCtx(b)
+				_, err := handovers.Get(ctx, ids[i])
+				if err == nil && withCase {
+					_, err = cases.Get(ctx, s.caseOf[ids[i]])
+				}
+				cancel()
+				if err != nil {
+					b.Fatalf("raw get of handover %s at %s: %v", ids[i], agency, err)
+				}
+			}
+		}
+	}
+	s.op(b, size, "raw-Get/sender", rawGet(prisonAgency, s.all, false))
+	s.op(b, size, "raw-Get/recipient", rawGet(probationAgency, s.read, true))
 	s.op(b, size, "GetHandover/sender", getHandover(prisonH, s.all))
+	s.overRaw(b, size, "GetHandover/sender", "raw-Get/sender")
 	s.op(b, size, "GetHandover/recipient", getHandover(probationH, s.read))
+	s.overRaw(b, size, "GetHandover/recipient", "raw-Get/recipient")
 
 	listPage := func(at func(b *testing.B) *middlePage) func(b *testing.B) {
 		return func(b *testing.B) {
@@ -569,11 +611,42 @@ func (s *scaleBench) measure(b *testing.B, size int, prefill time.Duration) {
 // op runs one operation's sub-benchmark at size and records its ns/op.
 func (s *scaleBench) op(b *testing.B, size int, name string, body func(b *testing.B)) {
 	b.Run(name, func(b *testing.B) {
+		if dir := os.Getenv("THROUGHCARE_SCALE_PROFILE"); dir != "" && name != "heap" {
+			stop := startCPUProfile(b, filepath.Join(dir, fmt.Sprintf("cpu-%s-%d.out", strings.ReplaceAll(name, "/", "_"), size)))
+			defer stop()
+		}
 		body(b)
 		if name != "heap" {
 			s.record(b, size, name, float64(b.Elapsed().Nanoseconds())/float64(b.N))
 		}
 	})
+}
+
+// overRaw reports, in the sub-benchmark just run as name, its cost over raw's at size.
+func (s *scaleBench) overRaw(b *testing.B, size int, name, raw string) {
+	if r := s.ns[raw][size]; r > 0 {
+		b.Run(name+"/over-raw", func(b *testing.B) {
+			b.ReportMetric(s.ns[name][size]/r, "over-raw-ratio")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// startCPUProfile profiles the process into path until the returned func is called.
+func startCPUProfile(b *testing.B, path string) func() {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
+	}
 }
 
 // record keeps v for name at size and, at the largest size, reports each size's v
