@@ -1064,3 +1064,31 @@ func changedProtocol(t testing.TB, id string, sender, recipient string, purpose 
 	}
 	return p
 }
+
+// TestACopyIsReadUnderTheLatestHandoverThatBroughtIt: social work holds a case from the
+// prison (assistance, here without contact) and then from probation (coordination, with
+// contact). Every read, the prison's earlier handover included, cuts the copy as the latest
+// rule allows: contact in.
+func TestACopyIsReadUnderTheLatestHandoverThatBroughtIt(t *testing.T) {
+	noContact := changedProtocol(t, "throughcare-no-contact", prisonAgency, socialWorkAgency, purposeAssistance, func(r *throughcarev1.SharingRule) {
+		r.Allowed = slices.DeleteFunc(r.Allowed, func(c throughcarev1.DataCategory) bool { return c == catContact })
+	})
+	sys := newSystem(t, withProtocol(noContact))
+	rc := openCase(t, sys.Prison)
+	fromPrison := refer(t, sys, rc.GetCaseId(), socialWorkAgency, purposeAssistance).GetHandoverId()
+	waitState(t, sys.Handovers[prisonAgency], fromPrison, stateDelivered)
+	if got := getHandover(t, sys.Handovers[socialWorkAgency], fromPrison).GetReleaseCase(); got.GetContact() != nil {
+		t.Fatalf("social work reads contact under a rule without it: %v", got.GetContact())
+	}
+
+	toProbation := refer(t, sys, rc.GetCaseId(), probationAgency, purposeSupervision).GetHandoverId()
+	waitState(t, sys.Handovers[prisonAgency], toProbation, stateDelivered)
+	fromProbation := referFrom(t, sys, probationAgency, rc.GetCaseId(), socialWorkAgency, purposeCoordinate).GetHandoverId()
+	waitState(t, sys.Handovers[probationAgency], fromProbation, stateDelivered)
+
+	for _, id := range []string{fromPrison, fromProbation} {
+		if got := getHandover(t, sys.Handovers[socialWorkAgency], id).GetReleaseCase(); got.GetContact() == nil {
+			t.Errorf("social work reads handover %s's case without contact, though the latest rule, coordination, allows it", id)
+		}
+	}
+}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
@@ -30,7 +28,13 @@ func (s *Service) localCase(ctx context.Context, caseID string) (*throughcarev1.
 // down, as of now, under the rule of the latest handover that brought it (consent may have
 // been withdrawn, or the protocol changed, since it arrived).
 func (s *Service) Readable(ctx context.Context, copies ...*throughcarev1.ReleaseCase) ([]*throughcarev1.ReleaseCase, error) {
-	latest, err := s.latestReceived(ctx, copies)
+	return s.readable(ctx, nil, copies...)
+}
+
+// readable is Readable with a handover already in hand: where it is its case's latest, the
+// copy is judged under it rather than reading it again (its sender and purpose never change).
+func (s *Service) readable(ctx context.Context, inHand *throughcarev1.Handover, copies ...*throughcarev1.ReleaseCase) ([]*throughcarev1.ReleaseCase, error) {
+	latest, err := s.latestReceived(ctx, copies, inHand)
 	if err != nil {
 		return nil, err
 	}
@@ -51,8 +55,8 @@ func (s *Service) Readable(ctx context.Context, copies ...*throughcarev1.Release
 }
 
 // latestReceived is, for each case of copies, the last handover that brought it, read from
-// the cases' index entries in one request and the handovers in another.
-func (s *Service) latestReceived(ctx context.Context, copies []*throughcarev1.ReleaseCase) (map[string]*throughcarev1.Handover, error) {
+// the cases' index entries in one request and the handovers, but inHand, in another.
+func (s *Service) latestReceived(ctx context.Context, copies []*throughcarev1.ReleaseCase, inHand *throughcarev1.Handover) (map[string]*throughcarev1.Handover, error) {
 	patterns := make([]string, 0, len(copies))
 	for _, rc := range copies {
 		if ids.Valid(rc.GetCaseId()) {
@@ -71,11 +75,19 @@ func (s *Service) latestReceived(ctx context.Context, copies []*throughcarev1.Re
 			last[caseID] = e
 		}
 	}
-	recs, err := s.getMany(ctx, slices.Collect(maps.Values(last)))
+	latest := make(map[string]*throughcarev1.Handover, len(last))
+	var unread []records.Entry
+	for caseID, e := range last {
+		if inHand != nil && records.RecordOf(e.Key) == inHand.GetHandoverId() {
+			latest[caseID] = inHand
+		} else {
+			unread = append(unread, e)
+		}
+	}
+	recs, err := s.getMany(ctx, unread)
 	if err != nil {
 		return nil, fmt.Errorf("handovers of %d cases: %w", len(copies), err)
 	}
-	latest := make(map[string]*throughcarev1.Handover, len(recs))
 	for _, rec := range recs {
 		latest[rec.GetHandover().GetCaseId()] = rec.GetHandover()
 	}

@@ -178,7 +178,7 @@ func (s *Service) GetHandover(ctx context.Context, req *throughcarev1.GetHandove
 			return nil, err
 		}
 		if rc != nil {
-			readable, err := s.Readable(ctx, rc)
+			readable, err := s.readable(ctx, h, rc)
 			if err != nil {
 				return nil, err
 			}
