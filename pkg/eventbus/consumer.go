@@ -175,6 +175,14 @@ func Consume(ctx context.Context, log *zap.Logger, js jetstream.JetStream, cfg C
 	}
 }
 
+// A pull request that finds no consumer leader (a replicated consumer just created, or
+// one whose leader moved) goes unanswered, and the client asks again only after two
+// heartbeats are missed: nats.go's default, 15 s, left a new R3 consumer idle for 30 s.
+const (
+	pullExpiry    = 10 * time.Second
+	pullHeartbeat = 2 * time.Second
+)
+
 // consumeOnce runs one consumer until ctx ends (nil) or the consumer is lost (an error).
 func consumeOnce(ctx context.Context, log *zap.Logger, js jetstream.JetStream, cfg ConsumerConfig, dead *DeadLetters, handle Handler) error {
 	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Stream, jetstream.ConsumerConfig{
@@ -213,6 +221,8 @@ func consumeOnce(ctx context.Context, log *zap.Logger, js jetstream.JetStream, c
 	defer stopWorkers()
 	cc, err := cons.Consume(dispatch,
 		jetstream.PullMaxMessages(64),
+		jetstream.PullExpiry(pullExpiry),
+		jetstream.PullHeartbeat(pullHeartbeat),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if errors.Is(err, jetstream.ErrConsumerDeleted) {
 				select {
