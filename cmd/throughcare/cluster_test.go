@@ -1,12 +1,17 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -47,9 +52,7 @@ func startLocalCluster(t *testing.T, tune ...func(*clusterConfig)) *localCluster
 		}
 		logs, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
 		for _, l := range logs {
-			if out, err := exec.Command("tail", "-n", "25", l).CombinedOutput(); err == nil || len(out) > 0 {
-				t.Logf("%s:\n%s", filepath.Base(l), out)
-			}
+			t.Logf("%s:\n%s", filepath.Base(l), logTail(l, 40))
 		}
 	})
 	c, err := startCluster(testCtx(t), cfg)
@@ -61,7 +64,62 @@ func startLocalCluster(t *testing.T, tune ...func(*clusterConfig)) *localCluster
 			t.Errorf("stop the cluster: %v", err)
 		}
 	})
+	// Before the cluster stops: where the events stood, if the test failed.
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, a := range c.Agencies {
+				t.Logf("%s's streams: %s", a.ID, flowState(c, a.ID))
+			}
+		}
+	})
 	return c
+}
+
+// flowState says, in counts only, where an agency's events stand: its outbox, its outbox
+// relay, its inbox with each source, and the inbox's consumer.
+func flowState(c *localCluster, agency string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	opts, err := c.Creds.ConnectOptions(agency)
+	if err != nil {
+		return err.Error()
+	}
+	nc, err := nats.Connect(c.NATSURLs(), opts...)
+	if err != nil {
+		return err.Error()
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for _, name := range []string{eventbus.OutboxStream(agency), eventbus.InboxStream(agency)} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			fmt.Fprintf(&b, "\n  %s: %v", name, err)
+			continue
+		}
+		st := s.CachedInfo().State
+		fmt.Fprintf(&b, "\n  %s: %d messages, sequences %d..%d", name, st.Msgs, st.FirstSeq, st.LastSeq)
+		for _, src := range s.CachedInfo().Sources {
+			fmt.Fprintf(&b, "\n    source %s: lag %d, active %s, error %v", src.Name, src.Lag, src.Active, src.Error)
+		}
+	}
+	for _, cons := range []struct{ stream, durable string }{
+		{"KV_" + agency + "_handovers", agency + "-outbox-relay"},
+		{eventbus.InboxStream(agency), agency + "-inbox"},
+	} {
+		info, err := js.Consumer(ctx, cons.stream, cons.durable)
+		if err != nil {
+			fmt.Fprintf(&b, "\n  consumer %s: %v", cons.durable, err)
+			continue
+		}
+		ci := info.CachedInfo()
+		fmt.Fprintf(&b, "\n  consumer %s: pending %d, ack pending %d, redelivered %d, delivered up to %d, acked up to %d",
+			cons.durable, ci.NumPending, ci.NumAckPending, ci.NumRedelivered, ci.Delivered.Stream, ci.AckFloor.Stream)
+	}
+	return b.String()
 }
 
 // TestJourneyOnAThreeNodeClusterWithServiceProcesses runs a referral to acceptance on
@@ -125,18 +183,14 @@ type clusterClients struct {
 	cases     throughcarev1.CaseServiceClient
 }
 
-// freeBasePort finds a base port whose whole span of 60 is free now, for tests.
+// freeBasePort finds a base port whose whole span of 60 is free now, for tests. It looks
+// below Linux's ephemeral range (32768–60999), where every outgoing connection takes its
+// local port: a span inside it can lose a port to a route being dialled before the node
+// meant to listen on it has started.
 func freeBasePort() (int, error) {
+	const low, high = 10000, 32768 - 60
 	for try := 0; try < 50; try++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		base := l.Addr().(*net.TCPAddr).Port
-		_ = l.Close()
-		if base > 65535-60 || base < 1024 {
-			continue
-		}
+		base := low + rand.IntN(high-low)
 		ok := true
 		for off := 1; off <= 60 && ok; off++ {
 			probe, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off))
@@ -151,4 +205,20 @@ func freeBasePort() (int, error) {
 		}
 	}
 	return 0, errors.New("no free span of 60 ports")
+}
+
+// logTail is the last n lines of a process's log, leaving out the services' access log
+// of each call, which a test's polling fills the log with.
+func logTail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	var kept []string
+	for _, line := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
+		if !strings.Contains(line, `"msg":"rpc"`) {
+			kept = append(kept, line)
+		}
+	}
+	return strings.Join(kept[max(len(kept)-n, 0):], "\n")
 }
