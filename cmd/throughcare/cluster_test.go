@@ -75,24 +75,53 @@ func startLocalCluster(t *testing.T, tune ...func(*clusterConfig)) *localCluster
 	return c
 }
 
-// flowState says, in counts only, where an agency's events stand: its outbox, its outbox
-// relay, its inbox with each source, and the inbox's consumer.
-func flowState(c *localCluster, agency string) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+// agencyJetStream connects to the cluster as agency.
+func agencyJetStream(c *localCluster, agency string) (jetstream.JetStream, func(), error) {
 	opts, err := c.Creds.ConnectOptions(agency)
 	if err != nil {
-		return err.Error()
+		return nil, nil, err
 	}
 	nc, err := nats.Connect(c.NATSURLs(), opts...)
 	if err != nil {
-		return err.Error()
+		return nil, nil, err
 	}
-	defer nc.Close()
 	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return js, nc.Close, nil
+}
+
+// waitIndexFollowed waits until the follower of agency's handovers bucket has handled every
+// change written so far.
+func waitIndexFollowed(t *testing.T, c *localCluster, agency string) {
+	t.Helper()
+	js, closeConn, err := agencyJetStream(c, agency)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeConn()
+	eventually(t, time.Minute, func() (bool, string) {
+		cons, err := js.Consumer(testCtx(t), "KV_"+agency+"_handovers", agency+"-handover-index")
+		if err != nil {
+			return false, err.Error()
+		}
+		info := cons.CachedInfo()
+		return info.NumPending == 0 && info.NumAckPending == 0, fmt.Sprintf("%s's index follower: %d changes pending, %d unacknowledged", agency, info.NumPending, info.NumAckPending)
+	})
+}
+
+// flowState says, in counts only, where an agency's events stand: its outbox, its outbox
+// relay, its inbox with each source, and the inbox's and index follower's consumers.
+func flowState(c *localCluster, agency string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js, closeConn, err := agencyJetStream(c, agency)
 	if err != nil {
 		return err.Error()
 	}
+	defer closeConn()
 	var b strings.Builder
 	for _, name := range []string{eventbus.OutboxStream(agency), eventbus.InboxStream(agency)} {
 		s, err := js.Stream(ctx, name)
@@ -109,6 +138,7 @@ func flowState(c *localCluster, agency string) string {
 	for _, cons := range []struct{ stream, durable string }{
 		{"KV_" + agency + "_handovers", agency + "-outbox-relay"},
 		{eventbus.InboxStream(agency), agency + "-inbox"},
+		{"KV_" + agency + "_handovers", agency + "-handover-index"},
 	} {
 		info, err := js.Consumer(ctx, cons.stream, cons.durable)
 		if err != nil {
