@@ -182,19 +182,11 @@ func TestJourneyOnAThreeNodeClusterWithServiceProcesses(t *testing.T) {
 	}
 	checkReceipts(t, "prison", waitState(t, conns[prisonAgency].handovers, id, stateAccepted), receiptDelivered, receiptAcknowledged, receiptAccepted)
 
-	auth, err := c.Creds.ConnectOptions(prisonAgency)
+	js, closeConn, err := agencyJetStream(c, prisonAgency)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(c.NATSURLs(), auth...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(closeConn)
 	for _, name := range []string{eventbus.OutboxStream(prisonAgency), eventbus.InboxStream(prisonAgency), "KV_prison_handovers", "KV_prison_cases", "LEDGER_PRISON"} {
 		s, err := js.Stream(ctx, name)
 		if err != nil {

@@ -13,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/natstest"
@@ -246,13 +243,9 @@ func startReplica(t *testing.T, c *localCluster, agency string) clusterAgency {
 // streamLeader is the server name of stream's leader, asked as agency.
 func streamLeader(t *testing.T, c *localCluster, agency, stream string) string {
 	t.Helper()
-	auth, err := c.Creds.ConnectOptions(agency)
+	js, closeConn, err := agencyJetStream(c, agency)
 	must(t, err)
-	nc, err := nats.Connect(c.NATSURLs(), auth...)
-	must(t, err)
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	must(t, err)
+	defer closeConn()
 	s, err := js.Stream(t.Context(), stream)
 	must(t, err)
 	info, err := s.Info(t.Context())
