@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
+	storev1 "github.com/throughcare/throughcare/gen/throughcare/store/v1"
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/handover"
@@ -116,6 +119,7 @@ func TestReferralLostInsideNATSIsResent(t *testing.T) {
 	if lost.GetHandoverId() != id || lost.GetSequence() != 1 {
 		t.Fatalf("dropped event %s of handover %s at sequence %d; want the referral of %s at 1", lost.GetEventId(), lost.GetHandoverId(), lost.GetSequence(), id)
 	}
+	checkKeptEnvelopeOnly(t, sys, lost)
 	sys.Start(probationAgency)
 
 	waitState(t, prisonH, id, stateDelivered)
@@ -157,6 +161,32 @@ func TestReferralLostInsideNATSIsResent(t *testing.T) {
 	}
 	if report := streamsReport(t, sys); !regexp.MustCompile(`prison → probation\s+[1-9]`).MatchString(report) {
 		t.Errorf("streams report counts no resend from the prison to probation:\n%s", report)
+	}
+}
+
+// checkKeptEnvelopeOnly fails unless the sender keeps ev, until acknowledged, as its
+// envelope and its place in the outbox: the case it carries is not stored a second time.
+func checkKeptEnvelopeOnly(t *testing.T, sys *system, ev *throughcarev1.Event) {
+	t.Helper()
+	kv, err := sys.JS[ev.GetSource()].KeyValue(testCtx(t), ev.GetSource()+"_handovers")
+	if err != nil {
+		t.Fatalf("handovers bucket: %v", err)
+	}
+	key := fmt.Sprintf("sent.%s.%d", ev.GetHandoverId(), ev.GetSequence())
+	kept := new(storev1.SentEvent)
+	eventually(t, 5*time.Second, func() (bool, string) { // kept once the outbox confirmed it
+		entry, err := kv.Get(testCtx(t), key)
+		if err != nil {
+			return false, fmt.Sprintf("%s: %v", key, err)
+		}
+		if err := proto.Unmarshal(entry.Value(), kept); err != nil {
+			t.Fatalf("%s: %v", key, err)
+		}
+		return true, ""
+	})
+	if kept.GetEvent().GetEventId() != ev.GetEventId() || kept.GetEvent().GetPayload() != nil || kept.GetOutboxSequence() == 0 {
+		t.Errorf("kept %s: event %s with payload %T at outbox message %d; want event %s without payload, at its outbox message",
+			key, kept.GetEvent().GetEventId(), kept.GetEvent().GetPayload(), kept.GetOutboxSequence(), ev.GetEventId())
 	}
 }
 

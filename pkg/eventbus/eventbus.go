@@ -251,20 +251,23 @@ func Decode(subject string, header nats.Header, data []byte) (*throughcarev1.Eve
 
 // Publish stores ev in the source agency's outbox and waits for JetStream to confirm.
 func Publish(ctx context.Context, js jetstream.JetStream, ev *throughcarev1.Event) error {
-	return PublishAs(ctx, js, ev, ev.GetEventId())
+	_, err := PublishAs(ctx, js, ev, ev.GetEventId())
+	return err
 }
 
-// PublishAs is Publish under another Nats-Msg-Id than the event id: a re-send of an event
-// the outbox already holds, which its duplicate window would otherwise drop.
-func PublishAs(ctx context.Context, js jetstream.JetStream, ev *throughcarev1.Event, msgID string) error {
+// PublishAs is Publish under a given Nats-Msg-Id (a re-send of an event the outbox already
+// holds, which its duplicate window would otherwise drop), returning the event's sequence
+// in the outbox: for a duplicate within the window, that of the copy stored first.
+func PublishAs(ctx context.Context, js jetstream.JetStream, ev *throughcarev1.Event, msgID string) (uint64, error) {
 	msg, err := Encode(ev)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	msg.Header.Set(jetstream.MsgIDHeader, msgID)
 	tracing.InjectHeader(ctx, msg.Header)
-	if _, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(OutboxStream(ev.GetSource()))); err != nil {
-		return fmt.Errorf("publish event %s: %w", ev.GetEventId(), err)
+	ack, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(OutboxStream(ev.GetSource())))
+	if err != nil {
+		return 0, fmt.Errorf("publish event %s: %w", ev.GetEventId(), err)
 	}
-	return nil
+	return ack.Sequence, nil
 }

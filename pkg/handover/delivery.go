@@ -55,10 +55,13 @@ func (s *Service) peerAcknowledged(ctx context.Context, rec *storev1.HandoverRec
 	return acked, nil
 }
 
-// keep stores a signed event until the other agency acknowledges it, before the relay
-// publishes it. A relay running a revision again (it stopped before acknowledging it) keeps
-// nothing the other agency acknowledged meanwhile.
-func (s *Service) keep(ctx context.Context, msg jetstream.Msg, ev *throughcarev1.Event) error {
+// keep notes a signed event the relay has published at outboxSeq, until the other agency
+// acknowledges it: its envelope only, since the outbox holds it whole, so dropping it
+// later needs no erasure. A relay running a revision again (it stopped before
+// acknowledging it) keeps nothing the other agency acknowledged meanwhile. An
+// acknowledgement that overtakes the note leaves it behind, without personal data, for
+// the next resend to drop as stale.
+func (s *Service) keep(ctx context.Context, msg jetstream.Msg, ev *throughcarev1.Event, outboxSeq uint64) error {
 	if meta, err := msg.Metadata(); err == nil && meta.NumDelivered > 1 {
 		rec, err := s.get(ctx, ev.GetHandoverId())
 		if err != nil {
@@ -72,11 +75,23 @@ func (s *Service) keep(ctx context.Context, msg jetstream.Msg, ev *throughcarev1
 			return nil
 		}
 	}
-	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(&storev1.SentEvent{Event: ev})
+	return s.setKept(ctx, &storev1.SentEvent{Event: envelope(ev), OutboxSequence: outboxSeq})
+}
+
+// envelope is ev without its payload.
+func envelope(ev *throughcarev1.Event) *throughcarev1.Event {
+	payload := ev.Payload
+	ev.Payload = nil
+	defer func() { ev.Payload = payload }()
+	return proto.CloneOf(ev)
+}
+
+func (s *Service) setKept(ctx context.Context, se *storev1.SentEvent) error {
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(se)
 	if err != nil {
 		return eventbus.Permanent(err)
 	}
-	return s.handovers.SetRaw(ctx, sentKey(ev.GetHandoverId(), ev.GetSequence()), data)
+	return s.handovers.SetRaw(ctx, sentKey(se.GetEvent().GetHandoverId(), se.GetEvent().GetSequence()), data)
 }
 
 // kept reads the events kept for a handover, in sequence order.
@@ -111,9 +126,10 @@ func (s *Service) forget(ctx context.Context, handoverID string, from, through u
 	return nil
 }
 
-// dropKept removes a kept event. One that carries personal data is erased first, revision
-// by revision, or its bytes would stay in the store's files (records.WithErasure); most
-// kept events are receipts with routing metadata only, and erasing costs a block rewrite.
+// dropKept removes a kept event. One kept whole by an earlier version that carries
+// personal data is erased first, revision by revision, or its bytes would stay in the
+// store's files (records.WithErasure); an envelope (keep) holds none, and erasing costs a
+// block rewrite.
 func (s *Service) dropKept(ctx context.Context, key string) error {
 	revs, err := s.handovers.Revisions(ctx, key)
 	if err != nil {
@@ -382,20 +398,19 @@ func (s *Service) resendBackoff(attempt uint32) time.Duration {
 // resendOne re-publishes one kept event as it was signed, under the message id
 // <event>.r<attempt>, so the outbox's duplicate window does not drop it, and records it.
 func (s *Service) resendOne(ctx context.Context, se *storev1.SentEvent, why string) error {
-	se.Resends++
-	ev := se.GetEvent()
-	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(se)
+	ev, err := s.sentEvent(ctx, se)
 	if err != nil {
-		return eventbus.Permanent(err)
+		return err
 	}
-	if err := s.handovers.SetRaw(ctx, sentKey(ev.GetHandoverId(), ev.GetSequence()), data); err != nil {
+	se.Resends++
+	if err := s.setKept(ctx, se); err != nil {
 		return err
 	}
 	if err := s.out.Resent(ctx, ev, se.GetResends(), why); err != nil {
 		return err
 	}
 	// In the trace of what first sent it.
-	if err := eventbus.PublishAs(tracing.Extract(ctx, ev.GetTraceContext()), s.js, ev, fmt.Sprintf("%s.r%d", ev.GetEventId(), se.GetResends())); err != nil {
+	if _, err := eventbus.PublishAs(tracing.Extract(ctx, ev.GetTraceContext()), s.js, ev, fmt.Sprintf("%s.r%d", ev.GetEventId(), se.GetResends())); err != nil {
 		return err
 	}
 	s.observed(ev, throughcarev1.FlowStage_FLOW_STAGE_RESENT, se.GetResends()+1, why)
@@ -403,6 +418,30 @@ func (s *Service) resendOne(ctx context.Context, se *storev1.SentEvent, why stri
 		zap.String("event_id", ev.GetEventId()), zap.String("type", ev.GetType().String()), zap.Uint64("sequence", ev.GetSequence()),
 		zap.String("recipient", ev.GetRecipient()), zap.Uint32("attempt", se.GetResends()), zap.String("reason", why))
 	return nil
+}
+
+// sentEvent is the whole event a kept entry stands for, read from the outbox (the stream's
+// leader answers, so a copy just stored is there).
+func (s *Service) sentEvent(ctx context.Context, se *storev1.SentEvent) (*throughcarev1.Event, error) {
+	if se.GetOutboxSequence() == 0 {
+		return se.GetEvent(), nil // kept whole
+	}
+	id := se.GetEvent().GetEventId()
+	msg, err := s.outbox.GetMsg(ctx, se.GetOutboxSequence())
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, eventbus.Permanent(fmt.Errorf("event %s: gone from the outbox (message %d), past its max age", id, se.GetOutboxSequence()))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("event %s from the outbox: %w", id, err)
+	}
+	ev, err := eventbus.Decode(msg.Subject, msg.Header, msg.Data)
+	if err != nil {
+		return nil, eventbus.Permanent(fmt.Errorf("event %s from the outbox: %w", id, err))
+	}
+	if ev.GetEventId() != id {
+		return nil, eventbus.Permanent(fmt.Errorf("event %s: outbox message %d is event %s", id, se.GetOutboxSequence(), ev.GetEventId()))
+	}
+	return ev, nil
 }
 
 // resendRequests remembers which gaps this process asked a resend for, so the events

@@ -116,6 +116,7 @@ type Service struct {
 	cfg       Config
 	log       *zap.Logger
 	js        jetstream.JetStream
+	outbox    jetstream.Stream // what a resend reads a kept event from
 	handovers *records.Store[*storev1.HandoverRecord]
 	index     *records.Index[*storev1.HandoverRecord]
 	cases     *cases.Store
@@ -158,6 +159,10 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 	if err := eventbus.SetupTopology(ctx, js, cfg.Agency, cfg.Protocol.Agencies().Peers(cfg.Agency), cfg.Limits, cfg.Topology); err != nil {
 		return nil, err
 	}
+	outbox, err := js.Stream(ctx, eventbus.OutboxStream(cfg.Agency))
+	if err != nil {
+		return nil, fmt.Errorf("handover: %w", err)
+	}
 	replicas := records.WithReplicas(cfg.Limits.Replicas)
 	handovers, err := records.Open(ctx, js, name+"_handovers", func() *storev1.HandoverRecord { return new(storev1.HandoverRecord) }, replicas, records.WithHistory(historyKept), records.WithErasure())
 	if err != nil {
@@ -182,6 +187,7 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 		cfg:       cfg,
 		log:       log.With(zap.String("agency", name)),
 		js:        js,
+		outbox:    outbox,
 		handovers: handovers,
 		cases:     caseStore,
 		dead:      dead,

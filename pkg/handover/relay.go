@@ -43,13 +43,14 @@ func (s *Service) relayOne(ctx context.Context, msg jetstream.Msg, ev *throughca
 	if err := s.out.Pass(ctx, ev); err != nil {
 		return err
 	}
+	seq, err := eventbus.PublishAs(ctx, s.js, ev, ev.GetEventId())
+	if err != nil {
+		return err
+	}
 	if ev.GetSequence() > 0 {
-		if err := s.keep(ctx, msg, ev); err != nil {
+		if err := s.keep(ctx, msg, ev, seq); err != nil {
 			return err
 		}
-	}
-	if err := eventbus.Publish(ctx, s.js, ev); err != nil {
-		return err
 	}
 	s.observed(ev, throughcarev1.FlowStage_FLOW_STAGE_SENT, 1, "")
 	return nil

@@ -148,14 +148,20 @@ func (x *HandoverRecord) GetReleaseNotified() bool {
 	return false
 }
 
-// SentEvent is an event as it was signed and published, kept until acknowledged.
+// SentEvent stands for an event this agency signed and published, kept until the other
+// agency acknowledges it.
 type SentEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Event *v1.Event              `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// The event's envelope. With outbox_sequence set, its payload is left out: the outbox
+	// holds the event whole, so the kept copy has no personal data to erase when dropped.
+	Event *v1.Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
 	// How often it was re-sent; each re-send is published under a message id of its own.
-	Resends       uint32 `protobuf:"varint,2,opt,name=resends,proto3" json:"resends,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Resends uint32 `protobuf:"varint,2,opt,name=resends,proto3" json:"resends,omitempty"`
+	// The event's message in this agency's outbox stream, from which a re-send reads it;
+	// 0 for an entry kept whole by an earlier version.
+	OutboxSequence uint64 `protobuf:"varint,3,opt,name=outbox_sequence,json=outboxSequence,proto3" json:"outbox_sequence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SentEvent) Reset() {
@@ -202,6 +208,13 @@ func (x *SentEvent) GetResends() uint32 {
 	return 0
 }
 
+func (x *SentEvent) GetOutboxSequence() uint64 {
+	if x != nil {
+		return x.OutboxSequence
+	}
+	return 0
+}
+
 var File_throughcare_store_v1_handover_record_proto protoreflect.FileDescriptor
 
 const file_throughcare_store_v1_handover_record_proto_rawDesc = "" +
@@ -217,10 +230,11 @@ const file_throughcare_store_v1_handover_record_proto_rawDesc = "" +
 	"\x1apeer_acknowledged_sequence\x18\b \x01(\x04R\x18peerAcknowledgedSequence\x12B\n" +
 	"\x0fresend_due_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\rresendDueTime\x12)\n" +
 	"\x10release_notified\x18\n" +
-	" \x01(\bR\x0freleaseNotifiedJ\x04\b\x03\x10\x04R\voutbox_only\"R\n" +
+	" \x01(\bR\x0freleaseNotifiedJ\x04\b\x03\x10\x04R\voutbox_only\"{\n" +
 	"\tSentEvent\x12+\n" +
 	"\x05event\x18\x01 \x01(\v2\x15.throughcare.v1.EventR\x05event\x12\x18\n" +
-	"\aresends\x18\x02 \x01(\rR\aresendsBEZCgithub.com/throughcare/throughcare/gen/throughcare/store/v1;storev1b\x06proto3"
+	"\aresends\x18\x02 \x01(\rR\aresends\x12'\n" +
+	"\x0foutbox_sequence\x18\x03 \x01(\x04R\x0eoutboxSequenceBEZCgithub.com/throughcare/throughcare/gen/throughcare/store/v1;storev1b\x06proto3"
 
 var (
 	file_throughcare_store_v1_handover_record_proto_rawDescOnce sync.Once
