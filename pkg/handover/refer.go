@@ -44,10 +44,11 @@ func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient str
 	if rc.GetState() != throughcarev1.CaseState_CASE_STATE_OPEN {
 		return nil, nil, fmt.Errorf("release case %s is %s; only an open case can be referred: %w", caseID, rc.GetState(), fault.ErrFailedPrecondition)
 	}
-	// The copy the recipient gets: its revision is ours, not theirs.
-	shared := proto.CloneOf(rc)
-	shared.Revision = 0
-	report, err := s.cfg.Protocol.Enforce(shared, s.cfg.Agency, recipient, purpose, rc.GetConsents())
+	// rc, read for this call alone, becomes the copy the recipient gets, cut down in place:
+	// what is needed of the whole case is taken first. Its revision is ours, not theirs.
+	acceptDue, consents := s.party.AcceptDue(rc), rc.GetConsents()
+	rc.Revision = 0
+	report, err := s.cfg.Protocol.Enforce(rc, s.cfg.Agency, recipient, purpose, consents)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -65,13 +66,13 @@ func (s *Service) Refer(ctx context.Context, actor, caseID string, recipient str
 		State:         throughcarev1.HandoverState_HANDOVER_STATE_REFERRED,
 		CreateTime:    now,
 		UpdateTime:    now,
-		AcceptDueTime: s.party.AcceptDue(rc),
+		AcceptDueTime: acceptDue,
 		Revision:      1,
 	}
 	h.WithheldCategories = report.WithheldCategories()
 	ev := s.party.NewEvent(h, recipient, actor, throughcarev1.EventType_EVENT_TYPE_HANDOVER_REFERRED)
 	ev.Withholdings = report.Withheld
-	ev.Payload = &throughcarev1.Event_HandoverReferred{HandoverReferred: &throughcarev1.HandoverReferred{Handover: proto.CloneOf(h), ReleaseCase: shared}}
+	ev.Payload = &throughcarev1.Event_HandoverReferred{HandoverReferred: &throughcarev1.HandoverReferred{Handover: proto.CloneOf(h), ReleaseCase: rc}}
 	rec := &storev1.HandoverRecord{Handover: h, Outbox: []*throughcarev1.Event{ev}}
 	if _, err := s.write(ctx, rec, 0); errors.Is(err, records.ErrExists) && requestID != "" {
 		// A retry of the same request, in flight at the same time, stored it first.
