@@ -50,3 +50,17 @@ func TestReplicatedSameDisclosureFromTwoReplicasIsStoredOnce(t *testing.T) {
 	}
 	mustVerifyIntact(t, replicas[0], rounds)
 }
+
+func TestReplicatedConcurrentAppendsFromTwoReplicasDoNotFork(t *testing.T) {
+	ctx := testContext(t)
+	cluster := natstest.StartCluster(t, 3)
+	var replicas [2]*ledger.Ledger
+	for i := range replicas {
+		l, err := ledger.Open(ctx, cluster.JetStream(t, i), agency, 3)
+		if err != nil {
+			t.Fatalf("open on server %d: %v", i+1, err)
+		}
+		replicas[i] = l
+	}
+	checkConcurrentAppendsDoNotFork(t, replicas[0], replicas[1])
+}

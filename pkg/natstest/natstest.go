@@ -265,9 +265,9 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		}
 	}
 	deadline := time.Now().Add(20 * time.Second)
-	for !c.hasMetaLeader() {
+	for !c.ready() {
 		if time.Now().After(deadline) {
-			t.Fatal("no JetStream meta leader after 20s")
+			t.Fatal("JetStream cluster not ready after 20s: no meta leader, or not every server a current peer of it")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -283,11 +283,23 @@ func (c *Cluster) Isolate(i int, cut bool) {
 	}
 }
 
-func (c *Cluster) hasMetaLeader() bool {
-	for _, s := range c.Servers {
-		if s.JetStreamIsLeader() {
-			return true
+// ready reports whether the meta leader counts every server as a peer, and every server is
+// current with it: until then a stream at full replication finds no placement (nats-server's
+// own tests wait the same way, waitOnClusterReady).
+func (c *Cluster) ready() bool {
+	for _, leader := range c.Servers {
+		if !leader.JetStreamIsLeader() {
+			continue
 		}
+		if len(leader.JetStreamClusterPeers()) != len(c.Servers) {
+			return false
+		}
+		for _, s := range c.Servers {
+			if !s.JetStreamIsCurrent() {
+				return false
+			}
+		}
+		return true
 	}
 	return false
 }
