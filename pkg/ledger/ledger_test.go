@@ -386,9 +386,9 @@ func TestConcurrentAppendsFromTwoReplicasDoNotFork(t *testing.T) {
 }
 
 // checkConcurrentAppendsDoNotFork appends through two Ledgers of one stream at once, many
-// at a time through each (so each writes them in pipelined batches that race the other's),
-// and checks that they made one intact chain of every disclosure, once each, and that
-// each Append returned what was stored.
+// at a time through each, so they race each other for the tail, and checks that they made
+// one intact chain of every disclosure, once each, and that each Append returned what was
+// stored.
 func checkConcurrentAppendsDoNotFork(t *testing.T, a, b *ledger.Ledger) {
 	t.Helper()
 	replicas := []*ledger.Ledger{a, b}

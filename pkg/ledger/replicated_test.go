@@ -17,15 +17,7 @@ import (
 // second must then wait for the first and return it, not fail.
 func TestReplicatedSameDisclosureFromTwoReplicasIsStoredOnce(t *testing.T) {
 	ctx := testContext(t)
-	cluster := natstest.StartCluster(t, 3)
-	var replicas [2]*ledger.Ledger
-	for i := range replicas {
-		l, err := ledger.Open(ctx, cluster.JetStream(t, i), agency, 3)
-		if err != nil {
-			t.Fatalf("open on server %d: %v", i+1, err)
-		}
-		replicas[i] = l
-	}
+	replicas := replicasOnACluster(t)
 	const rounds = 100
 	for n := 1; n <= rounds; n++ {
 		d := disclosure(n, fmt.Sprintf("case-%d", n), "A1234BC")
@@ -51,16 +43,23 @@ func TestReplicatedSameDisclosureFromTwoReplicasIsStoredOnce(t *testing.T) {
 	mustVerifyIntact(t, replicas[0], rounds)
 }
 
-func TestReplicatedConcurrentAppendsFromTwoReplicasDoNotFork(t *testing.T) {
-	ctx := testContext(t)
+// replicasOnACluster starts a 3-node cluster and opens the ledger, at R3, through two
+// service replicas on different servers.
+func replicasOnACluster(t *testing.T) [2]*ledger.Ledger {
+	t.Helper()
 	cluster := natstest.StartCluster(t, 3)
 	var replicas [2]*ledger.Ledger
 	for i := range replicas {
-		l, err := ledger.Open(ctx, cluster.JetStream(t, i), agency, 3)
+		l, err := ledger.Open(testContext(t), cluster.JetStream(t, i), agency, 3)
 		if err != nil {
 			t.Fatalf("open on server %d: %v", i+1, err)
 		}
 		replicas[i] = l
 	}
+	return replicas
+}
+
+func TestReplicatedConcurrentAppendsFromTwoReplicasDoNotFork(t *testing.T) {
+	replicas := replicasOnACluster(t)
 	checkConcurrentAppendsDoNotFork(t, replicas[0], replicas[1])
 }

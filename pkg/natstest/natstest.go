@@ -209,7 +209,7 @@ type Cluster struct {
 }
 
 // StartCluster starts n clustered servers, every route through a proxy (see Isolate),
-// and waits until JetStream has a meta leader. It skips the test in -short: a cluster
+// and waits until JetStream is ready (see ready). It skips the test in -short: a cluster
 // takes seconds to elect.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
