@@ -387,7 +387,9 @@ func (l *Ledger) scan(ctx context.Context, afterSeq uint64, subjects []string, v
 	defer l.deleteConsumer(ctx, consumer)
 	// Nothing left to deliver (every later entry gone): waiting for one would block.
 	if start := consumer.CachedInfo(); start != nil && start.NumPending == 0 {
-		return lastSeq, nil
+		if more, err := l.storedAfter(ctx, afterSeq, lastSeq, subjects); err != nil || !more {
+			return lastSeq, err
+		}
 	}
 	msgs, err := consumer.Messages(jetstream.PullMaxMessages(readBatch))
 	if err != nil {
@@ -411,10 +413,37 @@ func (l *Ledger) scan(ctx context.Context, afterSeq uint64, subjects []string, v
 		if err != nil || !more {
 			return lastSeq, err
 		}
-		if seq == lastSeq || meta.NumPending == 0 {
+		if seq == lastSeq {
 			return lastSeq, nil
 		}
+		if meta.NumPending == 0 {
+			if more, err := l.storedAfter(ctx, seq, lastSeq, subjects); err != nil || !more {
+				return lastSeq, err
+			}
+		}
 	}
+}
+
+// storedAfter reports whether the stream's leader holds an entry on subjects (any, when
+// none) after seq and up to last. A scan's consumer may live on a replica that has not yet
+// stored the entries the leader reported: it then counts none pending, though they come.
+func (l *Ledger) storedAfter(ctx context.Context, seq, last uint64, subjects []string) (bool, error) {
+	if len(subjects) == 0 {
+		subjects = []string{">"}
+	}
+	for _, subject := range subjects {
+		msg, err := l.stream.GetMsg(ctx, seq+1, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("read after %d: %w", seq, err)
+		}
+		if msg.Sequence <= last {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // deleteConsumer removes a scan's consumer now rather than when it idles out. It runs
