@@ -252,6 +252,7 @@ func TestConsoleShowsAJourneyInChromiumWithoutPersonalData(t *testing.T) {
 		t.Fatal(err)
 	}
 	sys := newSystem(t, withProtocol(fourAgencies), withConfig(probationAgency, func(c *handover.Config) { c.AcknowledgeWithin = 300 * time.Millisecond }))
+	prisonSent := watchSent(t, sys, prisonAgency)
 	base := startConsole(t, sys, "--protocol", withPCVE)
 	feed := recordFlowFeed(t, base)
 	ctx := testCtx(t)
@@ -304,7 +305,7 @@ func TestConsoleShowsAJourneyInChromiumWithoutPersonalData(t *testing.T) {
 	}
 	late := referTo(probationAgency, purposeSupervision)
 	waitState(t, sys.Handovers[prisonAgency], late, stateDelivered)
-	deadLetterCopy(t, sys, lastSent(t, sys, "tc.prison.out.probation.handover_referred"), "console-unreadable-1")
+	deadLetterCopy(t, sys, prisonSent.last(t, "tc.prison.out.probation.handover_referred"), "console-unreadable-1")
 
 	declined := referTo(socialWorkAgency, purposeAssistance)
 	sw := sys.Handovers[socialWorkAgency]

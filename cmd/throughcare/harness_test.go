@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -935,4 +936,117 @@ func (s *system) service(agency string) *handover.Service {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.nodes[agency][0].srv.handovers
+}
+
+// decodeEvent decodes a message of an inbox or outbox; a notice's body is read as its
+// recipient reads it, from the sender's outbox.
+func decodeEvent(t testing.TB, sys *system, m *jetstream.RawStreamMsg) (*throughcarev1.Event, error) {
+	t.Helper()
+	data := m.Data
+	if eventbus.IsNotice(m.Header, m.Data) {
+		tokens := strings.Split(m.Subject, ".")
+		if len(tokens) < 4 {
+			return nil, fmt.Errorf("notice on %s", m.Subject)
+		}
+		recipient := tokens[3]
+		var err error
+		data, err = eventbus.FetchBody(testCtx(t), sys.JS[recipient].Conn(), sys.cfg[recipient].Topology, recipient, m.Subject, m.Header)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return eventbus.Decode(m.Subject, m.Header, data)
+}
+
+// sentLog holds every message an agency's outbox stored since it started watching, so a
+// test can read the whole of an event sent as a notice after its sender deleted the body
+// (on the recipient's acknowledgement).
+type sentLog struct {
+	mu   sync.Mutex
+	msgs []jetstream.Msg
+}
+
+// watchSent starts a sentLog of agency's outbox; it stops when the test ends.
+func watchSent(t testing.TB, sys *system, agency string) *sentLog {
+	t.Helper()
+	cons, err := sys.JS[agency].OrderedConsumer(testCtx(t), eventbus.OutboxStream(agency), jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatalf("watch %s's outbox: %v", agency, err)
+	}
+	l := &sentLog{}
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		l.mu.Lock()
+		l.msgs = append(l.msgs, msg)
+		l.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatalf("watch %s's outbox: %v", agency, err)
+	}
+	t.Cleanup(cc.Stop)
+	return l
+}
+
+// last is the last event sent on subject, read whole.
+func (l *sentLog) last(t testing.TB, subject string) *throughcarev1.Event {
+	t.Helper()
+	var ev *throughcarev1.Event
+	eventually(t, 5*time.Second, func() (bool, string) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for i := len(l.msgs) - 1; i >= 0; i-- {
+			if m := l.msgs[i]; m.Subject() == subject {
+				var err error
+				ev, err = l.decodeLocked(m.Subject(), m.Headers(), m.Data())
+				return err == nil, fmt.Sprintf("last event on %s: %v", subject, err)
+			}
+		}
+		return false, "nothing sent on " + subject
+	})
+	return ev
+}
+
+// event decodes a message of the outbox, read whole.
+func (l *sentLog) event(t testing.TB, subject string, header nats.Header, data []byte) *throughcarev1.Event {
+	t.Helper()
+	var ev *throughcarev1.Event
+	eventually(t, 5*time.Second, func() (bool, string) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		var err error
+		ev, err = l.decodeLocked(subject, header, data)
+		return err == nil, fmt.Sprintf("event on %s: %v", subject, err)
+	})
+	return ev
+}
+
+// decodeLocked decodes an outbox message; a notice's body is the one the log holds.
+func (l *sentLog) decodeLocked(subject string, header nats.Header, data []byte) (*throughcarev1.Event, error) {
+	if eventbus.IsNotice(header, data) {
+		n := eventbus.NoticeOf(subject, header)
+		tokens := strings.Split(subject, ".")
+		body := eventbus.BodySubject(n.Source, tokens[3], n.EventID)
+		data = nil
+		for _, m := range l.msgs {
+			if m.Subject() == body {
+				data = m.Data()
+			}
+		}
+		if data == nil {
+			return nil, fmt.Errorf("no body of %s seen on %s", n.EventID, body)
+		}
+	}
+	return eventbus.Decode(subject, header, data)
+}
+
+// count is how many messages were sent on subject.
+func (l *sentLog) count(subject string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.msgs {
+		if m.Subject() == subject {
+			n++
+		}
+	}
+	return n
 }

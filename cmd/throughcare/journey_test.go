@@ -496,6 +496,7 @@ func waitInboxProcessed(t testing.TB, sys *system, agency string) {
 // issues one delivered receipt.
 func TestDuplicateEventIsProcessedOnce(t *testing.T) {
 	sys := newSystem(t)
+	prisonSent := watchSent(t, sys, prisonAgency)
 	ctx := testCtx(t)
 	prisonH, probationH := sys.Handovers[prisonAgency], sys.Handovers[probationAgency]
 	rc := openCase(t, sys.Prison)
@@ -512,10 +513,7 @@ func TestDuplicateEventIsProcessedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatalf("read the referral from the outbox: %v", err)
 	}
-	ev, err := eventbus.Decode(orig.Subject, orig.Header, orig.Data)
-	if err != nil {
-		t.Fatalf("decode the referral: %v", err)
-	}
+	ev := prisonSent.event(t, orig.Subject, orig.Header, orig.Data)
 	if ev.GetHandoverId() != id || orig.Header.Get(jetstream.MsgIDHeader) != ev.GetEventId() {
 		t.Fatalf("outbox referral: handover %s, msg id %q; want handover %s under its event id %s", ev.GetHandoverId(), orig.Header.Get(jetstream.MsgIDHeader), id, ev.GetEventId())
 	}

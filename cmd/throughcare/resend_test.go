@@ -50,7 +50,7 @@ func inInbox(t *testing.T, sys *system, agency string, match func(*throughcarev1
 			if err != nil {
 				continue // deleted or consumed
 			}
-			ev, err := eventbus.Decode(m.Subject, m.Header, m.Data)
+			ev, err := decodeEvent(t, sys, m)
 			if err != nil || !match(ev) {
 				continue
 			}
@@ -283,7 +283,7 @@ func outboxEvent(t *testing.T, sys *system, agency string, subject string) *thro
 	if err != nil {
 		t.Fatalf("outbox of %s on %s: %v", agency, subject, err)
 	}
-	ev, err := eventbus.Decode(m.Subject, m.Header, m.Data)
+	ev, err := decodeEvent(t, sys, m)
 	if err != nil {
 		t.Fatalf("decode: %v", err)
 	}

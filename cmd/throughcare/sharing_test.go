@@ -94,6 +94,7 @@ var fullCaseCategories = []throughcarev1.DataCategory{
 // one SHARED entry that says all of it, found by case and by person.
 func TestSharingToSocialWorkWithholdsAndRecords(t *testing.T) {
 	sys := newSystem(t)
+	prisonSent := watchSent(t, sys, prisonAgency)
 	ctx := testCtx(t)
 	prisonAudit := auditClient(t, sys, prisonAgency)
 	rc := openCase(t, sys.Prison)
@@ -152,7 +153,7 @@ func TestSharingToSocialWorkWithholdsAndRecords(t *testing.T) {
 	}
 
 	// What left the prison: the event in its outbox.
-	sent := lastSent(t, sys, socialWorkReferral)
+	sent := prisonSent.last(t, socialWorkReferral)
 	if sent.GetHandoverId() != id {
 		t.Fatalf("last referral to social work in the outbox: handover %s, want %s", sent.GetHandoverId(), id)
 	}
@@ -989,25 +990,6 @@ func checkNoHistory(t testing.TB, sys *system, agency string, caseID string) {
 	}
 }
 
-// lastSent is the last event the prison published on subject, decoded.
-func lastSent(t testing.TB, sys *system, subject string) *throughcarev1.Event {
-	t.Helper()
-	ctx := testCtx(t)
-	outbox, err := sys.JS[prisonAgency].Stream(ctx, eventbus.OutboxStream(prisonAgency))
-	if err != nil {
-		t.Fatalf("prison outbox: %v", err)
-	}
-	msg, err := outbox.GetLastMsgForSubject(ctx, subject)
-	if err != nil {
-		t.Fatalf("read the last %s: %v", subject, err)
-	}
-	ev, err := eventbus.Decode(msg.Subject, msg.Header, msg.Data)
-	if err != nil {
-		t.Fatalf("decode the last %s: %v", subject, err)
-	}
-	return ev
-}
-
 // socialWorkReferralEvent is a referral of rc from the prison to social work for
 // post-penal assistance, well-formed in every way but built by the test.
 func socialWorkReferralEvent(rc *throughcarev1.ReleaseCase) *throughcarev1.Event {
@@ -1090,5 +1072,42 @@ func TestACopyIsReadUnderTheLatestHandoverThatBroughtIt(t *testing.T) {
 		if got := getHandover(t, sys.Handovers[socialWorkAgency], id).GetReleaseCase(); got.GetContact() == nil {
 			t.Errorf("social work reads handover %s's case without contact, though the latest rule, coordination, allows it", id)
 		}
+	}
+}
+
+// TestReferralBodyIsReadableOnlyUntilAcknowledged: a referral reaches probation's inbox as
+// a notice without personal data, probation reads the referral from the prison's outbox,
+// and once its receipt has reached the prison the prison deletes it there, so probation
+// can read it no more (after a consent is withdrawn, say).
+func TestReferralBodyIsReadableOnlyUntilAcknowledged(t *testing.T) {
+	sys := newSystem(t)
+	ctx := testCtx(t)
+	prisonSent := watchSent(t, sys, prisonAgency)
+	rc := openCase(t, sys.Prison)
+	id := refer(t, sys, rc.GetCaseId(), probationAgency, purposeSupervision).GetHandoverId()
+	waitState(t, sys.Handovers[prisonAgency], id, stateDelivered)
+
+	const subject = "tc.prison.out.probation.handover_referred"
+	sent := prisonSent.last(t, subject)
+	if sent.GetHandoverId() != id || sent.GetHandoverReferred().GetReleaseCase().GetPerson() == nil {
+		t.Fatalf("the prison sent %v for handover %s; want the referral of %s with the person", sent.GetType(), sent.GetHandoverId(), id)
+	}
+	outbox, err := sys.JS[prisonAgency].Stream(ctx, eventbus.OutboxStream(prisonAgency))
+	if err != nil {
+		t.Fatal(err)
+	}
+	notice, err := outbox.GetLastMsgForSubject(ctx, subject)
+	if err != nil {
+		t.Fatalf("the notice in the prison's outbox: %v", err)
+	}
+	if !eventbus.IsNotice(notice.Header, notice.Data) {
+		t.Fatalf("the prison's outbox sent the referral whole (%d bytes) on %s, not as a notice", len(notice.Data), subject)
+	}
+	_, err = eventbus.FetchBody(ctx, sys.JS[probationAgency].Conn(), eventbus.AccountPerAgency, probationAgency, notice.Subject, notice.Header)
+	if !errors.Is(err, eventbus.ErrBodyNotFound) {
+		t.Errorf("probation reads the referral after acknowledging it: %v; want %v", err, eventbus.ErrBodyNotFound)
+	}
+	if body := eventbus.BodySubject(prisonAgency, probationAgency, sent.GetEventId()); prisonSent.count(body) != 1 {
+		t.Errorf("the prison stored %d bodies on %s, want 1", prisonSent.count(body), body)
 	}
 }

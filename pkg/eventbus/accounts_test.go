@@ -2,6 +2,7 @@ package eventbus_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -178,5 +179,85 @@ func eventuallyTrue(t *testing.T, timeout time.Duration, cond func() (bool, stri
 			t.Fatalf("not within %s: %s", timeout, why)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// An event sent as a notice reaches the recipient's inbox as headers alone; the recipient
+// reads its body from the sender's outbox, and no other agency can.
+func TestAcrossAccountsNoticeBodyIsReadOnlyByItsRecipient(t *testing.T) {
+	srv, js := agencyBus(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	ev := referral()
+	ev.Sequence = 3
+	if _, err := eventbus.PublishBody(ctx, js[prison], ev, ev.GetEventId()); err != nil {
+		t.Fatalf("publish body: %v", err)
+	}
+	if err := eventbus.PublishNotice(ctx, js[prison], ev, ev.GetEventId()); err != nil {
+		t.Fatalf("publish notice: %v", err)
+	}
+	notice := nextInboxMsg(t, js[probation], probation)
+	if !eventbus.IsNotice(notice.Headers(), notice.Data()) {
+		t.Fatalf("inbox message is not a notice: %d bytes, headers %v", len(notice.Data()), notice.Headers())
+	}
+	body, err := eventbus.FetchBody(ctx, js[probation].Conn(), eventbus.AccountPerAgency, probation, notice.Subject(), notice.Headers())
+	if err != nil {
+		t.Fatalf("fetch body: %v", err)
+	}
+	got, err := eventbus.Decode(notice.Subject(), notice.Headers(), body)
+	if err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	if !proto.Equal(got, ev) {
+		t.Errorf("fetched event differs from the one sent")
+	}
+	if n := eventbus.NoticeOf(notice.Subject(), notice.Headers()); n != (eventbus.Notice{EventID: ev.GetEventId(), Source: prison, HandoverID: ev.GetHandoverId(), Sequence: ev.GetSequence()}) {
+		t.Errorf("notice says %+v of event %s", n, ev.GetEventId())
+	}
+
+	// Social work, with probation's notice in hand, reaches no body: neither through its
+	// own imports (it has none for this) nor by claiming to be probation.
+	sw := srv.ConnectAs(t, socialWork)
+	short, stop := context.WithTimeout(ctx, time.Second)
+	defer stop()
+	if _, err := eventbus.FetchBody(short, sw, eventbus.AccountPerAgency, probation, notice.Subject(), notice.Headers()); err == nil {
+		t.Errorf("social work read the body of an event addressed to probation")
+	}
+	ext := eventbus.External(prison, probation)
+	if _, err := sw.RequestWithContext(short, ext.ImportedBodyGet, nil); err == nil {
+		t.Errorf("social work's request on probation's import was answered")
+	}
+}
+
+func nextInboxMsg(t *testing.T, js jetstream.JetStream, a string) jetstream.Msg {
+	t.Helper()
+	cons, err := js.CreateConsumer(t.Context(), eventbus.InboxStream(a), jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+	if err != nil {
+		t.Fatalf("inbox %s: %v", a, err)
+	}
+	return msg
+}
+
+func TestOutboxMessageIsReadFromTheLeader(t *testing.T) {
+	_, js := agencyBus(t)
+	ctx := t.Context()
+	ev := referral()
+	seq, err := eventbus.PublishBody(ctx, js[prison], ev, ev.GetEventId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := eventbus.OutboxMessage(ctx, js[prison], prison, seq)
+	if err != nil {
+		t.Fatalf("read message %d: %v", seq, err)
+	}
+	if got, err := eventbus.Decode(msg.Subject, msg.Header, msg.Data); err != nil || got.GetEventId() != ev.GetEventId() || msg.Sequence != seq {
+		t.Errorf("message %d: %v (%v), want event %s", msg.Sequence, got.GetEventId(), err, ev.GetEventId())
+	}
+	if _, err := eventbus.OutboxMessage(ctx, js[prison], prison, seq+1); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Errorf("read a message not stored: %v, want %v", err, jetstream.ErrMsgNotFound)
 	}
 }

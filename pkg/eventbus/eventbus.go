@@ -7,15 +7,25 @@
 // client strings:
 //
 //	tc.<source>.out.<recipient>.<event type>     e.g. tc.prison.out.probation.handover_referred
+//	tc.<source>.body.<recipient>.<event id>      the whole of an event sent as a notice
 //
 // Events are protobuf in binary mode with CloudEvents attributes as NATS headers; the event
 // id is also the Nats-Msg-Id, so a re-published event is stored once.
+//
+// An event with personal data travels as a notice: the outbox keeps the whole event on its
+// body subject, which no inbox sources (PublishBody), and sends on the event's subject its
+// headers alone (PublishNotice). The recipient reads the body from the outbox (FetchBody),
+// through an export that lets it read only what is addressed to it, until the sender
+// deletes the body once the recipient has acknowledged the event. So the recipient's inbox
+// never holds personal data, and nothing has to be erased from it once an event is handled.
 package eventbus
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,6 +46,14 @@ func InboxStream(a string) string  { return "INBOX_" + strings.ToUpper(a) }
 func outboxFilter(source, recipient string) string {
 	return "tc." + source + ".out." + recipient + ".>"
 }
+
+// BodySubject is where the outbox keeps the whole of an event sent as a notice.
+func BodySubject(source, recipient, eventID string) string {
+	return "tc." + source + ".body." + recipient + "." + eventID
+}
+
+// bodyFilter is every body source keeps for recipient.
+func bodyFilter(source, recipient string) string { return "tc." + source + ".body." + recipient + ".>" }
 
 func typeToken(t throughcarev1.EventType) string {
 	return strings.ToLower(strings.TrimPrefix(t.String(), "EVENT_TYPE_"))
@@ -92,16 +110,23 @@ type ExternalSource struct {
 	ExportedConsumerCreate string
 	// ImportedConsumerCreate is the same API as the recipient imports it.
 	ImportedConsumerCreate string
+	// ExportedBodyGet is the source account's direct-get API for the bodies of events
+	// addressed to the recipient, as exported; ImportedBodyGet is it as imported.
+	ExportedBodyGet string
+	ImportedBodyGet string
 }
 
 // External names the subjects through which dst's inbox sources src's outbox.
 func External(src, dst string) ExternalSource {
 	create := "CONSUMER.CREATE." + OutboxStream(src) + ".*." + outboxFilter(src, dst)
+	body := "DIRECT.GET." + OutboxStream(src) + "." + bodyFilter(src, dst)
 	return ExternalSource{
 		APIPrefix:              "$JS." + src + ".API",
 		DeliverPrefix:          "deliver." + src + "." + dst,
 		ExportedConsumerCreate: "$JS.API." + create,
 		ImportedConsumerCreate: "$JS." + src + ".API." + create,
+		ExportedBodyGet:        "$JS.API." + body,
+		ImportedBodyGet:        "$JS." + src + ".API." + body,
 	}
 }
 
@@ -164,7 +189,7 @@ func SetupOutbox(ctx context.Context, js jetstream.JetStream, id string, limits 
 	outbox := jetstream.StreamConfig{
 		Name:        OutboxStream(id),
 		Description: "events " + id + " sends to other agencies",
-		Subjects:    []string{"tc." + id + ".out.>"},
+		Subjects:    []string{"tc." + id + ".out.>", "tc." + id + ".body.>"},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardNew,
@@ -172,6 +197,8 @@ func SetupOutbox(ctx context.Context, js jetstream.JetStream, id string, limits 
 		MaxAge:      limits.MaxAge,
 		Replicas:    limits.Replicas,
 		Duplicates:  10 * time.Minute,
+		// Recipients read the bodies of notices by direct get (FetchBody).
+		AllowDirect: true,
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, outbox); err != nil {
 		return fmt.Errorf("create stream %s: %w", outbox.Name, err)
@@ -193,6 +220,11 @@ const (
 	// headerHandover names the handover an event travels along, so that a message that
 	// cannot even be decoded can still be traced to it (a dead letter's retry).
 	headerHandover = "throughcare-handover"
+	// headerNotice marks a message that carries an event's headers alone: its body is in
+	// the sender's outbox (PublishNoticed).
+	headerNotice = "throughcare-notice"
+	// headerSequence is a notice's event sequence along its handover.
+	headerSequence = "throughcare-sequence"
 	contentType    = "application/protobuf; messageType=throughcare.v1.Event"
 )
 
@@ -226,8 +258,9 @@ func OrderByCase(msg jetstream.Msg) string { return msg.Headers().Get(headerSubj
 // ErrUndecodable marks a message that can never be processed as an event.
 var ErrUndecodable = errors.New("undecodable event")
 
-// Decode reads an event from a message, checking that the headers and the subject agree
-// with the body: a mismatch is a forged or corrupted message.
+// Decode reads an event from a message (or from a notice and its body: FetchBody),
+// checking that the headers and the subject agree with the body: a mismatch is a forged or
+// corrupted message.
 func Decode(subject string, header nats.Header, data []byte) (*throughcarev1.Event, error) {
 	ev := new(throughcarev1.Event)
 	if err := proto.Unmarshal(data, ev); err != nil {
@@ -240,7 +273,7 @@ func Decode(subject string, header nats.Header, data []byte) (*throughcarev1.Eve
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUndecodable, err)
 	}
-	if subject != want {
+	if subject != want && subject != BodySubject(ev.GetSource(), ev.GetRecipient(), ev.GetEventId()) {
 		return nil, fmt.Errorf("%w: event %s arrived on the wrong subject", ErrUndecodable, ev.GetEventId())
 	}
 	if ev.GetCaseId() == "" || ev.GetOccurredAt() == nil || ev.GetPayload() == nil {
@@ -270,4 +303,170 @@ func PublishAs(ctx context.Context, js jetstream.JetStream, ev *throughcarev1.Ev
 		return 0, fmt.Errorf("publish event %s: %w", ev.GetEventId(), err)
 	}
 	return ack.Sequence, nil
+}
+
+// PublishBody stores the whole of an event with personal data on its body subject, where
+// its recipient may read it (FetchBody), and returns its sequence in the outbox. A notice
+// (PublishNotice) tells the recipient it is there.
+func PublishBody(ctx context.Context, js jetstream.JetStream, ev *throughcarev1.Event, msgID string) (uint64, error) {
+	if !validToken(ev.GetEventId()) {
+		return 0, fmt.Errorf("event %s: its id cannot name a subject", ev.GetEventId())
+	}
+	msg, err := Encode(ev)
+	if err != nil {
+		return 0, err
+	}
+	msg.Subject = BodySubject(ev.GetSource(), ev.GetRecipient(), ev.GetEventId())
+	msg.Header.Set(jetstream.MsgIDHeader, "body/"+msgID)
+	ack, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(OutboxStream(ev.GetSource())))
+	if err != nil {
+		return 0, fmt.Errorf("publish event %s: %w", ev.GetEventId(), err)
+	}
+	return ack.Sequence, nil
+}
+
+// PublishNotice publishes the notice of an event whose body the outbox holds: its headers
+// and sequence, no body, on its subject, which the recipient's inbox sources.
+func PublishNotice(ctx context.Context, js jetstream.JetStream, ev *throughcarev1.Event, msgID string) error {
+	msg, err := Encode(ev)
+	if err != nil {
+		return err
+	}
+	msg.Data = nil
+	msg.Header.Set(jetstream.MsgIDHeader, msgID)
+	msg.Header.Set(headerNotice, "1")
+	msg.Header.Set(headerSequence, strconv.FormatUint(ev.GetSequence(), 10))
+	tracing.InjectHeader(ctx, msg.Header)
+	if _, err := js.PublishMsg(ctx, msg, jetstream.WithExpectStream(OutboxStream(ev.GetSource()))); err != nil {
+		return fmt.Errorf("publish notice of event %s: %w", ev.GetEventId(), err)
+	}
+	return nil
+}
+
+// Notice is what a notice says of its event, so that one whose body is gone can still be
+// told a duplicate.
+type Notice struct {
+	EventID, Source, HandoverID string
+	// Sequence is the event's along its handover.
+	Sequence uint64
+}
+
+// NoticeOf reads a notice's subject and headers.
+func NoticeOf(subject string, header nats.Header) Notice {
+	n := Notice{EventID: header.Get(headerID), HandoverID: header.Get(headerHandover)}
+	if tokens := strings.Split(subject, "."); len(tokens) == 5 {
+		n.Source = tokens[1]
+	}
+	n.Sequence, _ = strconv.ParseUint(header.Get(headerSequence), 10, 64)
+	return n
+}
+
+// IsBody reports whether subject is one an outbox keeps a notice's body on.
+func IsBody(subject string) bool {
+	tokens := strings.Split(subject, ".")
+	return len(tokens) == 5 && tokens[0] == "tc" && tokens[2] == "body"
+}
+
+// IsNotice reports whether a message is the notice of an event, whose body is in its
+// sender's outbox.
+func IsNotice(header nats.Header, data []byte) bool {
+	return header.Get(headerNotice) != "" && len(data) == 0
+}
+
+// ErrBodyNotFound says the sender's outbox had no body for a notice: not yet, on a
+// replica that lags its stream's leader, or no longer: acknowledged, or past the outbox's
+// max age.
+var ErrBodyNotFound = errors.New("event body not in the sender's outbox")
+
+// FetchBody reads the whole event a notice to recipient (its subject and headers) stands
+// for from its sender's outbox, by direct get: across accounts, through the import
+// External names.
+func FetchBody(ctx context.Context, nc *nats.Conn, topology Topology, recipient, subject string, header nats.Header) ([]byte, error) {
+	tokens := strings.Split(subject, ".")
+	id := header.Get(headerID)
+	if len(tokens) != 5 || tokens[0] != "tc" || tokens[2] != "out" || tokens[3] != recipient || !agency.ValidID(tokens[1]) || !validToken(id) {
+		return nil, Permanent(fmt.Errorf("%w: notice on %s names no body", ErrUndecodable, subject))
+	}
+	source := tokens[1]
+	api := "$JS.API"
+	if topology == AccountPerAgency {
+		api = External(source, recipient).APIPrefix
+	}
+	body := BodySubject(source, recipient, id)
+	get := api + ".DIRECT.GET." + OutboxStream(source) + "." + body
+	for attempt := 1; ; attempt++ {
+		resp, err := nc.RequestWithContext(ctx, get, nil)
+		if err != nil {
+			return nil, fmt.Errorf("body of event %s: %w", id, err)
+		}
+		switch status := resp.Header.Get("Status"); {
+		case status == "404" && attempt < bodyGetAttempts:
+			// Any replica answers a direct get, and one may not have stored the body yet.
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Duration(attempt) * 10 * time.Millisecond):
+			}
+			continue
+		case status == "404":
+			return nil, fmt.Errorf("event %s: %w", id, ErrBodyNotFound)
+		case status != "":
+			return nil, fmt.Errorf("body of event %s: status %s %s", id, status, resp.Header.Get("Description"))
+		}
+		if got := resp.Header.Get("Nats-Subject"); got != body {
+			return nil, Permanent(fmt.Errorf("%w: body of event %s came from %q", ErrUndecodable, id, got))
+		}
+		return resp.Data, nil
+	}
+}
+
+// bodyGetAttempts bounds the direct gets of one body before the handling is retried later.
+const bodyGetAttempts = 3
+
+// validToken reports whether s can be one token of a subject.
+func validToken(s string) bool {
+	return s != "" && !strings.ContainsAny(s, ". *>\t\r\n")
+}
+
+// OutboxMessage reads the message at seq of agency's outbox from the stream's leader
+// (jetstream.ErrMsgNotFound when there is none): a direct get, which any replica answers
+// now that recipients read bodies so, may miss a message the leader has just stored.
+func OutboxMessage(ctx context.Context, js jetstream.JetStream, agency string, seq uint64) (*jetstream.RawStreamMsg, error) {
+	req, err := json.Marshal(map[string]uint64{"seq": seq})
+	if err != nil {
+		return nil, err
+	}
+	reply, err := js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+OutboxStream(agency), req)
+	if err != nil {
+		return nil, err
+	}
+	var resp struct {
+		Message *struct {
+			Subject  string    `json:"subject"`
+			Sequence uint64    `json:"seq"`
+			Header   []byte    `json:"hdrs"`
+			Data     []byte    `json:"data"`
+			Time     time.Time `json:"time"`
+		} `json:"message"`
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return nil, fmt.Errorf("outbox message %d: %w", seq, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return nil, jetstream.ErrMsgNotFound
+	case resp.Error != nil:
+		return nil, resp.Error
+	case resp.Message == nil:
+		return nil, fmt.Errorf("outbox message %d: the answer holds no message", seq)
+	}
+	m := resp.Message
+	header := nats.Header{}
+	if len(m.Header) > 0 {
+		if header, err = nats.DecodeHeadersMsg(m.Header); err != nil {
+			return nil, fmt.Errorf("outbox message %d: %w", seq, err)
+		}
+	}
+	return &jetstream.RawStreamMsg{Subject: m.Subject, Sequence: m.Sequence, Header: header, Data: m.Data, Time: m.Time}, nil
 }

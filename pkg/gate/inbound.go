@@ -153,8 +153,12 @@ func (g *Inbound) forbiddenIn(ev *throughcarev1.Event, consents []*throughcarev1
 
 // HoldsPersonalData reports whether an inbox message may hold something personal, so must
 // be erased once handled: unless it is an event that carries no categorized field and no
-// field this service does not know, it may.
+// field this service does not know, it may. A notice holds none: its body stayed in the
+// sender's outbox.
 func HoldsPersonalData(msg jetstream.Msg) bool {
+	if eventbus.IsNotice(msg.Headers(), msg.Data()) {
+		return false
+	}
 	ev, err := eventbus.Decode(msg.Subject(), msg.Headers(), msg.Data())
 	return err != nil || protocol.CarriesPersonalData(ev) || hasUnknownFields(ev.ProtoReflect())
 }

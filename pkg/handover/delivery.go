@@ -61,7 +61,7 @@ func (s *Service) peerAcknowledged(ctx context.Context, rec *storev1.HandoverRec
 // acknowledging it) keeps nothing the other agency acknowledged meanwhile. An
 // acknowledgement that overtakes the note leaves it behind, without personal data, for
 // the next resend to drop as stale.
-func (s *Service) keep(ctx context.Context, msg jetstream.Msg, ev *throughcarev1.Event, outboxSeq uint64) error {
+func (s *Service) keep(ctx context.Context, msg jetstream.Msg, ev *throughcarev1.Event, outboxSeq uint64, notice bool) error {
 	if meta, err := msg.Metadata(); err == nil && meta.NumDelivered > 1 {
 		rec, err := s.get(ctx, ev.GetHandoverId())
 		if err != nil {
@@ -75,7 +75,7 @@ func (s *Service) keep(ctx context.Context, msg jetstream.Msg, ev *throughcarev1
 			return nil
 		}
 	}
-	return s.setKept(ctx, &storev1.SentEvent{Event: envelope(ev), OutboxSequence: outboxSeq})
+	return s.setKept(ctx, &storev1.SentEvent{Event: envelope(ev), OutboxSequence: outboxSeq, Notice: notice})
 }
 
 // envelope is ev without its payload.
@@ -126,7 +126,7 @@ func (s *Service) forget(ctx context.Context, handoverID string, from, through u
 	return nil
 }
 
-// dropKept removes a kept event. One kept whole by an earlier version that carries
+// dropKept removes a kept event, and the body of one sent as a notice. One kept whole by an earlier version that carries
 // personal data is erased first, revision by revision, or its bytes would stay in the
 // store's files (records.WithErasure); an envelope (keep) holds none, and erasing costs a
 // block rewrite.
@@ -136,10 +136,20 @@ func (s *Service) dropKept(ctx context.Context, key string) error {
 		return err
 	}
 	personal := false
+	var body uint64 // the outbox message of a notice's body
 	for _, r := range revs {
 		se := new(storev1.SentEvent)
 		// An unreadable copy is erased too: nothing shows it holds nothing.
 		personal = personal || len(r.Data) > 0 && (proto.Unmarshal(r.Data, se) != nil || protocol.CarriesPersonalData(se.GetEvent()))
+		if se.GetNotice() {
+			body = se.GetOutboxSequence()
+		}
+	}
+	if body != 0 {
+		// Acknowledged: its recipient has no more need to read it.
+		if err := s.deleteFromOutbox(ctx, body); err != nil {
+			return fmt.Errorf("delete the body of %s from the outbox: %w", key, err)
+		}
 	}
 	if personal {
 		if err := s.handovers.EraseBefore(ctx, key, revs[len(revs)-1].Revision+1, 0); err != nil {
@@ -147,6 +157,20 @@ func (s *Service) dropKept(ctx context.Context, key string) error {
 		}
 	}
 	return s.handovers.RemoveRaw(ctx, key)
+}
+
+// deleteFromOutbox deletes the outbox message at seq, if it is still there: an earlier
+// attempt cut off by a failing NATS node may have deleted it already, and the server then
+// refuses the delete with a code of its own (JSStreamMsgDeleteFailedF), not "not found".
+func (s *Service) deleteFromOutbox(ctx context.Context, seq uint64) error {
+	err := s.outbox.DeleteMsg(ctx, seq)
+	if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	}
+	if _, gerr := eventbus.OutboxMessage(ctx, s.js, s.cfg.Agency, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+		return nil
+	}
+	return err
 }
 
 // received settles ev on its handover after it was handled, unless the handler's own
@@ -409,8 +433,14 @@ func (s *Service) resendOne(ctx context.Context, se *storev1.SentEvent, why stri
 	if err := s.out.Resent(ctx, ev, se.GetResends(), why); err != nil {
 		return err
 	}
-	// In the trace of what first sent it.
-	if _, err := eventbus.PublishAs(tracing.Extract(ctx, ev.GetTraceContext()), s.js, ev, fmt.Sprintf("%s.r%d", ev.GetEventId(), se.GetResends())); err != nil {
+	// In the trace of what first sent it. A notice's body is still in the outbox.
+	traced, msgID := tracing.Extract(ctx, ev.GetTraceContext()), fmt.Sprintf("%s.r%d", ev.GetEventId(), se.GetResends())
+	if se.GetNotice() {
+		err = eventbus.PublishNotice(traced, s.js, ev, msgID)
+	} else {
+		_, err = eventbus.PublishAs(traced, s.js, ev, msgID)
+	}
+	if err != nil {
 		return err
 	}
 	s.observed(ev, throughcarev1.FlowStage_FLOW_STAGE_RESENT, se.GetResends()+1, why)
@@ -427,9 +457,9 @@ func (s *Service) sentEvent(ctx context.Context, se *storev1.SentEvent) (*throug
 		return se.GetEvent(), nil // kept whole
 	}
 	id := se.GetEvent().GetEventId()
-	msg, err := s.outbox.GetMsg(ctx, se.GetOutboxSequence())
+	msg, err := eventbus.OutboxMessage(ctx, s.js, s.cfg.Agency, se.GetOutboxSequence())
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, eventbus.Permanent(fmt.Errorf("event %s: gone from the outbox (message %d), past its max age", id, se.GetOutboxSequence()))
+		return nil, eventbus.Permanent(fmt.Errorf("event %s: gone from the outbox (message %d): past its max age, or deleted on an acknowledgement still being recorded", id, se.GetOutboxSequence()))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("event %s from the outbox: %w", id, err)

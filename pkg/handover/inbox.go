@@ -27,10 +27,24 @@ import (
 	"github.com/throughcare/throughcare/pkg/tracing"
 )
 
-// handleIncoming processes one event from another agency, and tells the operators what
-// became of it (package flow). Every branch is idempotent.
+// handleIncoming processes one event from another agency (a notice's body read from the
+// sender's outbox first), and tells the operators what became of it (package flow). Every
+// branch is idempotent.
 func (s *Service) handleIncoming(ctx context.Context, msg jetstream.Msg) error {
-	ev, err := eventbus.Decode(msg.Subject(), msg.Headers(), msg.Data())
+	body := msg.Data()
+	if eventbus.IsNotice(msg.Headers(), body) {
+		var err error
+		if body, err = eventbus.FetchBody(ctx, s.js.Conn(), s.cfg.Topology, s.cfg.Agency, msg.Subject(), msg.Headers()); err != nil {
+			if errors.Is(err, eventbus.ErrBodyNotFound) && s.receivedBefore(ctx, msg) {
+				// Its sender deleted the body on our acknowledgement: a redelivery.
+				s.log.Info("duplicate notice acknowledged again, its event already received",
+					zap.String("event_id", eventbus.NoticeOf(msg.Subject(), msg.Headers()).EventID))
+				return nil
+			}
+			return err
+		}
+	}
+	ev, err := eventbus.Decode(msg.Subject(), msg.Headers(), body)
 	if err != nil {
 		return err
 	}
@@ -46,6 +60,17 @@ func (s *Service) handleIncoming(ctx context.Context, msg jetstream.Msg) error {
 		s.observed(ev, throughcarev1.FlowStage_FLOW_STAGE_REFUSED, 0, gate.RefusalReason(err))
 	}
 	return err
+}
+
+// receivedBefore reports whether the event a notice stands for is one this agency has
+// received along its handover already.
+func (s *Service) receivedBefore(ctx context.Context, notice jetstream.Msg) bool {
+	n := eventbus.NoticeOf(notice.Subject(), notice.Headers())
+	if n.Sequence == 0 || !ids.Valid(n.HandoverID) {
+		return false
+	}
+	rec, _, err := s.handovers.Get(ctx, n.HandoverID)
+	return err == nil && s.party.PeerOf(rec.GetHandover()) == n.Source && rec.GetLastReceivedSequence() >= n.Sequence
 }
 
 // receive admits and applies one decoded event, and says what became of it.

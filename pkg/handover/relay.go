@@ -12,6 +12,7 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/gate"
+	"github.com/throughcare/throughcare/pkg/protocol"
 	"github.com/throughcare/throughcare/pkg/tracing"
 )
 
@@ -43,17 +44,31 @@ func (s *Service) relayOne(ctx context.Context, msg jetstream.Msg, ev *throughca
 	if err := s.out.Pass(ctx, ev); err != nil {
 		return err
 	}
-	seq, err := eventbus.PublishAs(ctx, s.js, ev, ev.GetEventId())
+	seq, notice, err := s.publish(ctx, ev)
 	if err != nil {
 		return err
 	}
 	if ev.GetSequence() > 0 {
-		if err := s.keep(ctx, msg, ev, seq); err != nil {
+		if err := s.keep(ctx, msg, ev, seq, notice); err != nil {
 			return err
 		}
 	}
 	s.observed(ev, throughcarev1.FlowStage_FLOW_STAGE_SENT, 1, "")
 	return nil
+}
+
+// publish stores ev in the outbox and returns its sequence there. An event with personal
+// data goes as a notice: its body is kept in the outbox for the recipient to read, so the
+// recipient's inbox never holds it.
+func (s *Service) publish(ctx context.Context, ev *throughcarev1.Event) (seq uint64, notice bool, err error) {
+	if !protocol.CarriesPersonalData(ev) {
+		seq, err = eventbus.PublishAs(ctx, s.js, ev, ev.GetEventId())
+		return seq, false, err
+	}
+	if seq, err = eventbus.PublishBody(ctx, s.js, ev, ev.GetEventId()); err != nil {
+		return 0, false, err
+	}
+	return seq, true, eventbus.PublishNotice(ctx, s.js, ev, ev.GetEventId())
 }
 
 // eventAttributes describe an event on a span: routing metadata only, as on a flow record.

@@ -101,8 +101,9 @@ func InboxPrefix(a string) string { return "_INBOX_" + a }
 
 // Permissions an agency's user has within its own account: its own subjects, its own
 // buckets, the JetStream API of its account (which holds nothing of other agencies), and
-// replies on its own inbox prefix only.
-func userPermissions(a string) (pubAllow, pubDeny, subAllow []string) {
+// replies on its own inbox prefix only; beyond its account, the bodies of the events its
+// peers address to it.
+func userPermissions(a string, peers []string) (pubAllow, pubDeny, subAllow []string) {
 	tok := a
 	pubAllow = []string{
 		"tc." + tok + ".>",          // outbox tc.<agency>.out.> and ledger tc.<agency>.ledger
@@ -116,6 +117,9 @@ func userPermissions(a string) (pubAllow, pubDeny, subAllow []string) {
 		"$JS.ACK.>", // acks of its own consumers
 		"$JS.FC.>",  // flow-control replies of its own watchers
 	)
+	for _, src := range peers {
+		pubAllow = append(pubAllow, eventbus.External(src, a).ImportedBodyGet)
+	}
 	// Services create and update streams; they never delete them.
 	pubDeny = []string{"$JS.API.STREAM.DELETE.>"}
 	subAllow = []string{InboxPrefix(a) + ".>"}
@@ -181,7 +185,7 @@ func renderAccounts(agencies *agency.Registry, userRef func(string) string, sysU
 	}
 	for _, ag := range agencies.IDs() {
 		name := AccountName(ag)
-		pubAllow, pubDeny, subAllow := userPermissions(ag)
+		pubAllow, pubDeny, subAllow := userPermissions(ag, agencies.Peers(ag))
 		w(1, "%s: {", name)
 		w(2, "jetstream: enabled")
 		w(2, "users: [{")
@@ -199,6 +203,8 @@ func renderAccounts(agencies *agency.Registry, userRef func(string) string, sysU
 			w(3, "# %s may source from OUTBOX_%s only what is addressed to it", AccountName(rcpt), name)
 			w(3, "{service: %s, accounts: [%s]}", quote(ext.ExportedConsumerCreate), AccountName(rcpt))
 			w(3, "{stream: %s, accounts: [%s]}", quote(ext.DeliverPrefix+".>"), AccountName(rcpt))
+			w(3, "# %s may read from OUTBOX_%s the bodies of only what is addressed to it", AccountName(rcpt), name)
+			w(3, "{service: %s, accounts: [%s]}", quote(ext.ExportedBodyGet), AccountName(rcpt))
 		}
 		w(3, "# flow control of the sourcing consumers on OUTBOX_%s (server 2.14+ v1 and v2 formats)", name)
 		if len(others) > 0 {
@@ -216,6 +222,7 @@ func renderAccounts(agencies *agency.Registry, userRef func(string) string, sysU
 			w(3, "# INBOX_%s sources OUTBOX_%s through these", name, AccountName(src))
 			w(3, "{service: {account: %s, subject: %s}, to: %s}", AccountName(src), quote(ext.ExportedConsumerCreate), quote(ext.ImportedConsumerCreate))
 			w(3, "{stream: {account: %s, subject: %s}}", AccountName(src), quote(ext.DeliverPrefix+".>"))
+			w(3, "{service: {account: %s, subject: %s}, to: %s}", AccountName(src), quote(ext.ExportedBodyGet), quote(ext.ImportedBodyGet))
 			for _, fc := range flowControlSubjects(src) {
 				w(3, "{service: {account: %s, subject: %s}}", AccountName(src), quote(fc))
 			}

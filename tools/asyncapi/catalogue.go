@@ -105,18 +105,23 @@ func catalogue() (object, error) {
 		if err != nil {
 			return nil, err
 		}
+		categories := carried(append(slices.Clone(envelope), et.payload)...)
+		description := fmt.Sprintf("Stored in the sender's outbox stream %s; the recipient's inbox stream %s sources it.",
+			eventbus.OutboxStream("<sender>"), eventbus.InboxStream("<recipient>"))
+		if len(categories) > 0 {
+			description += " One that carries personal data arrives as a notice: its headers alone, with throughcare-notice set and its sequence in throughcare-sequence. " +
+				"The whole event stays in the outbox under tc.{sender}.body.{recipient}.{event id}, which the recipient alone may read, by direct get, until it acknowledges the event."
+		}
 		channels = channels.with(id, object{
 			{"address", address},
 			{"title", title(et.payload.Name())},
-			{"description", fmt.Sprintf("Stored in the sender's outbox stream %s; the recipient's inbox stream %s sources it.",
-				eventbus.OutboxStream("<sender>"), eventbus.InboxStream("<recipient>"))},
+			{"description", description},
 			{"parameters", object{{"sender", ref("#/components/parameters/sender")}, {"recipient", ref("#/components/parameters/recipient")}}},
 			{"messages", object{{id, ref("#/components/messages/" + id)}}},
 		})
 		operations = operations.with("send"+upperFirst(id), operation("send", id, "The sender's service publishes it to its outbox."))
 		operations = operations.with("receive"+upperFirst(id), operation("receive", id, "The recipient's service takes it from its inbox, checks it against the protocol and applies it."))
 
-		categories := carried(append(slices.Clone(envelope), et.payload)...)
 		headers := ref(schemasPath + "EventHeaders")
 		if fixed := perType[et.typ]; len(fixed) > 0 {
 			headers = object{{"allOf", []object{headers, {{"properties", fixed}}}}}

@@ -160,8 +160,11 @@ type SentEvent struct {
 	// The event's message in this agency's outbox stream, from which a re-send reads it;
 	// 0 for an entry kept whole by an earlier version.
 	OutboxSequence uint64 `protobuf:"varint,3,opt,name=outbox_sequence,json=outboxSequence,proto3" json:"outbox_sequence,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The event went as a notice: the message at outbox_sequence is its body, which its
+	// recipient may read until it acknowledges the event, and which is deleted then.
+	Notice        bool `protobuf:"varint,4,opt,name=notice,proto3" json:"notice,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SentEvent) Reset() {
@@ -215,6 +218,13 @@ func (x *SentEvent) GetOutboxSequence() uint64 {
 	return 0
 }
 
+func (x *SentEvent) GetNotice() bool {
+	if x != nil {
+		return x.Notice
+	}
+	return false
+}
+
 var File_throughcare_store_v1_handover_record_proto protoreflect.FileDescriptor
 
 const file_throughcare_store_v1_handover_record_proto_rawDesc = "" +
@@ -230,11 +240,12 @@ const file_throughcare_store_v1_handover_record_proto_rawDesc = "" +
 	"\x1apeer_acknowledged_sequence\x18\b \x01(\x04R\x18peerAcknowledgedSequence\x12B\n" +
 	"\x0fresend_due_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\rresendDueTime\x12)\n" +
 	"\x10release_notified\x18\n" +
-	" \x01(\bR\x0freleaseNotifiedJ\x04\b\x03\x10\x04R\voutbox_only\"{\n" +
+	" \x01(\bR\x0freleaseNotifiedJ\x04\b\x03\x10\x04R\voutbox_only\"\x93\x01\n" +
 	"\tSentEvent\x12+\n" +
 	"\x05event\x18\x01 \x01(\v2\x15.throughcare.v1.EventR\x05event\x12\x18\n" +
 	"\aresends\x18\x02 \x01(\rR\aresends\x12'\n" +
-	"\x0foutbox_sequence\x18\x03 \x01(\x04R\x0eoutboxSequenceBEZCgithub.com/throughcare/throughcare/gen/throughcare/store/v1;storev1b\x06proto3"
+	"\x0foutbox_sequence\x18\x03 \x01(\x04R\x0eoutboxSequence\x12\x16\n" +
+	"\x06notice\x18\x04 \x01(\bR\x06noticeBEZCgithub.com/throughcare/throughcare/gen/throughcare/store/v1;storev1b\x06proto3"
 
 var (
 	file_throughcare_store_v1_handover_record_proto_rawDescOnce sync.Once
