@@ -944,14 +944,9 @@ func decodeEvent(t testing.TB, sys *system, m *jetstream.RawStreamMsg) (*through
 	t.Helper()
 	data := m.Data
 	if eventbus.IsNotice(m.Header, m.Data) {
-		tokens := strings.Split(m.Subject, ".")
-		if len(tokens) < 4 {
-			return nil, fmt.Errorf("notice on %s", m.Subject)
-		}
-		recipient := tokens[3]
+		recipient := eventbus.NoticeOf(m.Subject, m.Header).Recipient
 		var err error
-		data, err = eventbus.FetchBody(testCtx(t), sys.JS[recipient].Conn(), sys.cfg[recipient].Topology, recipient, m.Subject, m.Header)
-		if err != nil {
+		if data, err = eventbus.FetchBody(testCtx(t), sys.JS[recipient].Conn(), sys.cfg[recipient].Topology, recipient, m.Subject, m.Header); err != nil {
 			return nil, err
 		}
 	}
@@ -989,20 +984,18 @@ func watchSent(t testing.TB, sys *system, agency string) *sentLog {
 // last is the last event sent on subject, read whole.
 func (l *sentLog) last(t testing.TB, subject string) *throughcarev1.Event {
 	t.Helper()
-	var ev *throughcarev1.Event
+	var last jetstream.Msg
 	eventually(t, 5*time.Second, func() (bool, string) {
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		for i := len(l.msgs) - 1; i >= 0; i-- {
-			if m := l.msgs[i]; m.Subject() == subject {
-				var err error
-				ev, err = l.decodeLocked(m.Subject(), m.Headers(), m.Data())
-				return err == nil, fmt.Sprintf("last event on %s: %v", subject, err)
+		for _, m := range l.msgs {
+			if m.Subject() == subject {
+				last = m
 			}
 		}
-		return false, "nothing sent on " + subject
+		return last != nil, "nothing sent on " + subject
 	})
-	return ev
+	return l.event(t, last.Subject(), last.Headers(), last.Data())
 }
 
 // event decodes a message of the outbox, read whole.
@@ -1023,8 +1016,7 @@ func (l *sentLog) event(t testing.TB, subject string, header nats.Header, data [
 func (l *sentLog) decodeLocked(subject string, header nats.Header, data []byte) (*throughcarev1.Event, error) {
 	if eventbus.IsNotice(header, data) {
 		n := eventbus.NoticeOf(subject, header)
-		tokens := strings.Split(subject, ".")
-		body := eventbus.BodySubject(n.Source, tokens[3], n.EventID)
+		body := eventbus.BodySubject(n.Source, n.Recipient, n.EventID)
 		data = nil
 		for _, m := range l.msgs {
 			if m.Subject() == body {

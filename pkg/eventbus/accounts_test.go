@@ -211,7 +211,7 @@ func TestAcrossAccountsNoticeBodyIsReadOnlyByItsRecipient(t *testing.T) {
 	if !proto.Equal(got, ev) {
 		t.Errorf("fetched event differs from the one sent")
 	}
-	if n := eventbus.NoticeOf(notice.Subject(), notice.Headers()); n != (eventbus.Notice{EventID: ev.GetEventId(), Source: prison, HandoverID: ev.GetHandoverId(), Sequence: ev.GetSequence()}) {
+	if n := eventbus.NoticeOf(notice.Subject(), notice.Headers()); n != (eventbus.Notice{EventID: ev.GetEventId(), Source: prison, Recipient: probation, HandoverID: ev.GetHandoverId(), Sequence: ev.GetSequence()}) {
 		t.Errorf("notice says %+v of event %s", n, ev.GetEventId())
 	}
 

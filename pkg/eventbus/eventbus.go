@@ -3,8 +3,8 @@
 // Each agency publishes into its own outbox stream and reads its own inbox stream. An inbox
 // sources from the other agencies' outboxes, filtered to the events addressed to it: the
 // same shape works in one account and across per-agency accounts, where sourcing through
-// exports is the locked-down way. Subjects are built from enum values only, never from
-// client strings:
+// exports is the locked-down way. Subjects are built from enum values and ids the sender
+// makes, never from client strings:
 //
 //	tc.<source>.out.<recipient>.<event type>     e.g. tc.prison.out.probation.handover_referred
 //	tc.<source>.body.<recipient>.<event id>      the whole of an event sent as a notice
@@ -221,7 +221,7 @@ const (
 	// cannot even be decoded can still be traced to it (a dead letter's retry).
 	headerHandover = "throughcare-handover"
 	// headerNotice marks a message that carries an event's headers alone: its body is in
-	// the sender's outbox (PublishNoticed).
+	// the sender's outbox (PublishNotice).
 	headerNotice = "throughcare-notice"
 	// headerSequence is a notice's event sequence along its handover.
 	headerSequence = "throughcare-sequence"
@@ -343,28 +343,23 @@ func PublishNotice(ctx context.Context, js jetstream.JetStream, ev *throughcarev
 	return nil
 }
 
-// Notice is what a notice says of its event, so that one whose body is gone can still be
-// told a duplicate.
+// Notice is what a notice says of its event: enough to find its body, and to tell one
+// whose body is gone a duplicate.
 type Notice struct {
-	EventID, Source, HandoverID string
+	EventID, Source, Recipient, HandoverID string
 	// Sequence is the event's along its handover.
 	Sequence uint64
 }
 
-// NoticeOf reads a notice's subject and headers.
+// NoticeOf reads a notice's subject (tc.<source>.out.<recipient>.<type>) and headers;
+// what does not parse is left empty.
 func NoticeOf(subject string, header nats.Header) Notice {
 	n := Notice{EventID: header.Get(headerID), HandoverID: header.Get(headerHandover)}
-	if tokens := strings.Split(subject, "."); len(tokens) == 5 {
-		n.Source = tokens[1]
+	if tokens := strings.Split(subject, "."); len(tokens) == 5 && tokens[0] == "tc" && tokens[2] == "out" {
+		n.Source, n.Recipient = tokens[1], tokens[3]
 	}
 	n.Sequence, _ = strconv.ParseUint(header.Get(headerSequence), 10, 64)
 	return n
-}
-
-// IsBody reports whether subject is one an outbox keeps a notice's body on.
-func IsBody(subject string) bool {
-	tokens := strings.Split(subject, ".")
-	return len(tokens) == 5 && tokens[0] == "tc" && tokens[2] == "body"
 }
 
 // IsNotice reports whether a message is the notice of an event, whose body is in its
@@ -382,12 +377,11 @@ var ErrBodyNotFound = errors.New("event body not in the sender's outbox")
 // for from its sender's outbox, by direct get: across accounts, through the import
 // External names.
 func FetchBody(ctx context.Context, nc *nats.Conn, topology Topology, recipient, subject string, header nats.Header) ([]byte, error) {
-	tokens := strings.Split(subject, ".")
-	id := header.Get(headerID)
-	if len(tokens) != 5 || tokens[0] != "tc" || tokens[2] != "out" || tokens[3] != recipient || !agency.ValidID(tokens[1]) || !validToken(id) {
+	n := NoticeOf(subject, header)
+	if n.Recipient != recipient || !agency.ValidID(n.Source) || !validToken(n.EventID) {
 		return nil, Permanent(fmt.Errorf("%w: notice on %s names no body", ErrUndecodable, subject))
 	}
-	source := tokens[1]
+	source, id := n.Source, n.EventID
 	api := "$JS.API"
 	if topology == AccountPerAgency {
 		api = External(source, recipient).APIPrefix

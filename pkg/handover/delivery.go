@@ -71,6 +71,9 @@ func (s *Service) keep(ctx context.Context, msg jetstream.Msg, ev *throughcarev1
 		if err != nil {
 			return err
 		}
+		if ev.GetSequence() <= acked && notice {
+			return s.deleteFromOutbox(ctx, outboxSeq) // published again after the recipient had it
+		}
 		if ev.GetSequence() <= acked {
 			return nil
 		}
@@ -126,10 +129,10 @@ func (s *Service) forget(ctx context.Context, handoverID string, from, through u
 	return nil
 }
 
-// dropKept removes a kept event, and the body of one sent as a notice. One kept whole by an earlier version that carries
-// personal data is erased first, revision by revision, or its bytes would stay in the
-// store's files (records.WithErasure); an envelope (keep) holds none, and erasing costs a
-// block rewrite.
+// dropKept removes a kept event, and the body of one sent as a notice. One kept whole by
+// an earlier version that carries personal data is erased first, revision by revision, or
+// its bytes would stay in the store's files (records.WithErasure); an envelope (keep)
+// holds none, and erasing costs a block rewrite.
 func (s *Service) dropKept(ctx context.Context, key string) error {
 	revs, err := s.handovers.Revisions(ctx, key)
 	if err != nil {

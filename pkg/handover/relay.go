@@ -59,9 +59,10 @@ func (s *Service) relayOne(ctx context.Context, msg jetstream.Msg, ev *throughca
 
 // publish stores ev in the outbox and returns its sequence there. An event with personal
 // data goes as a notice: its body is kept in the outbox for the recipient to read, so the
-// recipient's inbox never holds it.
+// recipient's inbox never holds it. Only an event along a handover's sequence does, since
+// its body is deleted on its acknowledgement (dropKept).
 func (s *Service) publish(ctx context.Context, ev *throughcarev1.Event) (seq uint64, notice bool, err error) {
-	if !protocol.CarriesPersonalData(ev) {
+	if ev.GetSequence() == 0 || !protocol.CarriesPersonalData(ev) {
 		seq, err = eventbus.PublishAs(ctx, s.js, ev, ev.GetEventId())
 		return seq, false, err
 	}
