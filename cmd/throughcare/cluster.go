@@ -422,8 +422,12 @@ func (c *localCluster) setupFlow(ctx context.Context) error {
 	limits := flow.DefaultLimits
 	limits.Replicas = natsNodes
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		err := flow.Setup(ctx, js, limits)
-		if err == nil || !jetStreamNotReady(err) || time.Now().After(deadline) {
+		// Each attempt has its own timeout: a request no server answers (seen once on a
+		// cluster just formed) otherwise holds the whole of ctx.
+		attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := flow.Setup(attempt, js, limits)
+		cancel()
+		if err == nil || !jetStreamNotReady(err) || time.Now().After(deadline) || ctx.Err() != nil {
 			return err
 		}
 		time.Sleep(250 * time.Millisecond)
