@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -220,41 +221,56 @@ func (s *bucket) directGetRaw(ctx context.Context, req map[string]any) (entries 
 // entry of a page) must see every acknowledged write. Only batched reads (listings) go
 // to any replica.
 func (s *bucket) leaderGet(ctx context.Context, body []byte) ([]rawEntry, uint64, error) {
-	msg, err := s.js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.stream, body)
+	m, err := LeaderGet(ctx, s.js, s.stream, body)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, 0, nil // nothing matches
+	}
 	if err != nil {
 		return nil, 0, err
 	}
+	return []rawEntry{{
+		Entry:   Entry{Key: strings.TrimPrefix(m.Subject, s.subject("")), Data: m.Data, Revision: m.Sequence},
+		removed: isRemoval(m.Header),
+	}}, 0, nil
+}
+
+// LeaderGet asks stream's leader, through the JetStream API, for the one message req (a
+// JSON get request: seq, last_by_subj...) names; jetstream.ErrMsgNotFound when none does.
+// Unlike a direct get, which any replica may answer, it sees every acknowledged write.
+func LeaderGet(ctx context.Context, js jetstream.JetStream, stream string, req []byte) (*jetstream.RawStreamMsg, error) {
+	msg, err := js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, req)
+	if err != nil {
+		return nil, err
+	}
 	var resp struct {
 		Message *struct {
-			Subject  string `json:"subject"`
-			Sequence uint64 `json:"seq"`
-			Header   []byte `json:"hdrs"`
-			Data     []byte `json:"data"`
+			Subject  string    `json:"subject"`
+			Sequence uint64    `json:"seq"`
+			Header   []byte    `json:"hdrs"`
+			Data     []byte    `json:"data"`
+			Time     time.Time `json:"time"`
 		} `json:"message"`
 		Error *jetstream.APIError `json:"error"`
 	}
 	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		return nil, 0, fmt.Errorf("leader's answer: %w", err)
+		return nil, fmt.Errorf("leader's answer: %w", err)
 	}
 	switch {
 	case resp.Error != nil && resp.Error.Code == 404:
-		return nil, 0, nil // nothing matches
+		return nil, jetstream.ErrMsgNotFound
 	case resp.Error != nil:
-		return nil, 0, resp.Error
+		return nil, resp.Error
 	case resp.Message == nil:
-		return nil, 0, errors.New("leader's answer holds no message")
+		return nil, errors.New("leader's answer holds no message")
 	}
 	m := resp.Message
 	h := nats.Header{}
 	if len(m.Header) > 0 {
 		if h, err = nats.DecodeHeadersMsg(m.Header); err != nil {
-			return nil, 0, fmt.Errorf("leader's answer: %w", err)
+			return nil, fmt.Errorf("leader's answer: %w", err)
 		}
 	}
-	return []rawEntry{{
-		Entry:   Entry{Key: strings.TrimPrefix(m.Subject, s.subject("")), Data: m.Data, Revision: m.Sequence},
-		removed: isRemoval(h),
-	}}, 0, nil
+	return &jetstream.RawStreamMsg{Subject: m.Subject, Sequence: m.Sequence, Header: h, Data: m.Data, Time: m.Time}, nil
 }
 
 // isRemoval reports a KV delete or purge marker.
