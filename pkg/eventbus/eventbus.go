@@ -35,6 +35,7 @@ import (
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/agency"
+	"github.com/throughcare/throughcare/pkg/records"
 	"github.com/throughcare/throughcare/pkg/tracing"
 )
 
@@ -230,16 +231,23 @@ const (
 
 // Encode turns ev into a NATS message for its subject.
 func Encode(ev *throughcarev1.Event) (*nats.Msg, error) {
+	msg, err := envelopeMsg(ev)
+	if err != nil {
+		return nil, err
+	}
+	if msg.Data, err = (proto.MarshalOptions{Deterministic: true}).Marshal(ev); err != nil {
+		return nil, fmt.Errorf("encode event %s: %w", ev.GetEventId(), err)
+	}
+	return msg, nil
+}
+
+// envelopeMsg is ev's message without its body: its subject and headers.
+func envelopeMsg(ev *throughcarev1.Event) (*nats.Msg, error) {
 	subject, err := Subject(ev)
 	if err != nil {
 		return nil, err
 	}
-	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
-	if err != nil {
-		return nil, fmt.Errorf("encode event %s: %w", ev.GetEventId(), err)
-	}
 	msg := nats.NewMsg(subject)
-	msg.Data = body
 	msg.Header.Set(jetstream.MsgIDHeader, ev.GetEventId())
 	msg.Header.Set(headerSpecVersion, "1.0")
 	msg.Header.Set(headerID, ev.GetEventId())
@@ -328,11 +336,10 @@ func PublishBody(ctx context.Context, js jetstream.JetStream, ev *throughcarev1.
 // PublishNotice publishes the notice of an event whose body the outbox holds: its headers
 // and sequence, no body, on its subject, which the recipient's inbox sources.
 func PublishNotice(ctx context.Context, js jetstream.JetStream, ev *throughcarev1.Event, msgID string) error {
-	msg, err := Encode(ev)
+	msg, err := envelopeMsg(ev)
 	if err != nil {
 		return err
 	}
-	msg.Data = nil
 	msg.Header.Set(jetstream.MsgIDHeader, msgID)
 	msg.Header.Set(headerNotice, "1")
 	msg.Header.Set(headerSequence, strconv.FormatUint(ev.GetSequence(), 10))
@@ -430,37 +437,9 @@ func OutboxMessage(ctx context.Context, js jetstream.JetStream, agency string, s
 	if err != nil {
 		return nil, err
 	}
-	reply, err := js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+OutboxStream(agency), req)
-	if err != nil {
-		return nil, err
-	}
-	var resp struct {
-		Message *struct {
-			Subject  string    `json:"subject"`
-			Sequence uint64    `json:"seq"`
-			Header   []byte    `json:"hdrs"`
-			Data     []byte    `json:"data"`
-			Time     time.Time `json:"time"`
-		} `json:"message"`
-		Error *jetstream.APIError `json:"error"`
-	}
-	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+	msg, err := records.LeaderGet(ctx, js, OutboxStream(agency), req)
+	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, fmt.Errorf("outbox message %d: %w", seq, err)
 	}
-	switch {
-	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
-		return nil, jetstream.ErrMsgNotFound
-	case resp.Error != nil:
-		return nil, resp.Error
-	case resp.Message == nil:
-		return nil, fmt.Errorf("outbox message %d: the answer holds no message", seq)
-	}
-	m := resp.Message
-	header := nats.Header{}
-	if len(m.Header) > 0 {
-		if header, err = nats.DecodeHeadersMsg(m.Header); err != nil {
-			return nil, fmt.Errorf("outbox message %d: %w", seq, err)
-		}
-	}
-	return &jetstream.RawStreamMsg{Subject: m.Subject, Sequence: m.Sequence, Header: header, Data: m.Data, Time: m.Time}, nil
+	return msg, err
 }

@@ -71,10 +71,10 @@ func (s *Service) keep(ctx context.Context, msg jetstream.Msg, ev *throughcarev1
 		if err != nil {
 			return err
 		}
-		if ev.GetSequence() <= acked && notice {
-			return s.deleteFromOutbox(ctx, outboxSeq) // published again after the recipient had it
-		}
 		if ev.GetSequence() <= acked {
+			if notice { // published again after the recipient had it
+				return s.deleteFromOutbox(ctx, outboxSeq)
+			}
 			return nil
 		}
 	}

@@ -116,7 +116,7 @@ type Service struct {
 	cfg       Config
 	log       *zap.Logger
 	js        jetstream.JetStream
-	outbox    jetstream.Stream // what a resend reads a kept event from
+	outbox    jetstream.Stream // where an acknowledged notice's body is deleted from
 	handovers *records.Store[*storev1.HandoverRecord]
 	index     *records.Index[*storev1.HandoverRecord]
 	cases     *cases.Store
