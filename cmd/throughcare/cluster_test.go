@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -182,19 +183,42 @@ func TestJourneyOnAThreeNodeClusterWithServiceProcesses(t *testing.T) {
 	}
 	checkReceipts(t, "prison", waitState(t, conns[prisonAgency].handovers, id, stateAccepted), receiptDelivered, receiptAcknowledged, receiptAccepted)
 
-	js, closeConn, err := agencyJetStream(c, prisonAgency)
+	for _, a := range c.Agencies {
+		checkEveryStreamReplicated(t, c, a.ID)
+	}
+}
+
+// checkEveryStreamReplicated checks that every stream in agency's account, whichever part
+// of the service made it, is at R3 with both followers in place: one left at R1 stops
+// that agency when its node goes.
+func checkEveryStreamReplicated(t *testing.T, c *localCluster, agency string) {
+	t.Helper()
+	js, closeConn, err := agencyJetStream(c, agency)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(closeConn)
-	for _, name := range []string{eventbus.OutboxStream(prisonAgency), eventbus.InboxStream(prisonAgency), "KV_prison_handovers", "KV_prison_cases", "LEDGER_PRISON"} {
+	defer closeConn()
+	ctx := testCtx(t)
+	names := js.StreamNames(ctx)
+	var seen []string
+	for name := range names.Name() {
+		seen = append(seen, name)
 		s, err := js.Stream(ctx, name)
 		if err != nil {
 			t.Fatalf("stream %s: %v", name, err)
 		}
 		info := s.CachedInfo()
 		if info.Config.Replicas != 3 || info.Cluster == nil || len(info.Cluster.Replicas) != 2 {
-			t.Errorf("stream %s: %d replicas (%+v), want 3", name, info.Config.Replicas, info.Cluster)
+			t.Errorf("%s's stream %s: %d replicas (%+v), want 3", agency, name, info.Config.Replicas, info.Cluster)
+		}
+	}
+	if err := names.Err(); err != nil {
+		t.Fatalf("%s's streams: %v", agency, err)
+	}
+	for _, want := range []string{eventbus.OutboxStream(agency), eventbus.InboxStream(agency), "KV_" + agency + "_handovers",
+		"KV_" + agency + "_cases", "KV_" + agency + "_deadletters", "KV_" + agency + "_seen_events", "LEDGER_" + strings.ToUpper(agency)} {
+		if !slices.Contains(seen, want) {
+			t.Errorf("%s's account has no stream %s (it has %v)", agency, want, seen)
 		}
 	}
 }

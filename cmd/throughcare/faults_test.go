@@ -46,6 +46,11 @@ var clusterFaults = []clusterFault{
 		heal:   func(t *testing.T, c *localCluster, _ *faultRig) { must(t, c.RestartNATS(faultNode)) },
 	},
 	{
+		// A node lost for good (its disk with it): two of three replicas carry on.
+		name:   "kill -9 a NATS node, never restarted",
+		inject: func(t *testing.T, c *localCluster, _ *faultRig) { must(t, c.KillNATS(faultNode)) },
+	},
+	{
 		name: "kill -9 the outbox's stream leader",
 		inject: func(t *testing.T, c *localCluster, rig *faultRig) {
 			rig.killed = nodeIndex(t, streamLeader(t, c, prisonAgency, eventbus.OutboxStream(prisonAgency)))

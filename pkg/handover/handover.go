@@ -177,7 +177,7 @@ func Open(ctx context.Context, log *zap.Logger, js jetstream.JetStream, caseStor
 		return nil, err
 	}
 	// Clocks drift: an event may seem to come from up to five minutes ahead.
-	replays, err := signing.NewReplayGuard(ctx, js, name+"_seen_events", cfg.ReplayWindow, 5*time.Minute, nil)
+	replays, err := signing.NewReplayGuard(ctx, js, name+"_seen_events", cfg.Limits.Replicas, cfg.ReplayWindow, 5*time.Minute, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -31,15 +31,19 @@ type ReplayGuard struct {
 	now     func() time.Time
 }
 
-// NewReplayGuard creates or updates the bucket that holds the accepted ids. Events that
-// occurred more than maxAge before now, or more than maxSkew after it (clocks drift), are
-// refused. now is the clock; nil means time.Now.
+// NewReplayGuard creates or updates the bucket that holds the accepted ids, stored on
+// replicas servers: every event received waits on it, so it needs the replicas the
+// agency's other buckets have. Events that occurred more than maxAge before now, or more
+// than maxSkew after it (clocks drift), are refused. now is the clock; nil means time.Now.
 //
 // It uses the KV bucket directly rather than pkg/records because records.Open has no
 // key expiry and would reset the bucket's TTL on every start.
-func NewReplayGuard(ctx context.Context, js jetstream.JetStream, bucket string, maxAge, maxSkew time.Duration, now func() time.Time) (*ReplayGuard, error) {
+func NewReplayGuard(ctx context.Context, js jetstream.JetStream, bucket string, replicas int, maxAge, maxSkew time.Duration, now func() time.Time) (*ReplayGuard, error) {
 	if maxAge <= 0 || maxSkew < 0 {
 		return nil, fmt.Errorf("replay guard %s: max age %s must be positive and max skew %s not negative", bucket, maxAge, maxSkew)
+	}
+	if replicas < 1 {
+		return nil, fmt.Errorf("replay guard %s: %d replicas, want at least 1", bucket, replicas)
 	}
 	if now == nil {
 		now = time.Now
@@ -50,8 +54,9 @@ func NewReplayGuard(ctx context.Context, js jetstream.JetStream, bucket string, 
 		History:     1,
 		// An event dated maxSkew ahead is accepted until maxAge after that date, so its
 		// id must be remembered that long.
-		TTL:     maxAge + maxSkew,
-		Storage: jetstream.FileStorage,
+		TTL:      maxAge + maxSkew,
+		Storage:  jetstream.FileStorage,
+		Replicas: replicas,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("replay guard %s: %w", bucket, err)
