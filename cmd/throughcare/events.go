@@ -38,6 +38,8 @@ type eventsConfig struct {
 	State    string
 	// Width is the terminal's, for the table; 0 finds it out.
 	Width int
+	// Replicas is setup's: the FLOW stream's replicas.
+	Replicas int
 }
 
 func parseEventsConfig(args []string, getenv func(string) string, out io.Writer) (eventsConfig, error) {
@@ -65,12 +67,16 @@ func parseEventsConfig(args []string, getenv func(string) string, out io.Writer)
 		fs.StringVar(&c.State, "state", "", "only events that carry this handover state, e.g. delivered")
 		fs.IntVar(&c.Width, "width", 0, "table width; 0 fits the terminal")
 	case "setup":
+		fs.IntVar(&c.Replicas, "replicas", 1, "JetStream replicas of the FLOW stream (3 on a cluster)")
 	default:
 		fmt.Fprintf(out, "unknown events command %q\n\n%s", c.Action, eventsUsage)
 		return c, errUsage
 	}
 	if err := parseFlags(fs, args[1:], getenv); err != nil {
 		return c, err
+	}
+	if c.Action == "setup" && (c.Replicas < 1 || c.Replicas > 5) {
+		return c, fmt.Errorf("--replicas %d: want 1 to 5", c.Replicas)
 	}
 	if c.Output != "" && c.Output != "table" && c.Output != "json" {
 		return c, fmt.Errorf("--output %q: want table or json", c.Output)
@@ -155,10 +161,12 @@ func runEvents(ctx context.Context, c eventsConfig, stdout, stderr io.Writer) er
 	}
 	defer nc.Close()
 	if c.Action == "setup" {
-		if err := flow.Setup(ctx, js, flow.DefaultLimits); err != nil {
+		limits := flow.DefaultLimits
+		limits.Replicas = c.Replicas
+		if err := flow.Setup(ctx, js, limits); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "stream %s ready\n", flow.Stream)
+		fmt.Fprintf(stdout, "stream %s ready, %d replicas\n", flow.Stream, c.Replicas)
 		return nil
 	}
 	return tail(ctx, c, js, stdout, stderr)

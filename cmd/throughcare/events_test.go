@@ -22,6 +22,7 @@ import (
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
 	"github.com/throughcare/throughcare/pkg/flow"
+	"github.com/throughcare/throughcare/pkg/natstest"
 )
 
 // tailLine is one line of `events tail --output json`.
@@ -272,6 +273,7 @@ func TestEventsTailFlagsNameWhatIsWrong(t *testing.T) {
 		{[]string{"tail", "--output", "xml"}, "--output"},
 		{[]string{"tail", "--since", "1h", "--from-sequence", "4"}, "--since and --from-sequence"},
 		{[]string{"rewind"}, "unknown events command"},
+		{[]string{"setup", "--replicas", "0"}, "--replicas"},
 	} {
 		var out bytes.Buffer
 		_, err := parseEventsConfig(tc.args, func(string) string { return "" }, &out)
@@ -317,5 +319,26 @@ func TestTailTableFitsItsWidth(t *testing.T) {
 	if !strings.HasPrefix(row, "42      ") || !strings.Contains(row, " prison → probation       ho_1 ") ||
 		!strings.Contains(row, "identity,risk / held back: hea") {
 		t.Errorf("columns out of place:\n%s", row)
+	}
+}
+
+// TestEventsSetupMakesTheFlowStreamAtTheReplicasAsked runs `events setup --replicas 3`
+// on a 3-node cluster: the operators' stream survives a node as the agencies' do.
+func TestEventsSetupMakesTheFlowStreamAtTheReplicasAsked(t *testing.T) {
+	cluster := natstest.StartCluster(t, 3)
+	c, err := parseEventsConfig([]string{"setup", "--replicas", "3", "--nats-url", cluster.Servers[0].ClientURL(), "--data-dir", t.TempDir()}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := runEvents(testCtx(t), c, &out, io.Discard); err != nil {
+		t.Fatalf("events setup: %v", err)
+	}
+	stream, err := cluster.JetStream(t, 0).Stream(testCtx(t), flow.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := stream.CachedInfo().Config.Replicas; got != 3 {
+		t.Errorf("FLOW stream replicas = %d, want 3 (setup said %q)", got, out.String())
 	}
 }
