@@ -204,30 +204,30 @@ const (
 )
 
 // inSequence places an authenticated event in its handover's sequence before anything is
-// applied. It handles acknowledgements and resend requests, acknowledges a duplicate again
+// applied, and returns the handover's record it read, if any, for the write applying it. It handles acknowledgements and resend requests, acknowledges a duplicate again
 // and asks for a resend on a gap; any stage but stageApply says what became of the event,
 // which needs nothing more. An event without a sequence (from a sender older than
 // sequences) passes.
-func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (stage throughcarev1.FlowStage, err error) {
+func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (throughcarev1.FlowStage, *heldRecord, error) {
 	if !lifecycle.Sequenced(ev) {
-		return stageReceived, s.acknowledged(ctx, ev)
+		return stageReceived, nil, s.acknowledged(ctx, ev)
 	}
 	if ev.GetSequence() == 0 {
-		return stageApply, nil
+		return stageApply, nil, nil
 	}
 	var received uint64
-	rec, _, err := s.handovers.Get(ctx, ev.GetHandoverId())
+	rec, rev, err := s.handovers.Get(ctx, ev.GetHandoverId())
 	switch {
 	case errors.Is(err, records.ErrNotFound):
 		// Nothing received yet, as a recipient; as a sender this agency would hold the
 		// handover: the handler refuses what is not about one of its own.
 		if ev.GetType() == throughcarev1.EventType_EVENT_TYPE_RECEIPT_ISSUED || ev.GetType() == throughcarev1.EventType_EVENT_TYPE_PLAN_SHARED {
-			return stageApply, nil
+			return stageApply, nil, nil
 		}
 	case err != nil:
-		return stageReceived, handoverError(ev.GetHandoverId(), err)
+		return stageReceived, nil, handoverError(ev.GetHandoverId(), err)
 	case s.party.PeerOf(rec.GetHandover()) != ev.GetSource():
-		return stageApply, nil // not this handover's other agency: the handler refuses it
+		return stageApply, nil, nil // not this handover's other agency: the handler refuses it
 	default:
 		received = rec.GetLastReceivedSequence()
 	}
@@ -237,31 +237,35 @@ func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (stag
 		if rec != nil && ev.GetAcknowledgedSequence() > rec.GetPeerAcknowledgedSequence() {
 			from, err := s.peerAcknowledged(ctx, rec)
 			if err != nil {
-				return stageReceived, err
+				return stageReceived, nil, err
 			}
 			if err := s.forget(ctx, ev.GetHandoverId(), from, min(ev.GetAcknowledgedSequence(), rec.GetLastSentSequence())); err != nil {
-				return stageReceived, err
+				return stageReceived, nil, err
 			}
 		}
-		return stageApply, nil
+		if rec == nil {
+			return stageApply, nil, nil
+		}
+		// forget wrote beside the record, not the record: it is still current at rev.
+		return stageApply, &heldRecord{rec: rec, rev: rev}, nil
 	}
 	if rec != nil && ev.GetAcknowledgedSequence() > rec.GetPeerAcknowledgedSequence() {
 		if err := s.acknowledged(ctx, ev); err != nil {
-			return stageReceived, err
+			return stageReceived, nil, err
 		}
 	}
 	fields := []zap.Field{zap.String("handover_id", ev.GetHandoverId()), zap.String("event_id", ev.GetEventId()),
 		zap.String("source", ev.GetSource()), zap.Uint64("sequence", seq), zap.Uint64("received_sequence", received)}
 	if seq <= received {
 		s.log.Info("duplicate event acknowledged again, not applied", fields...)
-		return stageDuplicate, s.sendControl(ctx, ev, received, &throughcarev1.Event_SequenceAcknowledged{SequenceAcknowledged: &throughcarev1.SequenceAcknowledged{}})
+		return stageDuplicate, nil, s.sendControl(ctx, ev, received, &throughcarev1.Event_SequenceAcknowledged{SequenceAcknowledged: &throughcarev1.SequenceAcknowledged{}})
 	}
 	if !s.requests.first(ev.GetHandoverId(), received, s.now(), s.cfg.ResendAfter) {
 		s.log.Info("sequence gap: resend already requested", fields...)
-		return stageGap, nil
+		return stageGap, nil, nil
 	}
 	s.log.Warn("sequence gap: resend requested", fields...)
-	return stageGap, s.sendControl(ctx, ev, received, &throughcarev1.Event_ResendRequested{ResendRequested: &throughcarev1.ResendRequested{ReceivedSequence: received}})
+	return stageGap, nil, s.sendControl(ctx, ev, received, &throughcarev1.Event_ResendRequested{ResendRequested: &throughcarev1.ResendRequested{ReceivedSequence: received}})
 }
 
 // acknowledged takes the acknowledgement an event carries, and re-sends what a resend

@@ -303,10 +303,19 @@ const maxConflictRetries = 20
 // outbox, to which it adds the events this write sends; returning errUnchanged writes
 // nothing.
 func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec *storev1.HandoverRecord) error) (*storev1.HandoverRecord, error) {
+	return s.mutateFrom(ctx, handoverID, nil, change)
+}
+
+// mutateFrom is mutate starting from held, a record just read (nil: read it first); a
+// write that finds it stale reads the record again.
+func (s *Service) mutateFrom(ctx context.Context, handoverID string, held *heldRecord, change func(rec *storev1.HandoverRecord) error) (*storev1.HandoverRecord, error) {
 	for range maxConflictRetries {
-		rec, rev, err := s.handovers.Get(ctx, handoverID)
-		if err != nil {
-			return nil, handoverError(handoverID, err)
+		var err error
+		rec, rev := held.take()
+		if rec == nil {
+			if rec, rev, err = s.handovers.Get(ctx, handoverID); err != nil {
+				return nil, handoverError(handoverID, err)
+			}
 		}
 		rec.Outbox = nil // the previous revision's events were that revision's
 		if err := change(rec); errors.Is(err, errUnchanged) {
@@ -326,6 +335,22 @@ func (s *Service) mutate(ctx context.Context, handoverID string, change func(rec
 		return rec, nil
 	}
 	return nil, fmt.Errorf("handover %s: %w: too many concurrent writes", handoverID, fault.ErrConflict)
+}
+
+// heldRecord is a handover record as read at its revision, for a write that follows.
+type heldRecord struct {
+	rec *storev1.HandoverRecord
+	rev uint64
+}
+
+// take hands over the record held, once: nil after that, or if nothing was held.
+func (h *heldRecord) take() (*storev1.HandoverRecord, uint64) {
+	if h == nil {
+		return nil, 0
+	}
+	rec := h.rec
+	h.rec = nil
+	return rec, h.rev
 }
 
 // write stores rec, with the events of its outbox, if its key is still at rev (0: if it is

@@ -84,12 +84,13 @@ func (s *Service) receive(ctx context.Context, ev *throughcarev1.Event) (through
 	if !ids.Valid(ev.GetHandoverId()) || !ids.Valid(ev.GetCaseId()) {
 		return 0, eventbus.Permanent(fmt.Errorf("event %s has a malformed handover or case id", ev.GetEventId()))
 	}
-	if stage, err := s.inSequence(ctx, ev); stage != stageApply || err != nil {
+	stage, held, err := s.inSequence(ctx, ev)
+	if stage != stageApply || err != nil {
 		return stage, err
 	}
 	// The next event of its handover is received, whatever becomes of it: one refused for
 	// good is dead-lettered, and must not hold up those behind it.
-	err := s.apply(ctx, ev)
+	err = s.apply(ctx, ev, held)
 	if err == nil && settledInline(ev) {
 		return stageReceived, nil
 	}
@@ -123,8 +124,9 @@ func settledInline(ev *throughcarev1.Event) bool {
 	return false
 }
 
-// apply admits and applies the next event of a handover.
-func (s *Service) apply(ctx context.Context, ev *throughcarev1.Event) error {
+// apply admits and applies the next event of a handover; held, if not nil, is its record
+// as inSequence read it.
+func (s *Service) apply(ctx context.Context, ev *throughcarev1.Event, held *heldRecord) error {
 	if err := s.in.CheckReplay(ctx, ev); err != nil {
 		return err
 	}
@@ -135,9 +137,9 @@ func (s *Service) apply(ctx context.Context, ev *throughcarev1.Event) error {
 	case *throughcarev1.Event_HandoverReferred:
 		return s.receiveReferral(ctx, ev, p.HandoverReferred)
 	case *throughcarev1.Event_ReceiptIssued:
-		return s.receiveReceipt(ctx, ev, p.ReceiptIssued)
+		return s.receiveReceipt(ctx, ev, p.ReceiptIssued, held)
 	case *throughcarev1.Event_InformationProvided:
-		return s.receiveAnswer(ctx, ev, p.InformationProvided)
+		return s.receiveAnswer(ctx, ev, p.InformationProvided, held)
 	case *throughcarev1.Event_ReleaseRecorded:
 		return s.receiveRelease(ctx, ev, p.ReleaseRecorded)
 	case *throughcarev1.Event_PlanShared:
@@ -232,12 +234,12 @@ func (s *Service) updateCase(ctx context.Context, caseID string, change func(rc 
 }
 
 // receiveReceipt moves the sender's view of an outgoing handover.
-func (s *Service) receiveReceipt(ctx context.Context, ev *throughcarev1.Event, issued *throughcarev1.ReceiptIssued) error {
+func (s *Service) receiveReceipt(ctx context.Context, ev *throughcarev1.Event, issued *throughcarev1.ReceiptIssued, held *heldRecord) error {
 	if issued.GetReceipt().GetSequence() == 0 {
 		return eventbus.Permanent(fmt.Errorf("event %s: receipt without a sequence", ev.GetEventId()))
 	}
 	var delivered time.Duration // how long the referral took, once this write stores its delivery
-	_, err := s.mutate(ctx, ev.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+	_, err := s.mutateFrom(ctx, ev.GetHandoverId(), held, func(rec *storev1.HandoverRecord) error {
 		h := rec.GetHandover()
 		if s.party.Incoming(h) || h.GetRecipient() != ev.GetSource() {
 			return eventbus.Permanent(fmt.Errorf("event %s: a receipt from %s for a handover it did not receive", ev.GetEventId(), ev.GetSource()))
@@ -262,8 +264,8 @@ func (s *Service) receiveReceipt(ctx context.Context, ev *throughcarev1.Event, i
 }
 
 // receiveAnswer records the sender's answer on an incoming handover and confirms it.
-func (s *Service) receiveAnswer(ctx context.Context, ev *throughcarev1.Event, answer *throughcarev1.InformationProvided) error {
-	_, err := s.mutate(ctx, ev.GetHandoverId(), func(rec *storev1.HandoverRecord) error {
+func (s *Service) receiveAnswer(ctx context.Context, ev *throughcarev1.Event, answer *throughcarev1.InformationProvided, held *heldRecord) error {
+	_, err := s.mutateFrom(ctx, ev.GetHandoverId(), held, func(rec *storev1.HandoverRecord) error {
 		h := rec.GetHandover()
 		if !s.party.Incoming(h) || h.GetSender() != ev.GetSource() {
 			return eventbus.Permanent(fmt.Errorf("event %s: an answer from %s for a handover it did not send", ev.GetEventId(), ev.GetSource()))
