@@ -164,7 +164,7 @@ func (s *bucket) directGetRaw(ctx context.Context, req map[string]any) (entries 
 	if single && s.replicated {
 		return s.leaderGet(ctx, body)
 	}
-	replies, done, err := s.replies.open(s.js.Conn())
+	replies, done, err := s.replies.open(s.js.Conn(), answersTo(req))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -423,8 +423,22 @@ type replyTo struct {
 	ch      chan *nats.Msg
 }
 
-// open registers a request and returns where its answers go, and how to forget it.
-func (m *replyMux) open(nc *nats.Conn) (replyTo, func(), error) {
+// answersTo is how many messages the server can answer req with: its entries and the
+// end-of-batch marker.
+func answersTo(req map[string]any) int {
+	if n, ok := req["batch"].(int); ok && n > 0 {
+		return n + 1
+	}
+	if req["multi_last"] != nil {
+		return maxLatest + 1
+	}
+	return 1
+}
+
+// open registers a request that answers takes at most answers messages, and returns
+// where they go, and how to forget it. Each request has a channel that holds them all,
+// so a slow reader never loses one; sized to the request, since most are single reads.
+func (m *replyMux) open(nc *nats.Conn, answers int) (replyTo, func(), error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.sub == nil {
@@ -440,7 +454,7 @@ func (m *replyMux) open(nc *nats.Conn) (replyTo, func(), error) {
 	}
 	m.next++
 	subject := fmt.Sprintf("%s.%d", m.prefix, m.next)
-	ch := make(chan *nats.Msg, maxLatest+2)
+	ch := make(chan *nats.Msg, answers)
 	m.waiting[subject] = ch
 	return replyTo{subject: subject, ch: ch}, func() {
 		m.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -399,5 +400,45 @@ func testPurge(t *testing.T, erasure bool) {
 	})
 	if len(seen) != 0 {
 		t.Errorf("history after purge still holds %v", seen)
+	}
+}
+
+// TestReadsTakeEveryAnswerTheirRequestCanHave reads the most one request can answer:
+// a Latest over maxLatest (1024) keys, and the revisions of a key with a whole batch of
+// them (64, the most history a bucket keeps). Each request's answers are held in a channel sized to what it asked
+// for, and an answer that does not fit is dropped: a size too small loses entries.
+func TestReadsTakeEveryAnswerTheirRequestCanHave(t *testing.T) {
+	ctx := testContext(t)
+	js := natstest.Start(t).JetStream(t)
+	store, err := records.Open(ctx, js, "answers", newString, records.WithHistory(64))
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	const keys = 1024
+	for i := range keys {
+		if err := store.SetRaw(ctx, fmt.Sprintf("ix.all.k%04d", i), []byte("x")); err != nil {
+			t.Fatalf("set %d: %v", i, err)
+		}
+	}
+	if got, err := store.Latest(ctx, "ix.all.*"); err != nil || len(got) != keys {
+		t.Errorf("Latest over %d keys: %d entries, %v", keys, len(got), err)
+	}
+	const revisions = 64
+	rev, err := store.Create(ctx, "k", wrapperspb.String("0"))
+	for i := 1; i < revisions && err == nil; i++ {
+		rev, err = store.Update(ctx, "k", wrapperspb.String(strconv.Itoa(i)), rev)
+	}
+	if err != nil {
+		t.Fatalf("write k: %v", err)
+	}
+	revs, err := store.Revisions(ctx, "k")
+	if err != nil || len(revs) != revisions {
+		t.Fatalf("Revisions of a key written %d times: %d, %v", revisions, len(revs), err)
+	}
+	for i, r := range revs {
+		got := new(wrapperspb.StringValue)
+		if err := proto.Unmarshal(r.Data, got); err != nil || got.GetValue() != strconv.Itoa(i) {
+			t.Fatalf("revision %d holds %v (%v), want %q", i, got, err, strconv.Itoa(i))
+		}
 	}
 }
