@@ -19,6 +19,7 @@ import (
 
 	throughcarev1 "github.com/throughcare/throughcare/gen/throughcare/v1"
 	"github.com/throughcare/throughcare/pkg/eventbus"
+	"github.com/throughcare/throughcare/pkg/ledger"
 )
 
 // startLocalCluster builds this binary and the module's nats-server, and starts
@@ -216,7 +217,7 @@ func checkEveryStreamReplicated(t *testing.T, c *localCluster, agency string) {
 		t.Fatalf("%s's streams: %v", agency, err)
 	}
 	for _, want := range []string{eventbus.OutboxStream(agency), eventbus.InboxStream(agency), "KV_" + agency + "_handovers",
-		"KV_" + agency + "_cases", "KV_" + agency + "_deadletters", "KV_" + agency + "_seen_events", "LEDGER_" + strings.ToUpper(agency)} {
+		"KV_" + agency + "_cases", "KV_" + agency + "_deadletters", "KV_" + agency + "_seen_events", ledger.StreamName(agency)} {
 		if !slices.Contains(seen, want) {
 			t.Errorf("%s's account has no stream %s (it has %v)", agency, want, seen)
 		}

@@ -295,8 +295,8 @@ func parseServeConfig(args []string, getenv func(string) string, out io.Writer) 
 	if !agency.ValidID(c.Service) {
 		return c, fmt.Errorf("--service %q: want the id of one of the protocol's agencies (prison, probation or socialwork in the default protocol)", c.Service)
 	}
-	if c.Replicas < 1 || c.Replicas > 5 {
-		return c, fmt.Errorf("--replicas %d: want 1 to 5", c.Replicas)
+	if err := checkReplicas(c.Replicas); err != nil {
+		return c, err
 	}
 	if err := c.validateTLS(); err != nil {
 		return c, err
@@ -334,6 +334,14 @@ func (c serveConfig) validateTLS() error {
 // parseFlags parses args, then fills every flag not given on the command line from its
 // THROUGHCARE_* environment variable: flags win over the environment, which wins over
 // defaults.
+// checkReplicas refuses a --replicas JetStream would not take.
+func checkReplicas(n int) error {
+	if n < 1 || n > 5 {
+		return fmt.Errorf("--replicas %d: want 1 to 5", n)
+	}
+	return nil
+}
+
 func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -75,8 +75,10 @@ func parseEventsConfig(args []string, getenv func(string) string, out io.Writer)
 	if err := parseFlags(fs, args[1:], getenv); err != nil {
 		return c, err
 	}
-	if c.Action == "setup" && (c.Replicas < 1 || c.Replicas > 5) {
-		return c, fmt.Errorf("--replicas %d: want 1 to 5", c.Replicas)
+	if c.Action == "setup" {
+		if err := checkReplicas(c.Replicas); err != nil {
+			return c, err
+		}
 	}
 	if c.Output != "" && c.Output != "table" && c.Output != "json" {
 		return c, fmt.Errorf("--output %q: want table or json", c.Output)

@@ -204,10 +204,11 @@ const (
 )
 
 // inSequence places an authenticated event in its handover's sequence before anything is
-// applied, and returns the handover's record it read, if any, for the write applying it. It handles acknowledgements and resend requests, acknowledges a duplicate again
-// and asks for a resend on a gap; any stage but stageApply says what became of the event,
-// which needs nothing more. An event without a sequence (from a sender older than
-// sequences) passes.
+// applied, and returns the handover's record it read, if any, for the write applying it.
+// It handles acknowledgements and resend requests, acknowledges a duplicate again and asks
+// for a resend on a gap; any stage but stageApply says what became of the event, which
+// needs nothing more. An event without a sequence (from a sender older than sequences)
+// passes.
 func (s *Service) inSequence(ctx context.Context, ev *throughcarev1.Event) (throughcarev1.FlowStage, *heldRecord, error) {
 	if !lifecycle.Sequenced(ev) {
 		return stageReceived, nil, s.acknowledged(ctx, ev)
