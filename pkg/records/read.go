@@ -435,8 +435,8 @@ func answersTo(req map[string]any) int {
 	return 1
 }
 
-// open registers a request that answers takes at most answers messages, and returns
-// where they go, and how to forget it. Each request has a channel that holds them all,
+// open registers a request the server answers with at most answers messages, and
+// returns where they go, and how to forget it. Each request has a channel that holds them all,
 // so a slow reader never loses one; sized to the request, since most are single reads.
 func (m *replyMux) open(nc *nats.Conn, answers int) (replyTo, func(), error) {
 	m.mu.Lock()

@@ -209,8 +209,8 @@ func TestReplayGuardMovesToTheReplicasAsked(t *testing.T) {
 	forged := referral()
 	forged.GetHandoverReferred().GetReleaseCase().GetPerson().FamilyName = "Someone Else"
 	forged = sign(t, forged, key)
-	// The first request in the moment of the scale-up may go unanswered (seen here: one, of
-	// the first request after it); the inbox's handler retries such a failure.
+	// A request in the moment of the scale-up may go unanswered (here, in every run, the
+	// first one after it); the inbox's handler retries such a failure.
 	for attempt := 1; ; attempt++ {
 		attemptCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err = guard.Check(attemptCtx, forged)
