@@ -52,6 +52,13 @@ func BenchmarkReferToDelivered(b *testing.B) {
 			floor := rawStats.opsPerSec / minWritesPerHandover
 			b.ReportMetric(floor, "floor/s")
 			b.ReportMetric(refer.opsPerSec/floor, "floor-ratio")
+			// What the design costs: the writes and client messages one referral makes
+			// today, and the rate the raw publish would give if each write cost one.
+			b.ReportMetric(refer.writes, "writes/refer")
+			b.ReportMetric(refer.messages, "msgs/refer")
+			writesFloor := rawStats.opsPerSec / refer.writes
+			b.ReportMetric(writesFloor, "writes-floor/s")
+			b.ReportMetric(refer.opsPerSec/writesFloor, "writes-floor-ratio")
 		})
 	}
 }
@@ -140,6 +147,10 @@ func (c *spanCounter) Shutdown(context.Context) error { return nil }
 type benchStats struct {
 	opsPerSec, p50, p99  float64
 	storedP50, storedP99 float64
+	// writes and messages are the server's stored writes and client messages per
+	// referral while they ran (the last referrals' tail work after their DELIVERED is
+	// left out: a few of b.N).
+	writes, messages float64
 }
 
 // benchRefer refers b.N fresh cases, inFlight at a time, each waiting for its DELIVERED.
@@ -151,6 +162,7 @@ func benchRefer(b *testing.B, sys *system, tr *tracker, inFlight int) benchStats
 	stored := make([]time.Duration, b.N)
 	var next atomic.Int64
 	var failed atomic.Pointer[error]
+	before := sys.NATS.Traffic(b)
 	b.StartTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -193,7 +205,12 @@ func benchRefer(b *testing.B, sys *system, tr *tracker, inFlight int) benchStats
 	if err := failed.Load(); err != nil {
 		b.Fatal(*err)
 	}
-	s := benchStats{opsPerSec: float64(b.N) / elapsed.Seconds()}
+	after := sys.NATS.Traffic(b)
+	s := benchStats{
+		opsPerSec: float64(b.N) / elapsed.Seconds(),
+		writes:    float64(after.StoredWrites-before.StoredWrites) / float64(b.N),
+		messages:  float64(after.ClientMessages-before.ClientMessages) / float64(b.N),
+	}
 	s.p50, s.p99 = percentiles(delivered)
 	s.storedP50, s.storedP99 = percentiles(stored)
 	return s

@@ -153,6 +153,41 @@ func (s *Server) Restart(t testing.TB) {
 	s.start(t)
 }
 
+// Traffic is what a server has taken in so far.
+type Traffic struct {
+	// ClientMessages is what its open client connections have sent it: publishes, API
+	// requests, acknowledgements.
+	ClientMessages uint64
+	// StoredWrites is the sum of every stream's last sequence, over every account: each
+	// message a stream stored (a publish, a sourced copy, a removal marker) counts once,
+	// whether or not it is still there.
+	StoredWrites uint64
+}
+
+// Traffic reads what the server has taken in so far, for benchmarks that report what one
+// operation costs in messages and writes.
+func (s *Server) Traffic(t testing.TB) Traffic {
+	t.Helper()
+	conns, err := s.srv.Connz(&server.ConnzOptions{Limit: 1 << 16})
+	if err != nil {
+		t.Fatalf("connz: %v", err)
+	}
+	var tr Traffic
+	for _, c := range conns.Conns {
+		tr.ClientMessages += uint64(c.InMsgs)
+	}
+	js, err := s.srv.Jsz(&server.JSzOptions{Accounts: true, Streams: true})
+	if err != nil {
+		t.Fatalf("jsz: %v", err)
+	}
+	for _, a := range js.AccountDetails {
+		for _, st := range a.Streams {
+			tr.StoredWrites += st.State.LastSeq
+		}
+	}
+	return tr
+}
+
 // Stop shuts the server down and waits until its store is released. It is
 // safe to call more than once.
 func (s *Server) Stop() {
