@@ -155,8 +155,8 @@ func (s *Server) Restart(t testing.TB) {
 
 // Traffic is what a server has taken in so far.
 type Traffic struct {
-	// ClientMessages is what its open client connections have sent it: publishes, API
-	// requests, acknowledgements.
+	// ClientMessages is what its client connections have sent it (those closed too, as
+	// far as the server remembers them): publishes, API requests, acknowledgements.
 	ClientMessages uint64
 	// StoredWrites is the sum of every stream's last sequence, over every account: each
 	// message a stream stored (a publish, a sourced copy, a removal marker) counts once,
@@ -168,7 +168,7 @@ type Traffic struct {
 // operation costs in messages and writes.
 func (s *Server) Traffic(t testing.TB) Traffic {
 	t.Helper()
-	conns, err := s.srv.Connz(&server.ConnzOptions{Limit: 1 << 16})
+	conns, err := s.srv.Connz(&server.ConnzOptions{State: server.ConnAll, Limit: 1 << 16})
 	if err != nil {
 		t.Fatalf("connz: %v", err)
 	}
